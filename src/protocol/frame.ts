@@ -1,0 +1,139 @@
+import { CredproxyError } from '../errors.js';
+
+/** SPEC §4: maximum payload bytes of one frame. */
+export const MAX_FRAME_PAYLOAD = 65536;
+/** SPEC §4: a frame must complete this long after its first byte. */
+export const FRAME_TIMEOUT_MS = 5000;
+
+const HEADER = 4;
+
+export type FrameErrorReason = 'oversize' | 'not_json' | 'not_object';
+
+export class FrameError extends Error {
+  readonly reason: FrameErrorReason;
+  constructor(reason: FrameErrorReason, message: string) {
+    super(message);
+    this.name = 'FrameError';
+    this.reason = reason;
+  }
+}
+
+/** Encode one JSON object as a length-prefixed frame. */
+export function encodeFrame(message: object, maxPayload = MAX_FRAME_PAYLOAD): Buffer {
+  const json = JSON.stringify(message);
+  const bodyLen = Buffer.byteLength(json, 'utf8');
+  if (bodyLen > maxPayload) {
+    throw new CredproxyError('INVALID_REQUEST', `message of ${bodyLen} bytes exceeds the ${maxPayload}-byte frame limit`);
+  }
+  const buf = Buffer.allocUnsafe(HEADER + bodyLen);
+  buf.writeUInt32BE(bodyLen, 0);
+  buf.write(json, HEADER, 'utf8');
+  return buf;
+}
+
+/** Parse a frame payload: it must be UTF-8 JSON whose top level is an object. */
+export function parsePayload(payload: Buffer): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(payload.toString('utf8'));
+  } catch {
+    throw new FrameError('not_json', 'frame payload is not JSON');
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new FrameError('not_object', 'frame payload is not a JSON object');
+  }
+  return value as Record<string, unknown>;
+}
+
+/**
+ * Incremental decoder for length-prefixed frames. Chunks are kept as they
+ * arrive and copied once, into the payload, only when a frame straddles
+ * chunks; a frame inside one chunk is returned as a view without copying.
+ * The declared length is checked before any payload buffer is allocated.
+ */
+export class FrameDecoder {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private expected = -1; // payload length of the frame in progress, -1 = header not read yet
+  private readonly maxPayload: number;
+
+  constructor(maxPayload = MAX_FRAME_PAYLOAD) {
+    this.maxPayload = maxPayload;
+  }
+
+  /** True when some bytes of an incomplete frame are buffered. */
+  get hasPartialFrame(): boolean {
+    return this.buffered > 0;
+  }
+
+  /**
+   * Feed bytes; returns the complete payloads they finish, in order.
+   * Throws FrameError('oversize') as soon as a header declares too much.
+   */
+  push(chunk: Buffer): Buffer[] {
+    if (chunk.length === 0) return [];
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    const out: Buffer[] = [];
+    for (;;) {
+      if (this.expected < 0) {
+        if (this.buffered < HEADER) break;
+        const len = this.readHeader();
+        if (len > this.maxPayload) {
+          throw new FrameError('oversize', `frame of ${len} bytes exceeds the ${this.maxPayload}-byte limit`);
+        }
+        this.expected = len;
+      }
+      if (this.buffered < this.expected) break;
+      out.push(this.take(this.expected));
+      this.expected = -1;
+    }
+    return out;
+  }
+
+  private readHeader(): number {
+    const first = this.chunks[0]!;
+    if (first.length >= HEADER) {
+      const len = first.readUInt32BE(0);
+      this.consume(HEADER);
+      return len;
+    }
+    const header = this.take(HEADER);
+    return header.readUInt32BE(0);
+  }
+
+  /** Remove and return the next n bytes (n <= buffered). */
+  private take(n: number): Buffer {
+    const first = this.chunks[0];
+    if (n === 0) return Buffer.alloc(0);
+    if (first !== undefined && first.length >= n) {
+      const view = first.subarray(0, n);
+      this.consume(n);
+      return view;
+    }
+    const out = Buffer.allocUnsafe(n);
+    let written = 0;
+    while (written < n) {
+      const c = this.chunks[0]!;
+      const need = n - written;
+      if (c.length <= need) {
+        c.copy(out, written);
+        written += c.length;
+        this.chunks.shift();
+      } else {
+        c.copy(out, written, 0, need);
+        this.chunks[0] = c.subarray(need);
+        written += need;
+      }
+    }
+    this.buffered -= n;
+    return out;
+  }
+
+  private consume(n: number): void {
+    const first = this.chunks[0]!;
+    if (first.length === n) this.chunks.shift();
+    else this.chunks[0] = first.subarray(n);
+    this.buffered -= n;
+  }
+}

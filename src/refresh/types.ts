@@ -1,0 +1,22 @@
+import type { OAuthToken } from '../store/types.js';
+
+/**
+ * The single refresh path (SPEC §5) as the server sees it. Every trigger —
+ * the refresh_token op, get_token near expiry, renewal timers, host-side
+ * `credproxy token get` — goes through one implementation of this.
+ * Tokens returned here are full (host-side); callers sanitize before sending.
+ */
+export interface CredentialService {
+  /**
+   * get_token: the stored token, refreshed first when it is expired or expires
+   * within 60 s and can be refreshed. null when nothing is stored.
+   * Arms the renewal timer for the token it serves.
+   */
+  getToken(provider: string, bucket: string): Promise<OAuthToken | null>;
+  /** refresh_token op: refresh even a still-valid token (outside the cooldown). */
+  refresh(provider: string, bucket: string): Promise<OAuthToken>;
+  /** Remove under the refresh lock, so a logout racing a refresh waits and wins. */
+  remove(provider: string, bucket: string): Promise<void>;
+  /** Stop all timers and in-process work. */
+  close(): Promise<void>;
+}

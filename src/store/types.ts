@@ -1,0 +1,53 @@
+/**
+ * SPEC §2. A token as stored on the host. Provider-specific extra fields
+ * (id_token, account_id, resource_url, ...) are preserved on every path.
+ */
+export interface OAuthToken {
+  access_token: string;
+  /** Unix seconds. */
+  expiry: number;
+  token_type?: string;
+  refresh_token?: string;
+  scope?: string;
+  [extra: string]: unknown;
+}
+
+/** What may cross the socket: an OAuthToken without refresh_token. */
+export type SanitizedToken = Omit<OAuthToken, 'refresh_token'> & { refresh_token?: never };
+
+export interface BucketStats {
+  bucket: string;
+  requestCount: number;
+  percentage: number;
+  lastUsed?: number;
+}
+
+export interface RefreshLockOptions {
+  bucket?: string;
+  /** How long to wait for a lock held elsewhere; 0 = try once. */
+  waitMs?: number;
+}
+
+/** SPEC §2. Implemented by the host store and by the sandbox-side proxy store. */
+export interface TokenStore {
+  saveToken(provider: string, token: OAuthToken, bucket?: string): Promise<void>;
+  getToken(provider: string, bucket?: string): Promise<OAuthToken | null>;
+  removeToken(provider: string, bucket?: string): Promise<void>;
+  listProviders(): Promise<string[]>;
+  listBuckets(provider: string): Promise<string[]>;
+  getBucketStats(provider: string, bucket: string): Promise<BucketStats | null>;
+  acquireRefreshLock(provider: string, options?: RefreshLockOptions): Promise<boolean>;
+  releaseRefreshLock(provider: string, bucket?: string): Promise<void>;
+}
+
+/** SPEC §2. */
+export interface KeyStore {
+  getKey(name: string): Promise<string | null>;
+  listKeys(): Promise<string[]>;
+  hasKey(name: string): Promise<boolean>;
+  saveKey(name: string, value: string): Promise<void>;
+  deleteKey(name: string): Promise<void>;
+}
+
+export type StoreBackendName = 'keyring' | 'file';
+export type StoreChoice = 'auto' | StoreBackendName;
