@@ -63,7 +63,7 @@ export class FrameDecoder {
 
   /** True when some bytes of an incomplete frame are buffered. */
   get hasPartialFrame(): boolean {
-    return this.buffered > 0;
+    return this.buffered > 0 || this.expected >= 0;
   }
 
   /**
