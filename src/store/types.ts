@@ -13,7 +13,14 @@ export interface OAuthToken {
 }
 
 /** What may cross the socket: an OAuthToken without refresh_token. */
-export type SanitizedToken = Omit<OAuthToken, 'refresh_token'> & { refresh_token?: never };
+export interface SanitizedToken {
+  access_token: string;
+  expiry: number;
+  token_type?: string;
+  refresh_token?: never;
+  scope?: string;
+  [extra: string]: unknown;
+}
 
 export interface BucketStats {
   bucket: string;

@@ -1,0 +1,354 @@
+import type { Socket } from 'node:net';
+import type { WireErrorCode } from '../errors.js';
+import type { Logger } from '../log.js';
+import { encodeFrame, FrameDecoder, FrameError, parsePayload } from '../protocol/frame.js';
+import { HandshakeSchema, isOp, PROTOCOL_VERSION } from '../protocol/messages.js';
+import type { AuditEntry, AuditSink } from './audit.js';
+import type { CapabilityCheck } from './capability.js';
+import type { PeerIdentity, RequestContext } from './context.js';
+import type { AuditFields, Dispatcher, Outcome } from './dispatch.js';
+import { ConnectionLimiter, type LimitOptions } from './limits.js';
+
+export interface ConnectionOptions {
+  id: number;
+  socket: Socket;
+  peer: PeerIdentity;
+  /** null when the server runs without a capability token. */
+  capability: CapabilityCheck | null;
+  dispatcher: Dispatcher;
+  limits: LimitOptions;
+  /** SPEC §4: handshake must complete this long after connecting (5 s). */
+  handshakeTimeoutMs: number;
+  /** SPEC §4: a frame must complete this long after its first byte (5 s). */
+  frameTimeoutMs: number;
+  /** Answers queued for a client that does not read; beyond this it is dropped. */
+  maxOutputBytes: number;
+  audit: AuditSink | null;
+  logger: Logger;
+  onClose(conn: Connection): void;
+}
+
+type State = 'handshake' | 'ready' | 'closing' | 'closed';
+
+interface InFlight {
+  controller: AbortController;
+  cancelled: boolean;
+}
+
+const MAX_ID_LENGTH = 256;
+/** A rejected handshake gets this long to flush its answer before the socket is destroyed. */
+const CLOSE_FLUSH_MS = 1000;
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/**
+ * One client connection: framing with its timers, the handshake, then
+ * concurrent requests through the dispatcher, answered by id in whatever
+ * order they finish. Owns its socket and its timers.
+ */
+export class Connection {
+  readonly id: number;
+  private readonly o: ConnectionOptions;
+  private readonly socket: Socket;
+  private readonly decoder = new FrameDecoder();
+  private readonly limiter: ConnectionLimiter;
+  private readonly inFlight = new Map<string, InFlight>();
+  private state: State = 'handshake';
+  private draining = false;
+  private frameTimer: NodeJS.Timeout | null = null;
+  private handshakeTimer: NodeJS.Timeout | null = null;
+  /** Handlers still running, cancelled ones included: their host work is real. */
+  private running = 0;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(options: ConnectionOptions) {
+    this.o = options;
+    this.id = options.id;
+    this.socket = options.socket;
+    this.limiter = new ConnectionLimiter(options.limits);
+  }
+
+  start(): void {
+    const s = this.socket;
+    s.on('data', (chunk: Buffer) => this.onData(chunk));
+    s.on('end', () => this.onEnd());
+    s.on('drain', () => {
+      if (!this.draining && (this.state === 'ready' || this.state === 'handshake')) s.resume();
+    });
+    s.on('error', (err: NodeJS.ErrnoException) => this.o.logger.debug({ conn: this.id, code: err.code }, 'connection error'));
+    s.on('close', () => this.onSocketClose());
+    this.handshakeTimer = setTimeout(() => this.abort('handshake timeout'), this.o.handshakeTimeoutMs);
+    this.handshakeTimer.unref();
+  }
+
+  get isClosed(): boolean {
+    return this.state === 'closed';
+  }
+
+  /** Stop reading new requests; resolves when every running handler has finished. */
+  beginShutdown(): Promise<void> {
+    this.draining = true;
+    this.clearFrameTimer();
+    if (this.state === 'handshake') this.abort('server stopping');
+    else this.socket.pause();
+    return this.whenIdle();
+  }
+
+  whenIdle(): Promise<void> {
+    if (this.running === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Close now; answers still running are dropped. */
+  destroy(): void {
+    this.abort('closed by server');
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.draining || (this.state !== 'handshake' && this.state !== 'ready')) return;
+    let payloads: Buffer[];
+    try {
+      payloads = this.decoder.push(chunk);
+    } catch (err) {
+      this.abort(err instanceof FrameError ? err.reason : 'framing error');
+      return;
+    }
+    for (const payload of payloads) {
+      if (this.state !== 'handshake' && this.state !== 'ready') return;
+      let message: Record<string, unknown>;
+      try {
+        message = parsePayload(payload);
+      } catch (err) {
+        this.abort(err instanceof FrameError ? err.reason : 'bad payload');
+        return;
+      }
+      if (this.state === 'handshake') this.onHandshake(message);
+      else this.onRequest(message);
+    }
+    // The timer runs from the first byte of each frame: a completed frame
+    // ends it, a frame started in this chunk starts a new one.
+    if (payloads.length > 0) this.clearFrameTimer();
+    if (this.decoder.hasPartialFrame && this.frameTimer === null && (this.state === 'handshake' || this.state === 'ready')) {
+      this.frameTimer = setTimeout(() => this.abort('partial frame timeout'), this.o.frameTimeoutMs);
+      this.frameTimer.unref();
+    }
+  }
+
+  private onHandshake(msg: Record<string, unknown>): void {
+    const started = performance.now();
+    const time = new Date().toISOString();
+    const reject = (code: WireErrorCode, error: string): void => {
+      this.record({ time, op: 'handshake', result: code, started });
+      this.closeAfter({ v: PROTOCOL_VERSION, op: 'handshake', ok: false, code, error });
+    };
+    if (msg.op !== 'handshake' || msg.id !== undefined) {
+      reject('INVALID_REQUEST', 'the first frame must be a handshake without an id');
+      return;
+    }
+    // The capability comes before anything else so that an unauthenticated
+    // peer learns nothing, not even which versions are spoken.
+    if (this.o.capability !== null) {
+      const offered = isRecord(msg.payload) ? msg.payload.capabilityToken : undefined;
+      if (!this.o.capability.matches(offered)) {
+        reject('UNAUTHORIZED', 'capability token missing or wrong');
+        return;
+      }
+    }
+    const parsed = HandshakeSchema.shape.payload.safeParse(msg.payload);
+    if (!parsed.success || !Number.isInteger(msg.v) || (msg.v as number) < 1) {
+      reject('INVALID_REQUEST', 'malformed handshake');
+      return;
+    }
+    const { minVersion, maxVersion } = parsed.data;
+    if (minVersion > maxVersion) {
+      reject('INVALID_REQUEST', 'minVersion is greater than maxVersion');
+      return;
+    }
+    if (minVersion > PROTOCOL_VERSION || maxVersion < PROTOCOL_VERSION) {
+      reject('UNKNOWN_VERSION', `this server speaks protocol version ${PROTOCOL_VERSION} only`);
+      return;
+    }
+    this.state = 'ready';
+    if (this.handshakeTimer !== null) clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = null;
+    this.record({ time, op: 'handshake', result: 'OK', started });
+    this.write({ v: PROTOCOL_VERSION, op: 'handshake', ok: true, data: { version: PROTOCOL_VERSION } });
+  }
+
+  private onRequest(msg: Record<string, unknown>): void {
+    const started = performance.now();
+    const time = new Date().toISOString();
+    const auditOp = isOp(msg.op) ? msg.op : 'unknown';
+    const id = msg.id;
+    if (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID_LENGTH) {
+      this.answerAtOnce(undefined, auditOp, time, started, 'request without a valid string id');
+      return;
+    }
+    if (this.inFlight.has(id)) {
+      this.answerAtOnce(id, auditOp, time, started, 'a request with this id is already in flight');
+      return;
+    }
+    const isCancel = msg.op === 'cancel';
+    const admission = this.limiter.admit(!isCancel);
+    if (!admission.ok) {
+      this.record({ time, op: auditOp, result: 'RATE_LIMITED', started });
+      this.write({ v: PROTOCOL_VERSION, id, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
+      return;
+    }
+    const entry: InFlight = { controller: new AbortController(), cancelled: false };
+    this.inFlight.set(id, entry);
+    this.running++;
+    const ctx: RequestContext = {
+      peer: this.o.peer,
+      signal: entry.controller.signal,
+      cancel: (targetId) => this.cancelRequest(targetId, id),
+    };
+    void this.o.dispatcher.dispatch(msg, ctx).then((result) => {
+      this.running--;
+      if (!isCancel) this.limiter.release();
+      if (this.inFlight.get(id) === entry) this.inFlight.delete(id);
+      let resultCode: string = result.outcome.ok ? 'OK' : result.outcome.code;
+      if (entry.cancelled) resultCode = 'CANCELLED';
+      else if (this.state === 'closed') resultCode = 'DISCONNECTED';
+      else resultCode = this.answer(id, result.outcome);
+      this.record({ time, op: result.op, fields: result.audit, result: resultCode, started });
+      if (this.running === 0) this.wakeIdle();
+    });
+  }
+
+  /** Envelope-level rejections: answered immediately, counted by the rate limit. */
+  private answerAtOnce(id: string | undefined, op: string, time: string, started: number, reason: string): void {
+    const admission = this.limiter.admit(false);
+    const base = id === undefined ? { v: PROTOCOL_VERSION } : { v: PROTOCOL_VERSION, id };
+    if (!admission.ok) {
+      this.record({ time, op, result: 'RATE_LIMITED', started });
+      this.write({ ...base, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
+      return;
+    }
+    this.record({ time, op, result: 'INVALID_REQUEST', started });
+    this.write({ ...base, ok: false, code: 'INVALID_REQUEST', error: reason });
+  }
+
+  private cancelRequest(targetId: string, cancelId: string): boolean {
+    if (targetId === cancelId) return false;
+    const entry = this.inFlight.get(targetId);
+    if (entry === undefined) return false;
+    entry.cancelled = true;
+    entry.controller.abort();
+    // The id is free for reuse at once; the limiter slot is released only
+    // when the host work really ends.
+    this.inFlight.delete(targetId);
+    return true;
+  }
+
+  /** Sends the answer; returns the code actually sent (for the audit). */
+  private answer(id: string, outcome: Outcome): string {
+    const response = outcome.ok ? { v: PROTOCOL_VERSION, id, ok: true, data: outcome.data } : { v: PROTOCOL_VERSION, id, ...outcome };
+    let frame: Buffer;
+    try {
+      frame = encodeFrame(response);
+    } catch {
+      this.o.logger.warn({ conn: this.id }, 'answer exceeds the frame size limit');
+      frame = encodeFrame({ v: PROTOCOL_VERSION, id, ok: false, code: 'INTERNAL_ERROR', error: 'the answer exceeds the frame size limit' });
+      this.writeFrame(frame);
+      return 'INTERNAL_ERROR';
+    }
+    this.writeFrame(frame);
+    return outcome.ok ? 'OK' : outcome.code;
+  }
+
+  private write(message: object): void {
+    this.writeFrame(encodeFrame(message));
+  }
+
+  /**
+   * Backpressure: reading pauses while the socket is full, so a client that
+   * does not read cannot queue new work; answers to work already admitted
+   * may still pile up, and past maxOutputBytes the client is dropped.
+   */
+  private writeFrame(frame: Buffer): void {
+    if (this.state === 'closed' || this.socket.destroyed || this.socket.writableEnded) return;
+    const flushed = this.socket.write(frame);
+    if (this.socket.writableLength > this.o.maxOutputBytes) {
+      this.abort('client does not read its answers');
+      return;
+    }
+    if (!flushed) this.socket.pause();
+  }
+
+  /** Send a last frame, then close (rejected handshakes). */
+  private closeAfter(message: object): void {
+    this.state = 'closing';
+    this.clearTimers();
+    this.socket.end(encodeFrame(message));
+    const timer = setTimeout(() => this.socket.destroy(), CLOSE_FLUSH_MS);
+    timer.unref();
+    this.socket.once('close', () => clearTimeout(timer));
+  }
+
+  private onEnd(): void {
+    // A frame cut off by the end of input can never complete.
+    if (this.decoder.hasPartialFrame || this.state === 'handshake') {
+      this.abort('input ended');
+      return;
+    }
+    // The server allows half-open sockets so that a client that sends its
+    // requests and then shuts down its side still gets the answers.
+    void this.whenIdle().then(() => {
+      if (this.state === 'ready') this.socket.end();
+    });
+  }
+
+  private abort(reason: string): void {
+    if (this.state === 'closed') return;
+    this.o.logger.debug({ conn: this.id, reason }, 'closing connection');
+    this.markClosed();
+    this.socket.destroy();
+  }
+
+  private onSocketClose(): void {
+    this.markClosed();
+    this.o.onClose(this);
+  }
+
+  private markClosed(): void {
+    this.state = 'closed';
+    this.clearTimers();
+    for (const entry of this.inFlight.values()) entry.controller.abort();
+    this.inFlight.clear();
+  }
+
+  private clearTimers(): void {
+    this.clearFrameTimer();
+    if (this.handshakeTimer !== null) clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = null;
+  }
+
+  private clearFrameTimer(): void {
+    if (this.frameTimer !== null) clearTimeout(this.frameTimer);
+    this.frameTimer = null;
+  }
+
+  private wakeIdle(): void {
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  private record(e: { time: string; op: string; result: string; started: number; fields?: AuditFields }): void {
+    if (this.o.audit === null) return;
+    const entry: AuditEntry = {
+      time: e.time,
+      conn: this.id,
+      peerPid: this.o.peer.pid,
+      peerUid: this.o.peer.uid,
+      op: e.op,
+      ...e.fields,
+      result: e.result,
+      durationMs: Math.round((performance.now() - e.started) * 1000) / 1000,
+    };
+    this.o.audit.record(entry);
+  }
+}

@@ -1,0 +1,15 @@
+export { ProxyServer, installSignalHandlers, DEFAULT_TIMEOUTS } from './server.js';
+export type { ProxyServerOptions, PeerCheckMode, ServerTimeouts, SignalHandlerOptions } from './server.js';
+export { Policy } from './policy.js';
+export type { PolicyInput } from './policy.js';
+export { generateCapabilityToken, CapabilityCheck } from './capability.js';
+export { DEFAULT_LIMITS, resolveLimits, ConnectionLimiter } from './limits.js';
+export type { LimitOptions, Admission } from './limits.js';
+export { AuditLog } from './audit.js';
+export type { AuditEntry, AuditSink, AuditLogOptions } from './audit.js';
+export { loadPeerCredReader, isPeerAllowed } from './peercred.js';
+export type { PeerCred, PeerCredReader, PeerCredLoadResult } from './peercred.js';
+export { makeSocketPath, maxSocketPathBytes, assertSocketPathLength, prepareSocketDir, removeStaleSocket, unlinkSocket } from './socket-path.js';
+export { Dispatcher, HOST_OP_TIMEOUT_MS, CREDENTIAL_OP_TIMEOUT_MS } from './dispatch.js';
+export type { DispatcherOptions, DispatchResult, Outcome, AuditFields } from './dispatch.js';
+export type { PeerIdentity, RequestContext, LoginPort } from './context.js';

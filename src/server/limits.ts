@@ -1,0 +1,74 @@
+import { CredproxyError } from '../errors.js';
+
+/**
+ * SPEC §5 per-connection limits. The benchmark raises `requestsPerWindow`
+ * through ProxyServerOptions.limits; nothing else should.
+ */
+export interface LimitOptions {
+  /** Accepted requests allowed in any rolling window (default 60). */
+  requestsPerWindow: number;
+  /** Window length in ms (default 1000). */
+  windowMs: number;
+  /** Requests in flight per connection, `cancel` exempt (default 16). */
+  maxInFlight: number;
+}
+
+export const DEFAULT_LIMITS: LimitOptions = { requestsPerWindow: 60, windowMs: 1000, maxInFlight: 16 };
+
+export function resolveLimits(overrides: Partial<LimitOptions> = {}): LimitOptions {
+  const limits = { ...DEFAULT_LIMITS, ...overrides };
+  for (const [name, value] of Object.entries(limits)) {
+    if (!Number.isInteger(value) || value < 1) throw new CredproxyError('USAGE', `limit ${name} must be a positive integer`);
+  }
+  return limits;
+}
+
+export type Admission = { ok: true } | { ok: false; retryAfter: number };
+
+/**
+ * Rolling-window rate limit plus an in-flight cap for one connection. Only
+ * admitted requests are recorded: a refused request neither counts towards
+ * the window nor takes an in-flight slot.
+ */
+export class ConnectionLimiter {
+  /** Admission times of the window, oldest first (ring buffer). */
+  private readonly times: number[];
+  private head = 0;
+  private count = 0;
+  private inFlightCount = 0;
+
+  constructor(
+    private readonly limits: LimitOptions,
+    private readonly now: () => number = () => performance.now(),
+  ) {
+    this.times = new Array<number>(limits.requestsPerWindow).fill(0);
+  }
+
+  get inFlight(): number {
+    return this.inFlightCount;
+  }
+
+  /** `takesSlot`: false for requests that never stay in flight (cancel, rejected envelopes). */
+  admit(takesSlot: boolean): Admission {
+    const now = this.now();
+    const windowStart = now - this.limits.windowMs;
+    while (this.count > 0 && this.times[this.head]! <= windowStart) {
+      this.head = (this.head + 1) % this.times.length;
+      this.count--;
+    }
+    if (takesSlot && this.inFlightCount >= this.limits.maxInFlight) return { ok: false, retryAfter: 1 };
+    if (this.count >= this.limits.requestsPerWindow) {
+      const freeAt = this.times[this.head]! + this.limits.windowMs;
+      return { ok: false, retryAfter: Math.max(1, Math.ceil((freeAt - now) / 1000)) };
+    }
+    this.times[(this.head + this.count) % this.times.length] = now;
+    this.count++;
+    if (takesSlot) this.inFlightCount++;
+    return { ok: true };
+  }
+
+  /** The work of a request admitted with takesSlot has ended. */
+  release(): void {
+    if (this.inFlightCount > 0) this.inFlightCount--;
+  }
+}

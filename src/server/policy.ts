@@ -1,0 +1,118 @@
+import { CredproxyError } from '../errors.js';
+import { BUCKET_NAME_RE, DEFAULT_BUCKET, KEY_NAME_RE, PROVIDER_NAME_RE } from '../names.js';
+
+/** What `--allow`, `--allow-key`, `--allow-all`, `--read-only` or a profile give. */
+export interface PolicyInput {
+  /** PROVIDER (its default bucket), PROVIDER:BUCKET, or PROVIDER:* (every bucket). */
+  allow: readonly string[];
+  keys: readonly string[];
+  allowAll: boolean;
+  readOnly: boolean;
+}
+
+const ALL_BUCKETS = '*';
+
+/** Rules come from the user: quote them, cut to a readable length. */
+function quoteRule(rule: unknown): string {
+  const text = typeof rule === 'string' ? rule : String(typeof rule);
+  return JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}...` : text);
+}
+
+/**
+ * SPEC §5 access policy, fixed for the server's lifetime. With no rule
+ * nothing is served.
+ */
+export class Policy {
+  /** provider -> allowed buckets ('*' = all). */
+  private readonly buckets = new Map<string, Set<string>>();
+  private readonly keyNames = new Set<string>();
+  readonly allowAll: boolean;
+  readonly readOnly: boolean;
+
+  private constructor(allowAll: boolean, readOnly: boolean) {
+    this.allowAll = allowAll;
+    this.readOnly = readOnly;
+  }
+
+  /** Throws USAGE naming the first bad rule. */
+  static from(input: PolicyInput): Policy {
+    if (typeof input !== 'object' || input === null) throw new CredproxyError('USAGE', 'policy must be an object');
+    if (!Array.isArray(input.allow)) throw new CredproxyError('USAGE', 'policy allow must be a list');
+    if (!Array.isArray(input.keys)) throw new CredproxyError('USAGE', 'policy keys must be a list');
+    if (typeof input.allowAll !== 'boolean' || typeof input.readOnly !== 'boolean') {
+      throw new CredproxyError('USAGE', 'policy allowAll and readOnly must be booleans');
+    }
+    const policy = new Policy(input.allowAll, input.readOnly);
+    for (const rule of input.allow) policy.addAllowRule(rule);
+    for (const name of input.keys) {
+      if (typeof name !== 'string' || !KEY_NAME_RE.test(name)) {
+        throw new CredproxyError('USAGE', `invalid --allow-key rule ${quoteRule(name)}: a key name matches ${KEY_NAME_RE.source}`);
+      }
+      policy.keyNames.add(name);
+    }
+    return policy;
+  }
+
+  private addAllowRule(rule: unknown): void {
+    if (typeof rule !== 'string') throw new CredproxyError('USAGE', `invalid --allow rule ${quoteRule(rule)}: not a string`);
+    const colon = rule.indexOf(':');
+    const provider = colon < 0 ? rule : rule.slice(0, colon);
+    const bucket = colon < 0 ? DEFAULT_BUCKET : rule.slice(colon + 1);
+    if (provider === ALL_BUCKETS) {
+      throw new CredproxyError('USAGE', `invalid --allow rule ${quoteRule(rule)}: use --allow-all to allow every provider`);
+    }
+    if (!PROVIDER_NAME_RE.test(provider)) {
+      throw new CredproxyError('USAGE', `invalid --allow rule ${quoteRule(rule)}: expected PROVIDER, PROVIDER:BUCKET or PROVIDER:*`);
+    }
+    if (bucket !== ALL_BUCKETS && !BUCKET_NAME_RE.test(bucket)) {
+      throw new CredproxyError('USAGE', `invalid --allow rule ${quoteRule(rule)}: bad bucket name`);
+    }
+    const set = this.buckets.get(provider) ?? new Set<string>();
+    set.add(bucket);
+    this.buckets.set(provider, set);
+  }
+
+  allowsToken(provider: string, bucket: string = DEFAULT_BUCKET): boolean {
+    if (this.allowAll) return true;
+    const set = this.buckets.get(provider);
+    return set !== undefined && (set.has(ALL_BUCKETS) || set.has(bucket));
+  }
+
+  /** Some bucket of `provider` is allowed (list_buckets, list_providers). */
+  allowsProvider(provider: string): boolean {
+    return this.allowAll || this.buckets.has(provider);
+  }
+
+  allowsKey(name: string): boolean {
+    return this.allowAll || this.keyNames.has(name);
+  }
+
+  /** save_token, remove_token and oauth_* need this. */
+  get allowsWrite(): boolean {
+    return !this.readOnly;
+  }
+
+  filterProviders(providers: readonly string[]): string[] {
+    return providers.filter((p) => this.allowsProvider(p));
+  }
+
+  filterBuckets(provider: string, buckets: readonly string[]): string[] {
+    return buckets.filter((b) => this.allowsToken(provider, b));
+  }
+
+  filterKeys(names: readonly string[]): string[] {
+    return names.filter((n) => this.allowsKey(n));
+  }
+
+  /** True when nothing at all would be served; the launcher warns about it. */
+  get isEmpty(): boolean {
+    return !this.allowAll && this.buckets.size === 0 && this.keyNames.size === 0;
+  }
+
+  /** Log-friendly summary (names only). */
+  describe(): { allowAll: boolean; readOnly: boolean; allow: string[]; keys: string[] } {
+    const allow: string[] = [];
+    for (const [provider, set] of this.buckets) for (const b of set) allow.push(`${provider}:${b}`);
+    return { allowAll: this.allowAll, readOnly: this.readOnly, allow: allow.sort(), keys: [...this.keyNames].sort() };
+  }
+}

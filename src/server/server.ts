@@ -1,0 +1,352 @@
+import { chmodSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { constants as osConstants } from 'node:os';
+import { dirname } from 'node:path';
+import { CredproxyError } from '../errors.js';
+import { createLogger, type Logger } from '../log.js';
+import { FRAME_TIMEOUT_MS } from '../protocol/frame.js';
+import type { CredentialService } from '../refresh/types.js';
+import type { KeyStore, TokenStore } from '../store/types.js';
+import { AuditLog } from './audit.js';
+import { CapabilityCheck } from './capability.js';
+import { Connection } from './connection.js';
+import type { LoginPort, PeerIdentity } from './context.js';
+import { CREDENTIAL_OP_TIMEOUT_MS, Dispatcher, HOST_OP_TIMEOUT_MS } from './dispatch.js';
+import { resolveLimits, type LimitOptions } from './limits.js';
+import { isPeerAllowed, loadPeerCredReader, type PeerCredReader } from './peercred.js';
+import type { Policy } from './policy.js';
+import { assertSocketPathLength, makeSocketPath, prepareSocketDir, removeStaleSocket, unlinkSocket } from './socket-path.js';
+
+export type PeerCheckMode = 'required' | 'off';
+
+export interface ServerTimeouts {
+  /** SPEC §4: 5 s from connect to a completed handshake. */
+  handshakeMs: number;
+  /** SPEC §4: 5 s from a frame's first byte to its last. */
+  frameMs: number;
+  /** SPEC §5: 15 s for a store read, write or list. */
+  hostOpMs: number;
+  /** get_token / refresh_token / remove_token / oauth_*: may refresh or wait for the refresh lock. */
+  credentialOpMs: number;
+  /** SPEC §5: in-flight work gets this long on stop (5 s). */
+  shutdownGraceMs: number;
+}
+
+export const DEFAULT_TIMEOUTS: ServerTimeouts = {
+  handshakeMs: 5000,
+  frameMs: FRAME_TIMEOUT_MS,
+  hostOpMs: HOST_OP_TIMEOUT_MS,
+  credentialOpMs: CREDENTIAL_OP_TIMEOUT_MS,
+  shutdownGraceMs: 5000,
+};
+
+export interface ProxyServerOptions {
+  tokens: TokenStore;
+  keys: KeyStore;
+  /** Owned by the caller: stop() does not close it. */
+  credentials: CredentialService;
+  policy: Policy;
+  /** The raw token handed to the sandbox; only its hash is kept. */
+  capabilityToken?: string;
+  /** A fresh socket name is made in this directory (created 0700)... */
+  socketDir?: string;
+  /** ...or this exact path is used. Exactly one of the two. */
+  socketPath?: string;
+  /** Default 'required': on Linux, refuse to start without SO_PEERCRED. */
+  peerCheck?: PeerCheckMode;
+  /** Let uid 0 connect besides our own uid. */
+  allowRoot?: boolean;
+  /** audit.jsonl; no audit file when absent. */
+  auditPath?: string;
+  logger?: Logger;
+  /** Per-connection limits; the benchmark raises requestsPerWindow here. */
+  limits?: Partial<LimitOptions>;
+  timeouts?: Partial<ServerTimeouts>;
+  /** Output queued for one client before it is dropped (default 2 MiB). */
+  maxOutputBytes?: number;
+  /** Simultaneous connections (default 64). */
+  maxConnections?: number;
+  /** Login sessions; oauth_* answer INTERNAL_ERROR without it. */
+  login?: LoginPort;
+}
+
+type ServerState = 'new' | 'starting' | 'listening' | 'stopping' | 'stopped';
+
+const DEFAULT_MAX_OUTPUT_BYTES = 2 * 1024 * 1024;
+const DEFAULT_MAX_CONNECTIONS = 64;
+
+/**
+ * The proxy server (SPEC §4, §5). Owns the listening socket and its file,
+ * every connection and the audit writer; start() and stop() are explicit.
+ */
+export class ProxyServer {
+  private readonly o: ProxyServerOptions;
+  private readonly logger: Logger;
+  private readonly timeouts: ServerTimeouts;
+  private readonly limits: LimitOptions;
+  private readonly capability: CapabilityCheck | null;
+  private readonly dispatcher: Dispatcher;
+  private readonly connections = new Set<Connection>();
+  private state: ServerState = 'new';
+  private path: string | null = null;
+  private server: Server | null = null;
+  private audit: AuditLog | null = null;
+  private peerReader: PeerCredReader | null = null;
+  private nextConnectionId = 0;
+  private startPromise: Promise<void> | null = null;
+  private stopPromise: Promise<void> | null = null;
+  private readonly ownUid: number;
+
+  constructor(options: ProxyServerOptions) {
+    if ((options.socketDir === undefined) === (options.socketPath === undefined)) {
+      throw new CredproxyError('USAGE', 'give exactly one of socketDir and socketPath');
+    }
+    const peerCheck = options.peerCheck ?? 'required';
+    if (peerCheck !== 'required' && peerCheck !== 'off') throw new CredproxyError('USAGE', 'peerCheck must be "required" or "off"');
+    this.o = { ...options, peerCheck };
+    this.logger = options.logger ?? createLogger();
+    this.timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
+    for (const [name, value] of Object.entries(this.timeouts)) {
+      if (!Number.isFinite(value) || value <= 0) throw new CredproxyError('USAGE', `timeout ${name} must be a positive number`);
+    }
+    this.limits = resolveLimits(options.limits);
+    this.capability = options.capabilityToken === undefined ? null : new CapabilityCheck(options.capabilityToken);
+    this.ownUid = typeof process.getuid === 'function' ? process.getuid() : -1;
+    const dispatcherOptions: ConstructorParameters<typeof Dispatcher>[0] = {
+      tokens: options.tokens,
+      keys: options.keys,
+      credentials: options.credentials,
+      policy: options.policy,
+      logger: this.logger,
+      hostOpTimeoutMs: this.timeouts.hostOpMs,
+      credentialOpTimeoutMs: this.timeouts.credentialOpMs,
+    };
+    if (options.login !== undefined) dispatcherOptions.login = options.login;
+    this.dispatcher = new Dispatcher(dispatcherOptions);
+  }
+
+  /** The socket the server listens on; known once start() has begun. */
+  get socketPath(): string {
+    if (this.path === null) throw new CredproxyError('USAGE', 'the server has not been started');
+    return this.path;
+  }
+
+  /** True when every connection's peer uid is checked. */
+  get peerCheckActive(): boolean {
+    return this.peerReader !== null;
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  start(): Promise<void> {
+    if (this.state !== 'new') return Promise.reject(new CredproxyError('USAGE', 'a server can be started only once'));
+    this.state = 'starting';
+    this.startPromise = this.startListening().then(
+      () => {
+        this.state = 'listening';
+      },
+      async (err: unknown) => {
+        await this.releaseAfterFailedStart();
+        this.state = 'stopped';
+        throw err;
+      },
+    );
+    return this.startPromise;
+  }
+
+  private async startListening(): Promise<void> {
+    const path = this.o.socketPath ?? makeSocketPath(this.o.socketDir!);
+    // Checked before anything is created: a refused path leaves no trace.
+    assertSocketPathLength(path);
+    await this.loadPeerCheck();
+    prepareSocketDir(dirname(path));
+    await removeStaleSocket(path);
+    this.path = path;
+    if (this.o.auditPath !== undefined) {
+      const audit = new AuditLog({ path: this.o.auditPath, logger: this.logger });
+      await audit.open();
+      this.audit = audit;
+    }
+    const server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
+    server.maxConnections = this.o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', (err: NodeJS.ErrnoException) => this.logger.error({ code: err.code }, 'server socket error'));
+    // The directory is 0700 already; this keeps the socket private even if
+    // the directory is later opened up.
+    chmodSync(path, 0o600);
+    this.logger.info({ socket: path, peerCheck: this.peerCheckActive, policy: this.o.policy.describe() }, 'credproxy server listening');
+  }
+
+  private async loadPeerCheck(): Promise<void> {
+    if (this.o.peerCheck === 'off') return;
+    const loaded = await loadPeerCredReader();
+    if (loaded.ok) {
+      this.peerReader = loaded.reader;
+      return;
+    }
+    if (process.platform === 'linux') {
+      throw new CredproxyError('INTERNAL_ERROR', `the peer check cannot run (${loaded.reason}); pass --no-peer-check to start without it`);
+    }
+    this.logger.warn({ reason: loaded.reason }, 'peer checks are unavailable on this platform; relying on socket permissions and the capability token');
+  }
+
+  private async releaseAfterFailedStart(): Promise<void> {
+    const server = this.server;
+    this.server = null;
+    // Only a socket we were listening on is ours to remove.
+    if (server?.listening) {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      if (this.path !== null) unlinkSocket(this.path);
+    }
+    await this.audit?.close();
+    this.audit = null;
+  }
+
+  private onConnection(socket: Socket): void {
+    const id = ++this.nextConnectionId;
+    if (this.state !== 'listening') {
+      socket.destroy();
+      return;
+    }
+    const peer: PeerIdentity = { connectionId: id, pid: null, uid: null };
+    if (this.peerReader !== null) {
+      try {
+        const cred = this.peerReader.read(socket);
+        peer.pid = cred.pid;
+        peer.uid = cred.uid;
+      } catch (err) {
+        this.logger.warn({ conn: id, code: err instanceof CredproxyError ? err.code : undefined }, 'could not read peer credentials; connection refused');
+        this.auditConnectRefused(peer, 'INTERNAL_ERROR');
+        socket.destroy();
+        return;
+      }
+      if (!isPeerAllowed({ pid: peer.pid, uid: peer.uid, gid: 0 }, this.ownUid, this.o.allowRoot ?? false)) {
+        this.logger.warn({ conn: id, peerPid: peer.pid, peerUid: peer.uid }, 'refused a peer running as another user');
+        this.auditConnectRefused(peer, 'UNAUTHORIZED');
+        socket.destroy();
+        return;
+      }
+    }
+    const conn = new Connection({
+      id,
+      socket,
+      peer,
+      capability: this.capability,
+      dispatcher: this.dispatcher,
+      limits: this.limits,
+      handshakeTimeoutMs: this.timeouts.handshakeMs,
+      frameTimeoutMs: this.timeouts.frameMs,
+      maxOutputBytes: this.o.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES,
+      audit: this.audit,
+      logger: this.logger,
+      onClose: (c) => this.connections.delete(c),
+    });
+    this.connections.add(conn);
+    conn.start();
+  }
+
+  private auditConnectRefused(peer: PeerIdentity, result: string): void {
+    this.audit?.record({
+      time: new Date().toISOString(),
+      conn: peer.connectionId,
+      peerPid: peer.pid,
+      peerUid: peer.uid,
+      op: 'connect',
+      result,
+      durationMs: 0,
+    });
+  }
+
+  /**
+   * Stop accepting, give in-flight work up to shutdownGraceMs, close every
+   * connection, remove the socket file and flush the audit log. Idempotent.
+   */
+  stop(): Promise<void> {
+    if (this.stopPromise !== null) return this.stopPromise;
+    if (this.state === 'new' || this.state === 'stopped') {
+      this.state = 'stopped';
+      this.stopPromise = Promise.resolve();
+      return this.stopPromise;
+    }
+    this.stopPromise = this.doStop();
+    return this.stopPromise;
+  }
+
+  private async doStop(): Promise<void> {
+    // A stop that races start() lets it finish first, so nothing it opens leaks.
+    if (this.state === 'starting') await this.startPromise?.catch(() => undefined);
+    if (this.state === 'stopped') return;
+    this.state = 'stopping';
+    const server = this.server;
+    const closed = server === null ? Promise.resolve() : new Promise<void>((resolve) => server.close(() => resolve()));
+    const idle = Promise.all([...this.connections].map((c) => c.beginShutdown()));
+    let graceTimer: NodeJS.Timeout | undefined;
+    // Not unref'd: this timer is the shutdown itself.
+    const grace = new Promise<void>((resolve) => {
+      graceTimer = setTimeout(resolve, this.timeouts.shutdownGraceMs);
+    });
+    await Promise.race([idle, grace]);
+    clearTimeout(graceTimer);
+    for (const c of this.connections) c.destroy();
+    await closed;
+    if (this.path !== null) unlinkSocket(this.path);
+    await this.audit?.close();
+    this.audit = null;
+    this.server = null;
+    this.state = 'stopped';
+    this.logger.info('credproxy server stopped');
+  }
+
+  /** Synchronous last resort when the process must exit right now. */
+  removeSocketNow(): void {
+    if (this.path !== null) unlinkSocket(this.path);
+  }
+}
+
+export interface SignalHandlerOptions {
+  /** Default process.exit. */
+  exit?: (code: number) => void;
+  logger?: Logger;
+}
+
+/**
+ * SIGINT/SIGTERM: stop the server (socket removed) and exit with 128+signal.
+ * A second signal while stopping removes the socket and exits at once.
+ * Returns a function that uninstalls the handlers.
+ */
+export function installSignalHandlers(server: ProxyServer, options: SignalHandlerOptions = {}): () => void {
+  const exit = options.exit ?? ((code: number) => process.exit(code));
+  let stopping = false;
+  const handler = (signal: NodeJS.Signals): void => {
+    const code = 128 + (osConstants.signals[signal] ?? 0);
+    if (stopping) {
+      server.removeSocketNow();
+      exit(code);
+      return;
+    }
+    stopping = true;
+    server.stop().then(
+      () => exit(code),
+      (err: unknown) => {
+        options.logger?.error({ code: err instanceof CredproxyError ? err.code : undefined }, 'server stop failed');
+        server.removeSocketNow();
+        exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+  return () => {
+    process.off('SIGINT', handler);
+    process.off('SIGTERM', handler);
+  };
+}
