@@ -1,0 +1,80 @@
+import { join } from 'node:path';
+import { createLogger, type Logger } from '../log.js';
+import { ensurePrivateDir } from '../paths.js';
+import { generateCapabilityToken } from '../server/capability.js';
+import { ProxyServer } from '../server/server.js';
+import type { CliContext } from './context.js';
+import { policyFromFlags, type PolicyFlags } from './policy-flags.js';
+import { createSocketDir, removeSocketDir } from './socket-dir.js';
+
+export interface ProxyFlags extends PolicyFlags {
+  socketDir?: string;
+  peerCheck: boolean;
+  allowRoot?: boolean;
+}
+
+/** A running proxy as `serve` and `run` use it: the server plus the directory it owns. */
+export interface RunningProxy {
+  server: ProxyServer;
+  socketPath: string;
+  /** The directory created for this proxy (removed by stop), or undefined with --socket-dir. */
+  ownDir: string | undefined;
+  capabilityToken: string;
+  logger: Logger;
+  /** Stop the server (socket removed) and remove the directory; idempotent. */
+  stop(): Promise<void>;
+  /** Synchronous last resort on a forced exit. */
+  removeNow(): void;
+}
+
+/**
+ * Start the host-side proxy for `serve` and `run`: policy from flags/profile,
+ * host stores and the refresh path, a fresh socket directory, a capability
+ * token. Any failure leaves nothing behind.
+ */
+export async function startProxy(ctx: CliContext, flags: ProxyFlags): Promise<RunningProxy> {
+  const policy = policyFromFlags(flags, await ctx.config());
+  if (flags.allowAll) ctx.notice('serving every provider, bucket and key (--allow-all)');
+  else if (policy.isEmpty) ctx.notice('no --allow, --allow-key or --profile given: every request will be refused');
+
+  const host = await ctx.host();
+  const logger = createLogger();
+  const ownDir = flags.socketDir === undefined ? createSocketDir(host.dirs.run) : undefined;
+  const capabilityToken = generateCapabilityToken();
+  const server = new ProxyServer({
+    tokens: host.stores.tokens,
+    keys: host.stores.keys,
+    credentials: host.credentials,
+    policy,
+    capabilityToken,
+    socketDir: ownDir ?? flags.socketDir,
+    peerCheck: flags.peerCheck ? 'required' : 'off',
+    allowRoot: Boolean(flags.allowRoot),
+    auditPath: join(ensurePrivateDir(host.dirs.state), 'audit.jsonl'),
+    logger,
+  });
+  try {
+    await server.start();
+  } catch (err) {
+    if (ownDir) removeSocketDir(ownDir);
+    throw err;
+  }
+  let stopped: Promise<void> | undefined;
+  return {
+    server,
+    socketPath: server.socketPath,
+    ownDir,
+    capabilityToken,
+    logger,
+    stop() {
+      stopped ??= server.stop().finally(() => {
+        if (ownDir) removeSocketDir(ownDir);
+      });
+      return stopped;
+    },
+    removeNow() {
+      server.removeSocketNow();
+      if (ownDir) removeSocketDir(ownDir);
+    },
+  };
+}

@@ -1,0 +1,300 @@
+import { createCipheriv, createDecipheriv, randomBytes, scrypt as scryptCb, type ScryptOptions } from 'node:crypto';
+import { constants as fsc } from 'node:fs';
+import { open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CredproxyError } from '../errors.js';
+import { ensurePrivateDir } from '../paths.js';
+import type { SecretBackend } from './backend.js';
+
+const ENTRY_SUFFIX = '.enc';
+const META_FILE = 'store.json';
+const MASTER_FILE = 'master.key';
+const CHECK_TEXT = 'credproxy-key-check-v1';
+/** scrypt cost: ~50 ms here, once per process. */
+const SCRYPT = { N: 1 << 15, r: 8, p: 1, maxmem: 64 * 1024 * 1024 };
+
+export type Kdf = (passphrase: string, salt: Buffer, options: ScryptOptions) => Promise<Buffer>;
+
+/** The production KDF; a seam so tests can count derivations (it is called once per process). */
+export const scryptKdf: Kdf = (passphrase, salt, options) =>
+  new Promise((resolve, reject) => scryptCb(passphrase, salt, 32, options, (err, key) => (err ? reject(err) : resolve(key))));
+
+interface Sealed {
+  v: 1;
+  iv: string;
+  tag: string;
+  ct: string;
+}
+
+interface StoreMeta {
+  v: 1;
+  mode: 'master' | 'passphrase';
+  salt?: string;
+  check: Sealed;
+}
+
+function seal(key: Buffer, plaintext: string, aad: string): Sealed {
+  const iv = randomBytes(12);
+  const cipher = createCipheriv('aes-256-gcm', key, iv);
+  cipher.setAAD(Buffer.from(aad, 'utf8'));
+  const ct = Buffer.concat([cipher.update(plaintext, 'utf8'), cipher.final()]);
+  return { v: 1, iv: iv.toString('base64'), tag: cipher.getAuthTag().toString('base64'), ct: ct.toString('base64') };
+}
+
+/** Throws on a wrong key or tampered data (GCM authentication). */
+function open_(key: Buffer, sealed: unknown, aad: string): string {
+  const s = sealed as Partial<Sealed> | null;
+  if (!s || s.v !== 1 || typeof s.iv !== 'string' || typeof s.tag !== 'string' || typeof s.ct !== 'string') throw new Error('bad envelope');
+  const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(s.iv, 'base64'));
+  decipher.setAAD(Buffer.from(aad, 'utf8'));
+  decipher.setAuthTag(Buffer.from(s.tag, 'base64'));
+  return Buffer.concat([decipher.update(Buffer.from(s.ct, 'base64')), decipher.final()]).toString('utf8');
+}
+
+function errno(err: unknown): string {
+  return (err as NodeJS.ErrnoException).code ?? 'unknown error';
+}
+
+function unavailable(what: string, path: string, err: unknown): CredproxyError {
+  const code = errno(err);
+  const hint = code === 'ENOSPC' ? 'free some disk space' : code === 'EACCES' || code === 'EPERM' ? `check the permissions of ${path}` : 'check the data directory';
+  return new CredproxyError('STORE_UNAVAILABLE', `cannot ${what} ${path} (${code}); ${hint}`);
+}
+
+/** Write `data` to `path` atomically: temp file in the same dir, fsync, rename, fsync the dir. */
+async function atomicWrite(dir: string, path: string, data: string): Promise<void> {
+  const tmp = join(dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+  try {
+    const fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
+    try {
+      await fh.writeFile(data, 'utf8');
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, path);
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined);
+    throw unavailable('write', path, err);
+  }
+  const dh = await open(dir, fsc.O_RDONLY).catch(() => null);
+  if (dh) {
+    await dh.sync().catch(() => undefined);
+    await dh.close();
+  }
+}
+
+export interface EncryptedFileBackendOptions {
+  /** The data directory (0700); entries live in `<dir>/entries`. */
+  dir: string;
+  /** When set, the key is derived from it with scrypt instead of a random master secret. */
+  passphrase?: string | undefined;
+  kdf?: Kdf;
+}
+
+interface CacheEntry {
+  ino: bigint;
+  size: bigint;
+  mtimeNs: bigint;
+  value: string;
+}
+
+/**
+ * AES-256-GCM encrypted files, one per entry, the entry name bound as AAD so
+ * files cannot be swapped between entries. The key mode (random master
+ * secret, or passphrase) is fixed when the store is created and recorded in
+ * store.json with a check record, so a wrong passphrase is told apart from a
+ * corrupt entry. The key is derived once per process; decrypted entries are
+ * cached until the file changes on disk.
+ */
+export class EncryptedFileBackend implements SecretBackend {
+  readonly name = 'file' as const;
+  readonly dir: string;
+  private readonly entriesDir: string;
+  private readonly passphrase: string | undefined;
+  private readonly kdf: Kdf;
+  private keyPromise: Promise<Buffer> | undefined;
+  private readonly cache = new Map<string, CacheEntry>();
+
+  constructor(options: EncryptedFileBackendOptions) {
+    this.dir = options.dir;
+    this.entriesDir = join(options.dir, 'entries');
+    this.passphrase = options.passphrase === '' ? undefined : options.passphrase;
+    this.kdf = options.kdf ?? scryptKdf;
+  }
+
+  /** Open (or create) the store and check the key; safe to call more than once. */
+  key(): Promise<Buffer> {
+    this.keyPromise ??= this.loadKey().catch((err: unknown) => {
+      this.keyPromise = undefined;
+      throw err;
+    });
+    return this.keyPromise;
+  }
+
+  private async loadKey(): Promise<Buffer> {
+    try {
+      ensurePrivateDir(this.dir);
+      ensurePrivateDir(this.entriesDir);
+    } catch (err) {
+      if (err instanceof CredproxyError) throw err;
+      throw new CredproxyError('STORE_UNAVAILABLE', `cannot use the data directory ${this.dir}: ${err instanceof Error ? err.message : 'unknown error'}`);
+    }
+    const metaPath = join(this.dir, META_FILE);
+    let meta: StoreMeta | null = null;
+    try {
+      meta = JSON.parse(await readFile(metaPath, 'utf8')) as StoreMeta;
+    } catch (err) {
+      if (errno(err) !== 'ENOENT') {
+        if (err instanceof SyntaxError) throw new CredproxyError('CORRUPT_ENTRY', `${metaPath} is corrupt; restore it from a backup (nothing was changed)`);
+        throw unavailable('read', metaPath, err);
+      }
+    }
+    if (meta === null) return this.createStore(metaPath);
+
+    let key: Buffer;
+    if (meta.mode === 'passphrase') {
+      if (this.passphrase === undefined) {
+        throw new CredproxyError('BAD_PASSPHRASE', `the file store in ${this.dir} is protected by a passphrase; set CREDPROXY_PASSPHRASE`);
+      }
+      key = await this.kdf(this.passphrase, Buffer.from(meta.salt ?? '', 'base64'), SCRYPT);
+    } else {
+      if (this.passphrase !== undefined) {
+        throw new CredproxyError('BAD_PASSPHRASE', `the file store in ${this.dir} uses a master key file, not a passphrase; unset CREDPROXY_PASSPHRASE`);
+      }
+      key = await this.readMaster();
+    }
+    try {
+      if (open_(key, meta.check, CHECK_TEXT) !== CHECK_TEXT) throw new Error('mismatch');
+    } catch {
+      throw meta.mode === 'passphrase'
+        ? new CredproxyError('BAD_PASSPHRASE', `CREDPROXY_PASSPHRASE does not open the file store in ${this.dir} (nothing was changed)`)
+        : new CredproxyError('BAD_PASSPHRASE', `${join(this.dir, MASTER_FILE)} does not match this store; restore the original master key file (nothing was changed)`);
+    }
+    return key;
+  }
+
+  private async readMaster(): Promise<Buffer> {
+    const path = join(this.dir, MASTER_FILE);
+    let key: Buffer;
+    try {
+      key = await readFile(path);
+    } catch (err) {
+      throw errno(err) === 'ENOENT'
+        ? new CredproxyError('BAD_PASSPHRASE', `the master key file ${path} is missing; restore it from a backup (nothing was changed)`)
+        : unavailable('read', path, err);
+    }
+    if (key.length !== 32) throw new CredproxyError('CORRUPT_ENTRY', `the master key file ${path} is damaged (wrong length)`);
+    return key;
+  }
+
+  private async createStore(metaPath: string): Promise<Buffer> {
+    let key: Buffer;
+    let meta: Omit<StoreMeta, 'check'>;
+    if (this.passphrase !== undefined) {
+      const salt = randomBytes(16);
+      key = await this.kdf(this.passphrase, salt, SCRYPT);
+      meta = { v: 1, mode: 'passphrase', salt: salt.toString('base64') };
+    } else {
+      key = randomBytes(32);
+      const masterPath = join(this.dir, MASTER_FILE);
+      try {
+        // O_EXCL: two processes creating a store at once must not both win.
+        const fh = await open(masterPath, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
+        try {
+          await fh.writeFile(key);
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+      } catch (err) {
+        if (errno(err) === 'EEXIST') return this.waitForMeta(metaPath);
+        throw unavailable('create', masterPath, err);
+      }
+      meta = { v: 1, mode: 'master' };
+    }
+    await atomicWrite(this.dir, metaPath, JSON.stringify({ ...meta, check: seal(key, CHECK_TEXT, CHECK_TEXT) }));
+    return key;
+  }
+
+  /** Another process is creating the store right now: use its result. */
+  private async waitForMeta(metaPath: string): Promise<Buffer> {
+    for (let i = 0; i < 50; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      try {
+        await stat(metaPath);
+        this.keyPromise = undefined;
+        return this.loadKey();
+      } catch {
+        /* not there yet */
+      }
+    }
+    throw new CredproxyError('STORE_UNAVAILABLE', `${join(this.dir, MASTER_FILE)} exists but ${metaPath} does not; remove the incomplete store files or restore them`);
+  }
+
+  private pathOf(entry: string): string {
+    return join(this.entriesDir, `${entry}${ENTRY_SUFFIX}`);
+  }
+
+  async get(entry: string): Promise<string | null> {
+    const key = await this.key();
+    const path = this.pathOf(entry);
+    let st;
+    try {
+      st = await stat(path, { bigint: true });
+    } catch (err) {
+      if (errno(err) === 'ENOENT') {
+        this.cache.delete(entry);
+        return null;
+      }
+      throw unavailable('read', path, err);
+    }
+    const cached = this.cache.get(entry);
+    if (cached && cached.ino === st.ino && cached.size === st.size && cached.mtimeNs === st.mtimeNs) return cached.value;
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return null;
+      throw unavailable('read', path, err);
+    }
+    let value: string;
+    try {
+      value = open_(key, JSON.parse(text), entry);
+    } catch {
+      throw new CredproxyError('CORRUPT_ENTRY', `stored entry ${entry} cannot be decrypted (${path}); it was left in place — remove or replace it`);
+    }
+    this.cache.set(entry, { ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, value });
+    return value;
+  }
+
+  async set(entry: string, value: string): Promise<void> {
+    const key = await this.key();
+    await atomicWrite(this.entriesDir, this.pathOf(entry), JSON.stringify(seal(key, value, entry)));
+    this.cache.delete(entry);
+  }
+
+  async delete(entry: string): Promise<boolean> {
+    await this.key();
+    this.cache.delete(entry);
+    try {
+      await unlink(this.pathOf(entry));
+      return true;
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return false;
+      throw unavailable('delete', this.pathOf(entry), err);
+    }
+  }
+
+  async list(): Promise<string[]> {
+    await this.key();
+    let names: string[];
+    try {
+      names = await readdir(this.entriesDir);
+    } catch (err) {
+      throw unavailable('list', this.entriesDir, err);
+    }
+    return names.filter((n) => n.endsWith(ENTRY_SUFFIX) && !n.startsWith('.')).map((n) => n.slice(0, -ENTRY_SUFFIX.length));
+  }
+}
+

@@ -1,0 +1,155 @@
+import { CredproxyError } from '../errors.js';
+import { assertBucketName, assertKeyName, assertProviderName, DEFAULT_BUCKET } from '../names.js';
+import { TokenSchema } from '../protocol/messages.js';
+import { keyEntry, parseEntry, tokenEntry, type SecretBackend } from './backend.js';
+import type { RefreshLocks } from './locks.js';
+import type { BucketStats, KeyStore, OAuthToken, RefreshLockOptions, TokenStore } from './types.js';
+
+/** Parse a stored token; anything unreadable is a corrupt entry, never "not found". */
+function decodeToken(entry: string, text: string): OAuthToken {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new CredproxyError('CORRUPT_ENTRY', `stored entry ${entry} is not valid JSON; it was left in place — remove or re-import it`);
+  }
+  const parsed = TokenSchema.safeParse(value);
+  if (!parsed.success) throw new CredproxyError('CORRUPT_ENTRY', `stored entry ${entry} is not a valid token; it was left in place — remove or re-import it`);
+  return parsed.data as OAuthToken;
+}
+
+interface Usage {
+  count: number;
+  lastUsed: number;
+}
+
+/** SPEC §2 TokenStore over a secret backend; saveToken replaces the entry (merging is the caller's job). */
+export class HostTokenStore implements TokenStore {
+  private readonly usage = new Map<string, Map<string, Usage>>();
+
+  constructor(
+    private readonly backend: SecretBackend,
+    private readonly locks: RefreshLocks,
+  ) {}
+
+  async saveToken(provider: string, token: OAuthToken, bucket = DEFAULT_BUCKET): Promise<void> {
+    assertProviderName(provider);
+    assertBucketName(bucket);
+    const parsed = TokenSchema.safeParse(token);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new CredproxyError('INVALID_REQUEST', `invalid token: ${issue?.path.join('.') || 'token'}: ${issue?.message ?? 'invalid'}`);
+    }
+    await this.backend.set(tokenEntry(provider, bucket), JSON.stringify(parsed.data));
+  }
+
+  async getToken(provider: string, bucket = DEFAULT_BUCKET): Promise<OAuthToken | null> {
+    assertProviderName(provider);
+    assertBucketName(bucket);
+    const entry = tokenEntry(provider, bucket);
+    const text = await this.backend.get(entry);
+    if (text === null) return null;
+    const token = decodeToken(entry, text);
+    this.noteUse(provider, bucket);
+    return token;
+  }
+
+  async removeToken(provider: string, bucket = DEFAULT_BUCKET): Promise<void> {
+    assertProviderName(provider);
+    assertBucketName(bucket);
+    await this.backend.delete(tokenEntry(provider, bucket));
+  }
+
+  private async tokenEntries(): Promise<Array<{ provider: string; bucket: string }>> {
+    const out: Array<{ provider: string; bucket: string }> = [];
+    for (const name of await this.backend.list()) {
+      const e = parseEntry(name);
+      if (e?.kind === 'token') out.push({ provider: e.provider, bucket: e.bucket });
+    }
+    return out;
+  }
+
+  async listProviders(): Promise<string[]> {
+    return [...new Set((await this.tokenEntries()).map((e) => e.provider))].sort();
+  }
+
+  async listBuckets(provider: string): Promise<string[]> {
+    assertProviderName(provider);
+    return (await this.tokenEntries())
+      .filter((e) => e.provider === provider)
+      .map((e) => e.bucket)
+      .sort();
+  }
+
+  async getBucketStats(provider: string, bucket: string): Promise<BucketStats | null> {
+    assertProviderName(provider);
+    assertBucketName(bucket);
+    if ((await this.backend.get(tokenEntry(provider, bucket))) === null) return null;
+    const perBucket = this.usage.get(provider);
+    const mine = perBucket?.get(bucket);
+    let total = 0;
+    for (const u of perBucket?.values() ?? []) total += u.count;
+    const requestCount = mine?.count ?? 0;
+    return {
+      bucket,
+      requestCount,
+      percentage: total === 0 ? 0 : Math.round((requestCount / total) * 1000) / 10,
+      ...(mine ? { lastUsed: mine.lastUsed } : {}),
+    };
+  }
+
+  async acquireRefreshLock(provider: string, options: RefreshLockOptions = {}): Promise<boolean> {
+    const bucket = options.bucket ?? DEFAULT_BUCKET;
+    assertProviderName(provider);
+    assertBucketName(bucket);
+    return this.locks.acquire(provider, bucket, options.waitMs ?? 0);
+  }
+
+  async releaseRefreshLock(provider: string, bucket = DEFAULT_BUCKET): Promise<void> {
+    await this.locks.release(provider, bucket);
+  }
+
+  private noteUse(provider: string, bucket: string): void {
+    let perBucket = this.usage.get(provider);
+    if (!perBucket) this.usage.set(provider, (perBucket = new Map()));
+    const u = perBucket.get(bucket) ?? { count: 0, lastUsed: 0 };
+    u.count++;
+    u.lastUsed = Date.now();
+    perBucket.set(bucket, u);
+  }
+}
+
+/** SPEC §2 KeyStore over a secret backend. */
+export class HostKeyStore implements KeyStore {
+  constructor(private readonly backend: SecretBackend) {}
+
+  async getKey(name: string): Promise<string | null> {
+    assertKeyName(name);
+    return this.backend.get(keyEntry(name));
+  }
+
+  async listKeys(): Promise<string[]> {
+    const out: string[] = [];
+    for (const name of await this.backend.list()) {
+      const e = parseEntry(name);
+      if (e?.kind === 'key') out.push(e.name);
+    }
+    return out.sort();
+  }
+
+  async hasKey(name: string): Promise<boolean> {
+    assertKeyName(name);
+    return (await this.backend.list()).includes(keyEntry(name));
+  }
+
+  async saveKey(name: string, value: string): Promise<void> {
+    assertKeyName(name);
+    if (typeof value !== 'string' || value.length === 0) throw new CredproxyError('INVALID_REQUEST', 'an API key value must be a non-empty string');
+    await this.backend.set(keyEntry(name), value);
+  }
+
+  async deleteKey(name: string): Promise<void> {
+    assertKeyName(name);
+    await this.backend.delete(keyEntry(name));
+  }
+}
