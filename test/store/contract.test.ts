@@ -1,0 +1,88 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { afterAll, describe, expect, it } from 'vitest';
+import { EncryptedFileBackend } from '../../src/store/file.js';
+import { HostKeyStore, HostTokenStore } from '../../src/store/host-stores.js';
+import { KeyringBackend } from '../../src/store/keyring.js';
+import { RefreshLocks } from '../../src/store/locks.js';
+import type { SecretBackend } from '../../src/store/backend.js';
+
+const dirs: string[] = [];
+function tmp(): string {
+  const d = mkdtempSync('/tmp/cp-store-');
+  dirs.push(d);
+  return d;
+}
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+const backends: Array<[string, () => SecretBackend]> = [
+  ['file', () => new EncryptedFileBackend({ dir: join(tmp(), 'data') })],
+  // A real gnome-keyring on the private bus started by test/support/keyring-session.ts.
+  ['keyring', () => new KeyringBackend(`credproxy-test-${randomBytes(6).toString('hex')}`)],
+];
+
+describe.each(backends)('%s backend: TokenStore and KeyStore contract', (_name, make) => {
+  const backend = make();
+  const tokens = new HostTokenStore(backend, new RefreshLocks({ dir: join(tmp(), 'locks') }));
+  const keys = new HostKeyStore(backend);
+
+  it('saves, reads, lists and removes tokens, keeping extra fields', async () => {
+    const t = { access_token: 'at', expiry: 123, refresh_token: 'rt', id_token: 'idt', account_id: 'acc' };
+    await tokens.saveToken('p1', t);
+    await tokens.saveToken('p1', { access_token: 'at2', expiry: 5 }, 'work');
+    await tokens.saveToken('p2@x', { access_token: 'at3', expiry: 6 }, 'b.c');
+    expect(await tokens.getToken('p1')).toEqual(t);
+    expect(await tokens.getToken('p1', 'default')).toEqual(t);
+    expect(await tokens.getToken('p1', 'none')).toBeNull();
+    expect(await tokens.listProviders()).toEqual(['p1', 'p2@x']);
+    expect(await tokens.listBuckets('p1')).toEqual(['default', 'work']);
+    await tokens.removeToken('p1', 'work');
+    expect(await tokens.getToken('p1', 'work')).toBeNull();
+    expect(await tokens.listBuckets('p1')).toEqual(['default']);
+    await tokens.removeToken('p1', 'work'); // absent: silent
+  });
+
+  it('replaces a token on save (merging is the caller’s job)', async () => {
+    await tokens.saveToken('rep', { access_token: 'a', expiry: 1, refresh_token: 'r', scope: 's' });
+    await tokens.saveToken('rep', { access_token: 'b', expiry: 2 });
+    expect(await tokens.getToken('rep')).toEqual({ access_token: 'b', expiry: 2 });
+  });
+
+  it('rejects bad names and bad tokens before storing anything', async () => {
+    await expect(tokens.saveToken('a/b', { access_token: 'a', expiry: 1 })).rejects.toMatchObject({ code: 'INVALID_REQUEST' });
+    await expect(tokens.getToken('p', 'b b')).rejects.toMatchObject({ code: 'INVALID_REQUEST' });
+    await expect(tokens.saveToken('ok', { expiry: 1 } as never)).rejects.toMatchObject({ code: 'INVALID_REQUEST' });
+    await expect(keys.saveKey('a@b', 'v')).rejects.toMatchObject({ code: 'INVALID_REQUEST' });
+    expect(await tokens.listProviders()).not.toContain('ok');
+  });
+
+  it('counts usage per bucket for getBucketStats', async () => {
+    await tokens.saveToken('st', { access_token: 'a', expiry: 1 }, 'one');
+    await tokens.saveToken('st', { access_token: 'a', expiry: 1 }, 'two');
+    await tokens.getToken('st', 'one');
+    await tokens.getToken('st', 'one');
+    await tokens.getToken('st', 'one');
+    await tokens.getToken('st', 'two');
+    const one = await tokens.getBucketStats('st', 'one');
+    expect(one).toMatchObject({ bucket: 'one', requestCount: 3, percentage: 75 });
+    expect(typeof one?.lastUsed).toBe('number');
+    expect(await tokens.getBucketStats('st', 'missing')).toBeNull();
+  });
+
+  it('stores keys', async () => {
+    await keys.saveKey('openai', 'sk-1\n');
+    await keys.saveKey('other.key', 'v2');
+    expect(await keys.getKey('openai')).toBe('sk-1\n');
+    expect(await keys.hasKey('openai')).toBe(true);
+    expect(await keys.hasKey('nope')).toBe(false);
+    expect(await keys.listKeys()).toEqual(['openai', 'other.key']);
+    await keys.deleteKey('openai');
+    expect(await keys.getKey('openai')).toBeNull();
+    expect(await keys.listKeys()).toEqual(['other.key']);
+    // keys and tokens do not see each other
+    expect(await tokens.listProviders()).not.toContain('other.key');
+  });
+});

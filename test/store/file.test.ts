@@ -1,0 +1,132 @@
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { EncryptedFileBackend, scryptKdf, type Kdf } from '../../src/store/file.js';
+
+const dirs: string[] = [];
+function tmp(): string {
+  const d = mkdtempSync('/tmp/cp-file-');
+  dirs.push(d);
+  return d;
+}
+afterAll(() => {
+  for (const d of dirs) {
+    spawnSync('umount', [d]);
+    rmSync(d, { recursive: true, force: true });
+  }
+});
+
+function countingKdf(): { kdf: Kdf; calls: () => number } {
+  let n = 0;
+  return {
+    kdf: (p, s, o) => {
+      n++;
+      return scryptKdf(p, s, o);
+    },
+    calls: () => n,
+  };
+}
+
+describe('encrypted file backend', () => {
+  it('creates 0700 directories and 0600 files holding only ciphertext', async () => {
+    const dir = join(tmp(), 'data');
+    const b = new EncryptedFileBackend({ dir });
+    await b.set('key:k', 'plain-secret-value');
+    expect(statSync(dir).mode & 0o777).toBe(0o700);
+    expect(statSync(join(dir, 'entries')).mode & 0o777).toBe(0o700);
+    for (const f of ['master.key', 'store.json', 'entries/key:k.enc']) {
+      expect(statSync(join(dir, f)).mode & 0o777).toBe(0o600);
+    }
+    expect(readFileSync(join(dir, 'entries/key:k.enc'), 'utf8')).not.toContain('plain-secret');
+    expect(readdirSync(join(dir, 'entries'))).toEqual(['key:k.enc']); // no temp files left behind
+  });
+
+  it('binds each file to its entry name: a swapped file is reported corrupt', async () => {
+    const dir = join(tmp(), 'data');
+    const b = new EncryptedFileBackend({ dir });
+    await b.set('key:a', 'A');
+    await b.set('key:b', 'B');
+    renameSync(join(dir, 'entries/key:a.enc'), join(dir, 'entries/key:b.enc'));
+    const fresh = new EncryptedFileBackend({ dir });
+    await expect(fresh.get('key:b')).rejects.toMatchObject({ code: 'CORRUPT_ENTRY' });
+  });
+
+  it('reports a corrupt entry by name, does not delete it, and keeps serving the others', async () => {
+    const dir = join(tmp(), 'data');
+    const b = new EncryptedFileBackend({ dir });
+    await b.set('token:p:default', '{"access_token":"a","expiry":1}');
+    await b.set('key:ok', 'fine');
+    const path = join(dir, 'entries/token:p:default.enc');
+    writeFileSync(path, '{"v":1,"iv":"AAAA","tag":"AAAA","ct":"AAAA"}');
+    const err = await b.get('token:p:default').catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'CORRUPT_ENTRY' });
+    expect((err as Error).message).toContain('token:p:default');
+    expect(readFileSync(path, 'utf8')).toContain('"iv":"AAAA"');
+    expect(await b.get('key:ok')).toBe('fine');
+  });
+
+  it('derives the passphrase key once per process and detects a wrong passphrase without overwriting', async () => {
+    const dir = join(tmp(), 'data');
+    const counter = countingKdf();
+    const b = new EncryptedFileBackend({ dir, passphrase: 'correct horse', kdf: counter.kdf });
+    await b.set('key:x', 'v1');
+    for (let i = 0; i < 20; i++) await b.set(`key:y${i}`, 'v');
+    for (let i = 0; i < 20; i++) expect(await b.get('key:x')).toBe('v1');
+    expect(counter.calls()).toBe(1);
+    const before = readFileSync(join(dir, 'store.json'), 'utf8');
+    const entryBefore = readFileSync(join(dir, 'entries/key:x.enc'), 'utf8');
+
+    const wrong = new EncryptedFileBackend({ dir, passphrase: 'wrong' });
+    await expect(wrong.get('key:x')).rejects.toMatchObject({ code: 'BAD_PASSPHRASE' });
+    await expect(wrong.set('key:x', 'evil')).rejects.toMatchObject({ code: 'BAD_PASSPHRASE' });
+    const none = new EncryptedFileBackend({ dir });
+    await expect(none.get('key:x')).rejects.toMatchObject({ code: 'BAD_PASSPHRASE', message: expect.stringMatching(/CREDPROXY_PASSPHRASE/) });
+    expect(readFileSync(join(dir, 'store.json'), 'utf8')).toBe(before);
+    expect(readFileSync(join(dir, 'entries/key:x.enc'), 'utf8')).toBe(entryBefore);
+    expect(await new EncryptedFileBackend({ dir, passphrase: 'correct horse' }).get('key:x')).toBe('v1');
+  });
+
+  it('notices when another process rewrites an entry (cache invalidated by the file changing)', async () => {
+    const dir = join(tmp(), 'data');
+    const a = new EncryptedFileBackend({ dir });
+    await a.set('key:shared', 'one');
+    expect(await a.get('key:shared')).toBe('one');
+    // A real second process writes through its own backend instance.
+    const script = `
+      const { EncryptedFileBackend } = await import(${JSON.stringify(new URL('../../src/store/file.ts', import.meta.url).href)});
+      await new EncryptedFileBackend({ dir: ${JSON.stringify(dir)} }).set('key:shared', 'two');`;
+    execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script]);
+    expect(await a.get('key:shared')).toBe('two');
+  });
+
+  it('refuses an unreadable data directory with one clear line', async () => {
+    const parent = tmp();
+    writeFileSync(join(parent, 'data'), 'not a dir');
+    const b = new EncryptedFileBackend({ dir: join(parent, 'data') });
+    const err = await b.get('key:x').catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'STORE_UNAVAILABLE' });
+    expect((err as Error).message).toContain(join(parent, 'data'));
+  });
+
+  it('on a full disk, reports the error and leaves the previous entry intact', async () => {
+    const mnt = tmp();
+    const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0700', 'tmpfs', mnt], { encoding: 'utf8' });
+    if (mount.status !== 0) throw new Error(`this test needs to mount a small tmpfs (root): ${mount.stderr}`);
+    const dir = join(mnt, 'data');
+    const b = new EncryptedFileBackend({ dir });
+    await b.set('key:big', 'original');
+    // Fill the disk.
+    mkdirSync(join(mnt, 'fill'));
+    let i = 0;
+    try {
+      for (;;) writeFileSync(join(mnt, 'fill', `f${i++}`), Buffer.alloc(4096, 1));
+    } catch {
+      /* ENOSPC reached */
+    }
+    const err = await b.set('key:big', 'x'.repeat(32 * 1024)).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'STORE_UNAVAILABLE', message: expect.stringMatching(/ENOSPC/) });
+    expect(await new EncryptedFileBackend({ dir }).get('key:big')).toBe('original');
+    expect(readdirSync(join(dir, 'entries')).filter((f) => f.startsWith('.tmp'))).toEqual([]);
+  });
+});
