@@ -51,7 +51,7 @@ describe('credproxy serve end to end (file store)', () => {
   beforeAll(async () => {
     host = makeHostEnv();
     const env = host.env;
-    for (const [provider, bucket] of [['acme', 'default'], ['acme', 'work'], ['secret', 'default']] as const) {
+    for (const [provider, bucket] of [['acme', 'default'], ['acme', 'work'], ['acme', 'canary'], ['secret', 'default']] as const) {
       const r = await runCli(['token', 'import', provider, '--bucket', bucket], { env, input: tokenJson() });
       expect(r.stderr).not.toContain(CANARY_RT);
       expect(r.code, r.stderr).toBe(0);
@@ -87,7 +87,7 @@ describe('credproxy serve end to end (file store)', () => {
     expect(t && 'refresh_token' in t).toBe(false);
     expect(await tokens.getToken('acme', 'nothing-here')).toBeNull();
     expect(await tokens.listProviders()).toEqual(['acme']); // 'secret' is outside the policy
-    expect((await tokens.listBuckets('acme')).sort()).toEqual(['default', 'work']);
+    expect((await tokens.listBuckets('acme')).sort()).toEqual(['canary', 'default', 'work']);
     expect(await tokens.getBucketStats('acme', 'work')).toEqual({ bucket: 'work', requestCount: 0, percentage: 0 });
     expect(await tokens.getBucketStats('acme', 'nothing-here')).toBeNull();
     expect(await tokens.acquireRefreshLock('acme')).toBe(true);
@@ -195,7 +195,7 @@ describe('credproxy serve end to end (file store)', () => {
     expect(status.code, status.stderr).toBe(0);
     const report = JSON.parse(status.stdout) as { mode: string; tokens: Array<{ provider: string; bucket: string }>; keys: string[] };
     expect(report.mode).toBe('sandbox');
-    expect(report.tokens.map((t) => `${t.provider}:${t.bucket}`).sort()).toEqual(['acme:default', 'acme:work']);
+    expect(report.tokens.map((t) => `${t.provider}:${t.bucket}`).sort()).toEqual(['acme:canary', 'acme:default', 'acme:work']);
     const set = await runCli(['key', 'set', 'x'], { env, input: 'v\n' });
     expect(set.code).toBe(1);
     expect(set.stderr).toContain('API key management is not available in sandbox mode. Manage keys on the host.');
@@ -204,6 +204,26 @@ describe('credproxy serve end to end (file store)', () => {
     expect(denied.stderr).toContain('UNAUTHORIZED');
     const bad = await runCli(['token', 'get', 'no/slash'], { env });
     expect(bad.code).toBe(2);
+  });
+
+  it('canary: the refresh token crosses no frame through import, get, forged save, list and remove', async () => {
+    const c = await raw();
+    await c.handshake({ minVersion: 1, maxVersion: 1, capabilityToken: serve.token });
+    expect(await c.request('get_token', { provider: 'acme', bucket: 'canary' })).toMatchObject({ ok: true });
+    expect(
+      await c.request('save_token', { provider: 'acme', bucket: 'canary', token: { access_token: 'at-c2', expiry: farFuture, refresh_token: FORGED_RT } }),
+    ).toMatchObject({ ok: true });
+    expect(await c.request('get_token', { provider: 'acme', bucket: 'canary' })).toMatchObject({ ok: true, data: { access_token: 'at-c2' } });
+    expect(await c.request('list_providers', {})).toMatchObject({ ok: true });
+    expect(await c.request('list_buckets', { provider: 'acme' })).toMatchObject({ ok: true });
+    const hostStores = await openHostStores({ choice: 'file', dirs: resolveDirs(host.env), env: host.env });
+    expect((await hostStores.tokens.getToken('acme', 'canary'))?.refresh_token).toBe(CANARY_RT); // survived the forged save
+    expect(await c.request('remove_token', { provider: 'acme', bucket: 'canary' })).toMatchObject({ ok: true });
+    expect(await hostStores.tokens.getToken('acme', 'canary')).toBeNull();
+    expect(c.frames.length).toBeGreaterThanOrEqual(7);
+    expect(c.receivedText).not.toContain(CANARY_RT);
+    expect(c.receivedText).not.toContain(FORGED_RT);
+    expect(c.receivedText).not.toContain('refresh_token');
   });
 
   it('never lets a refresh token, key value or capability token into logs or audit', () => {
