@@ -1,6 +1,7 @@
 import { CredproxyError } from '../errors.js';
 import { loadConfig, type CredproxyConfig } from '../config.js';
 import { ProviderRegistry } from '../oauth/registry.js';
+import { createLogger, type Logger } from '../log.js';
 import { resolveDirs, type CredproxyDirs } from '../paths.js';
 import { FileCooldownStore } from '../refresh/cooldown.js';
 import { RefreshCoordinator } from '../refresh/coordinator.js';
@@ -31,6 +32,9 @@ export class CliContext {
   storeChoice: string | undefined;
   /** What the process exits with when the action itself succeeded (run/exec set it). */
   exitCode = 0;
+  /** serve/run log at info; one-shot commands only say what went wrong. CREDPROXY_LOG_LEVEL wins. */
+  defaultLogLevel = 'warn';
+  private log: Logger | undefined;
   private hostPromise: Promise<HostContext> | undefined;
   private proxyClient: ProxySocketClient | undefined;
 
@@ -48,6 +52,12 @@ export class CliContext {
 
   dirs(): CredproxyDirs {
     return resolveDirs(this.io.env);
+  }
+
+  /** JSON log lines on stderr, shared by everything this invocation opens. */
+  get logger(): Logger {
+    this.log ??= createLogger({ level: this.io.env.CREDPROXY_LOG_LEVEL ?? this.defaultLogLevel });
+    return this.log;
   }
 
   host(): Promise<HostContext> {
@@ -98,6 +108,7 @@ export class CliContext {
       const host = await this.hostPromise.catch(() => undefined);
       await host?.credentials.close();
     }
+    this.log?.flush();
   }
 
   private async openHost(): Promise<HostContext> {
@@ -114,6 +125,7 @@ export class CliContext {
       store: stores.tokens,
       providers,
       cooldown: FileCooldownStore.inStateDir(dirs.state),
+      logger: this.logger,
     });
     return { dirs, stores, config, providers, credentials };
   }

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { createLogger, type Logger } from '../log.js';
+import type { Logger } from '../log.js';
 import { ensurePrivateDir } from '../paths.js';
 import { generateCapabilityToken } from '../server/capability.js';
 import { ProxyServer } from '../server/server.js';
@@ -37,8 +37,9 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags): Promise<Ru
   if (flags.allowAll) ctx.notice('serving every provider, bucket and key (--allow-all)');
   else if (policy.isEmpty) ctx.notice('no --allow, --allow-key or --profile given: every request will be refused');
 
+  ctx.defaultLogLevel = 'info';
   const host = await ctx.host();
-  const logger = createLogger();
+  const logger = ctx.logger;
   const ownDir = flags.socketDir === undefined ? createSocketDir(host.dirs.run) : undefined;
   const capabilityToken = generateCapabilityToken();
   const server = new ProxyServer({
