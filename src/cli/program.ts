@@ -6,6 +6,7 @@ import { registerTokenCommands } from './commands/token.js';
 import { registerStatusCommand } from './commands/status.js';
 import { registerProvidersCommand } from './commands/providers.js';
 import { registerServeCommand } from './commands/serve.js';
+import { registerRunCommand } from './commands/run.js';
 
 export interface CliProgram {
   /** Parse and run; resolves with the process exit code. */
@@ -25,6 +26,7 @@ export function buildProgram(io: CliIO): CliProgram {
       writeErr: (s) => io.stderr.write(s),
     })
     .exitOverride()
+    .enablePositionalOptions()
     .hook('preAction', (cmd) => {
       ctx.storeChoice = cmd.opts<{ store?: string }>().store;
     });
@@ -34,6 +36,7 @@ export function buildProgram(io: CliIO): CliProgram {
   registerStatusCommand(program, ctx);
   registerProvidersCommand(program, ctx);
   registerServeCommand(program, ctx);
+  registerRunCommand(program, ctx);
 
   // Subcommands inherit the output and exit behaviour of the root.
   for (const cmd of allCommands(program)) {

@@ -32,12 +32,12 @@ export interface RunningProxy {
  * host stores and the refresh path, a fresh socket directory, a capability
  * token. Any failure leaves nothing behind.
  */
-export async function startProxy(ctx: CliContext, flags: ProxyFlags): Promise<RunningProxy> {
+export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string } = {}): Promise<RunningProxy> {
   const policy = policyFromFlags(flags, await ctx.config());
   if (flags.allowAll) ctx.notice('serving every provider, bucket and key (--allow-all)');
   else if (policy.isEmpty) ctx.notice('no --allow, --allow-key or --profile given: every request will be refused');
 
-  ctx.defaultLogLevel = 'info';
+  ctx.defaultLogLevel = options.logLevel ?? 'info';
   const host = await ctx.host();
   const logger = ctx.logger;
   const ownDir = flags.socketDir === undefined ? createSocketDir(host.dirs.run) : undefined;

@@ -1,0 +1,189 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { basename, dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Option, type Command } from 'commander';
+import { CredproxyError } from '../../errors.js';
+import { bwrapArgs } from '../../sandbox/bwrap.js';
+import { bwrapCommandPid, forwardSignals, spawnChild, type ChildRun } from '../../sandbox/child.js';
+import { containerArgs } from '../../sandbox/container.js';
+import { sandboxEnv, type SandboxKind, type SandboxSpec } from '../../sandbox/spec.js';
+import type { CliContext } from '../context.js';
+import { addPolicyOptions, policyFromFlags } from '../policy-flags.js';
+import { startProxy, type ProxyFlags, type RunningProxy } from '../proxy.js';
+
+interface RunFlags extends ProxyFlags {
+  sandbox?: SandboxKind;
+  image?: string;
+  workdir: boolean;
+  shareNet?: boolean;
+  engineArg: string[];
+}
+
+/** `run` failures of its own, as docker/podman do: never mistaken for the command's status. */
+export const RUN_FAILURE_EXIT = 125;
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+export function registerRunCommand(program: Command, ctx: CliContext): void {
+  const cmd = program
+    .command('run')
+    .description('start the proxy, then CMD in a sandbox that sees only the proxy socket; exit with CMD’s status')
+    .addOption(new Option('--sandbox <kind>', 'bwrap (default when installed), docker, podman, or none').choices(['bwrap', 'docker', 'podman', 'none']))
+    .option('--image <image>', 'container image (docker/podman)')
+    .option('--engine-arg <arg>', 'extra argument for docker/podman run (repeatable)', collect, [])
+    .option('--socket-dir <dir>', 'directory for the socket (default: a fresh one under the run dir)')
+    .option('--no-workdir', 'do not bind the current directory into the sandbox')
+    .option('--share-net', 'keep network access inside the sandbox')
+    .option('--no-peer-check', 'do not require SO_PEERCRED peer checks (Linux)')
+    .argument('<command...>', 'the command to run, after --')
+    .passThroughOptions();
+  addPolicyOptions(cmd).action(async (command: string[], flags: RunFlags) => {
+    try {
+      ctx.exitCode = await run(ctx, command, flags);
+    } catch (err) {
+      if (err instanceof CredproxyError && err.code === 'USAGE') throw err;
+      ctx.notice(`run failed: ${err instanceof CredproxyError ? `${err.code}: ${err.message}` : err instanceof Error ? err.message : 'unexpected failure'}`);
+      ctx.exitCode = RUN_FAILURE_EXIT;
+    }
+  });
+}
+
+function onPath(bin: string, env: NodeJS.ProcessEnv): boolean {
+  return spawnSync('sh', ['-c', `command -v ${bin}`], { env: { PATH: env.PATH ?? '/usr/bin:/bin' }, stdio: 'ignore' }).status === 0;
+}
+
+function isUnder(path: string, dir: string): boolean {
+  return path === dir || path.startsWith(dir.endsWith('/') ? dir : `${dir}/`);
+}
+
+function chooseSandbox(flags: RunFlags, env: NodeJS.ProcessEnv): SandboxKind {
+  if (flags.sandbox) {
+    if (flags.sandbox !== 'none' && !onPath(flags.sandbox === 'bwrap' ? 'bwrap' : flags.sandbox, env)) {
+      throw new CredproxyError('STORE_UNAVAILABLE', `${flags.sandbox} is not installed or not on PATH`);
+    }
+    return flags.sandbox;
+  }
+  if (onPath('bwrap', env)) return 'bwrap';
+  throw new CredproxyError(
+    'USAGE',
+    'bubblewrap (bwrap) is not installed, and run never falls back silently: install it (e.g. `apt-get install bubblewrap`), or choose `--sandbox docker|podman`, or `--sandbox none` to run without a sandbox',
+  );
+}
+
+/** The package root (…/credproxy), so the same binary is reachable inside the sandbox. */
+function packageRoot(): string {
+  return resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+}
+
+async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise<number> {
+  const env = ctx.io.env;
+  const kind = chooseSandbox(flags, env);
+  if ((kind === 'docker' || kind === 'podman') && !flags.image) throw new CredproxyError('USAGE', `--sandbox ${kind} needs --image`);
+  const dirs = ctx.dirs();
+  const home = env.HOME || homedir();
+  const cwd = process.cwd();
+  if (flags.workdir) {
+    const own = [dirs.config, dirs.data, dirs.state].find((d) => isUnder(d, cwd));
+    if (cwd === '/' || cwd === home || own) {
+      throw new CredproxyError(
+        'USAGE',
+        `refusing to bind ${cwd} into the sandbox (${cwd === '/' ? 'the root directory' : cwd === home ? 'your home directory' : `it contains credproxy's own ${own}`}); cd into a project directory or pass --no-workdir`,
+      );
+    }
+  }
+
+  // The command owns the terminal: the proxy only speaks up for warnings (the audit log has the rest).
+  policyFromFlags(flags, await ctx.config()); // bad rules are usage errors (2); past this point failures are run's own (125)
+  let proxy: RunningProxy;
+  try {
+    proxy = await startProxy(ctx, flags, { logLevel: 'warn' });
+  } catch (err) {
+    if (err instanceof CredproxyError) throw new CredproxyError(err.code === 'USAGE' ? 'INTERNAL_ERROR' : err.code, `the proxy could not start: ${err.message}`);
+    throw err;
+  }
+  const root = packageRoot();
+  const nodeDir = dirname(process.execPath);
+  const spec: SandboxSpec = {
+    socketDir: dirname(proxy.socketPath),
+    socketName: basename(proxy.socketPath),
+    capabilityToken: proxy.capabilityToken,
+    command,
+    workdir: flags.workdir ? cwd : null,
+    shareNet: Boolean(flags.shareNet),
+    home,
+    hidden: [dirs.config, dirs.data, dirs.state, dirs.run],
+    toolDirs: [root, nodeDir],
+    env: sandboxEnv(env, [join(root, 'bin'), nodeDir]),
+  };
+  let envDir: string | undefined;
+  let launched: ChildRun | undefined;
+  let commandPid: () => number | null = () => null;
+  const cleanup = async (): Promise<void> => {
+    if (envDir) rmSync(envDir, { recursive: true, force: true });
+    await proxy.stop();
+  };
+  try {
+    launched = launch(kind, spec, proxy, flags, (d) => (envDir = d));
+    const child = launched.child;
+    if (kind === 'bwrap') {
+      let infoPid: number | null = null;
+      const info: Buffer[] = [];
+      child.stdio[3]?.on('data', (d: Buffer) => {
+        info.push(d);
+        try {
+          infoPid = (JSON.parse(Buffer.concat(info).toString('utf8')) as { 'child-pid'?: number })['child-pid'] ?? null;
+        } catch {
+          /* not complete yet */
+        }
+      });
+      commandPid = () => (infoPid === null ? (child.pid ?? null) : (bwrapCommandPid(infoPid) ?? child.pid ?? null));
+    } else {
+      commandPid = () => child.pid ?? null;
+    }
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+  const unforward = forwardSignals(commandPid);
+  let status: number;
+  try {
+    status = await launched.status;
+  } catch (err) {
+    unforward();
+    await cleanup();
+    throw new CredproxyError('INTERNAL_ERROR', `could not start the ${kind} sandbox: ${(err as NodeJS.ErrnoException).code ?? 'unknown error'}`);
+  }
+  unforward();
+  await cleanup();
+  return status;
+}
+
+function launch(kind: SandboxKind, spec: SandboxSpec, proxy: RunningProxy, flags: RunFlags, setEnvDir: (d: string) => void): ChildRun {
+  if (kind === 'bwrap') {
+    return spawnChild('bwrap', bwrapArgs(spec, 3), { stdio: ['inherit', 'inherit', 'inherit', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  }
+  if (kind === 'none') {
+    const env = { ...spec.env, HOME: spec.home, CREDPROXY_SOCKET: proxy.socketPath, CREDPROXY_TOKEN: spec.capabilityToken };
+    return spawnChild(spec.command[0]!, spec.command.slice(1), { stdio: 'inherit', env, cwd: spec.workdir ?? spec.home });
+  }
+  // docker/podman: the token goes through a 0600 env file in a private directory, never argv.
+  const envDir = mkdtempSync(join(dirname(spec.socketDir), 'env-'));
+  setEnvDir(envDir);
+  const envFile = join(envDir, 'env');
+  writeFileSync(envFile, `CREDPROXY_TOKEN=${spec.capabilityToken}\n`, { mode: 0o600 });
+  const args = containerArgs(spec, {
+    engine: kind,
+    image: flags.image!,
+    envFile,
+    tty: Boolean(process.stdin.isTTY),
+    uid: process.getuid?.() ?? 0,
+    gid: process.getgid?.() ?? 0,
+    engineArgs: flags.engineArg,
+  });
+  const run = spawnChild(kind, args, { stdio: 'inherit', env: process.env });
+  // The engine reads the env file while creating the container; do not leave it lying around.
+  setTimeout(() => rmSync(envDir, { recursive: true, force: true }), 5000).unref();
+  return run;
+}

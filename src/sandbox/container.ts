@@ -1,0 +1,32 @@
+import { SANDBOX_SOCKET_DIR, socketPathInside, type SandboxSpec } from './spec.js';
+
+export interface ContainerOptions {
+  engine: 'docker' | 'podman';
+  image: string;
+  /** 0600 file with CREDPROXY_TOKEN=...; `--env` would show the token in `inspect`. */
+  envFile: string;
+  tty: boolean;
+  uid: number;
+  gid: number;
+  engineArgs: string[];
+}
+
+/**
+ * docker/podman `run` arguments: only the socket directory mounted, the
+ * working directory at /work when given, no network unless --share-net,
+ * the token through an env file, the container process as the user.
+ */
+export function containerArgs(spec: SandboxSpec, o: ContainerOptions): string[] {
+  const args = ['run', '--rm', '-i'];
+  if (o.tty) args.push('-t');
+  args.push('--user', `${o.uid}:${o.gid}`);
+  if (o.engine === 'podman' && o.uid !== 0) args.push('--userns=keep-id');
+  args.push('--cap-drop', 'ALL', '--security-opt', 'no-new-privileges');
+  if (!spec.shareNet) args.push('--network', 'none');
+  args.push('-v', `${spec.socketDir}:${SANDBOX_SOCKET_DIR}`);
+  if (spec.workdir !== null) args.push('-v', `${spec.workdir}:/work`, '-w', '/work');
+  args.push('--env-file', o.envFile, '-e', `CREDPROXY_SOCKET=${socketPathInside(spec)}`);
+  for (const name of ['TERM', 'LANG', 'TZ']) if (spec.env[name] !== undefined) args.push('-e', `${name}=${spec.env[name]}`);
+  args.push(...o.engineArgs, o.image, ...spec.command);
+  return args;
+}

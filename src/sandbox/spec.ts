@@ -1,0 +1,43 @@
+/** Where the socket directory appears inside a sandbox. */
+export const SANDBOX_SOCKET_DIR = '/run/credproxy';
+
+export type SandboxKind = 'bwrap' | 'docker' | 'podman' | 'none';
+
+/** Everything a launcher needs to build its command line; plain data, no I/O. */
+export interface SandboxSpec {
+  /** Host directory holding only the proxy's socket; the one thing shared with the sandbox. */
+  socketDir: string;
+  /** The socket's file name inside socketDir. */
+  socketName: string;
+  capabilityToken: string;
+  command: string[];
+  /** Host directory bound read-write at its own path, or null (--no-workdir). */
+  workdir: string | null;
+  shareNet: boolean;
+  /** The user's home directory (hidden behind an empty tmpfs in bwrap). */
+  home: string;
+  /** Host directories that must never be visible inside (credproxy's config/data/state/run). */
+  hidden: string[];
+  /** Directories bound read-only at their own path so `credproxy` and `node` run inside. */
+  toolDirs: string[];
+  /** The harmless environment (see sandboxEnv). */
+  env: Record<string, string>;
+}
+
+/** The only host variables that cross into a sandbox; never CREDPROXY_PASSPHRASE or other secrets. */
+export const PASSED_ENV = ['PATH', 'TERM', 'LANG', 'LC_ALL', 'TZ', 'USER', 'LOGNAME', 'COLORTERM'] as const;
+
+export function sandboxEnv(host: NodeJS.ProcessEnv, extraPath: string[] = []): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const name of PASSED_ENV) {
+    const v = host[name];
+    if (v !== undefined) env[name] = v;
+  }
+  const path = [...extraPath, ...(env.PATH ?? '/usr/local/bin:/usr/bin:/bin').split(':')];
+  env.PATH = [...new Set(path.filter(Boolean))].join(':');
+  return env;
+}
+
+export function socketPathInside(spec: Pick<SandboxSpec, 'socketName'>): string {
+  return `${SANDBOX_SOCKET_DIR}/${spec.socketName}`;
+}

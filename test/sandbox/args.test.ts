@@ -1,0 +1,104 @@
+import { describe, expect, it } from 'vitest';
+import { bwrapArgs } from '../../src/sandbox/bwrap.js';
+import { containerArgs } from '../../src/sandbox/container.js';
+import { sandboxEnv, type SandboxSpec } from '../../src/sandbox/spec.js';
+
+const spec = (over: Partial<SandboxSpec> = {}): SandboxSpec => ({
+  socketDir: '/run/user/1000/credproxy/s-1-abcd',
+  socketName: 'credproxy-1-00.sock',
+  capabilityToken: 'c'.repeat(64),
+  command: ['agent', '--flag'],
+  workdir: '/home/u/project',
+  shareNet: false,
+  home: '/home/u',
+  hidden: ['/home/u/.config/credproxy', '/home/u/.local/share/credproxy', '/srv/state/credproxy', '/run/user/1000/credproxy'],
+  toolDirs: ['/home/u/src/credproxy', '/usr/bin'],
+  env: sandboxEnv({ PATH: '/usr/bin:/bin', TERM: 'xterm', CREDPROXY_PASSPHRASE: 'secret', AWS_SECRET_ACCESS_KEY: 'x', USER: 'u' }, ['/home/u/src/credproxy/bin']),
+  ...over,
+});
+
+/** Pairs "--flag a b" into triples for readable assertions. */
+function binds(args: string[], flag: string): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  args.forEach((a, i) => {
+    if (a === flag) out.push([args[i + 1]!, args[i + 2]!]);
+  });
+  return out;
+}
+function singles(args: string[], flag: string): string[] {
+  return args.flatMap((a, i) => (a === flag ? [args[i + 1]!] : []));
+}
+
+describe('bwrap arguments', () => {
+  it('mounts the root read-only, masks home, /tmp, /var/tmp, /run and credproxy’s own dirs', () => {
+    const a = bwrapArgs(spec(), 3);
+    expect(binds(a, '--ro-bind')[0]).toEqual(['/', '/']);
+    const tmpfs = singles(a, '--tmpfs');
+    for (const d of ['/tmp', '/var/tmp', '/run', '/home/u', '/srv/state/credproxy']) expect(tmpfs).toContain(d);
+    // Dirs already under a masked path need no extra tmpfs.
+    expect(tmpfs).not.toContain('/home/u/.config/credproxy');
+    expect(a).toEqual(expect.arrayContaining(['--unshare-all', '--die-with-parent', '--clearenv', '--info-fd', '3']));
+    expect(a.slice(a.indexOf('--cap-drop'), a.indexOf('--cap-drop') + 2)).toEqual(['--cap-drop', 'ALL']);
+    expect(a).not.toContain('--share-net');
+    expect(a.slice(a.indexOf('--') + 1)).toEqual(['agent', '--flag']);
+  });
+
+  it('binds only the socket directory (read-only), the workdir and tools — never home, config or data', () => {
+    const a = bwrapArgs(spec(), 3);
+    const ro = binds(a, '--ro-bind');
+    const rw = binds(a, '--bind');
+    expect(ro).toContainEqual(['/run/user/1000/credproxy/s-1-abcd', '/run/credproxy']);
+    expect(ro).toContainEqual(['/home/u/src/credproxy', '/home/u/src/credproxy']); // tool under masked home comes back ro
+    expect(ro).not.toContainEqual(['/usr/bin', '/usr/bin']); // already visible through the ro root
+    expect(rw).toEqual([['/home/u/project', '/home/u/project']]);
+    for (const [src] of [...ro, ...rw]) {
+      expect(src === '/home/u' || src.includes('.config/credproxy') || src.includes('.local/share/credproxy') || src === '/srv/state/credproxy').toBe(false);
+    }
+    // The socket dir is bound after /run is masked (bwrap applies mounts in order).
+    expect(a.indexOf('/run/credproxy')).toBeGreaterThan(a.indexOf('/run'));
+    const noWork = bwrapArgs(spec({ workdir: null }), 3);
+    expect(binds(noWork, '--bind')).toEqual([]);
+    expect(singles(noWork, '--chdir')).toEqual(['/']);
+    expect(bwrapArgs(spec({ shareNet: true }), 3)).toContain('--share-net');
+  });
+
+  it('sets exactly the socket, the token and harmless variables', () => {
+    const env = Object.fromEntries(binds(bwrapArgs(spec(), 3), '--setenv'));
+    expect(env).toEqual({
+      PATH: '/home/u/src/credproxy/bin:/usr/bin:/bin',
+      TERM: 'xterm',
+      USER: 'u',
+      HOME: '/home/u',
+      CREDPROXY_SOCKET: '/run/credproxy/credproxy-1-00.sock',
+      CREDPROXY_TOKEN: 'c'.repeat(64),
+    });
+  });
+});
+
+describe('docker/podman arguments', () => {
+  const base = { image: 'img:1', envFile: '/run/x/env-1/env', tty: false, uid: 1000, gid: 1000, engineArgs: ['--memory', '1g'] };
+
+  it('mounts only the socket dir and the workdir, passes the token through an env file, no network', () => {
+    for (const engine of ['docker', 'podman'] as const) {
+      const a = containerArgs(spec(), { ...base, engine });
+      expect(singles(a, '-v')).toEqual(['/run/user/1000/credproxy/s-1-abcd:/run/credproxy', '/home/u/project:/work']);
+      expect(singles(a, '--env-file')).toEqual(['/run/x/env-1/env']);
+      expect(a.join(' ')).not.toContain('c'.repeat(64)); // never on the command line (visible in ps / inspect)
+      expect(singles(a, '-e')).toContain('CREDPROXY_SOCKET=/run/credproxy/credproxy-1-00.sock');
+      expect(a.join(' ')).not.toContain('CREDPROXY_PASSPHRASE');
+      expect(singles(a, '--network')).toEqual(['none']);
+      expect(singles(a, '--user')).toEqual(['1000:1000']);
+      expect(a.slice(-5)).toEqual(['--memory', '1g', 'img:1', 'agent', '--flag']);
+    }
+    expect(containerArgs(spec(), { ...base, engine: 'podman' })).toContain('--userns=keep-id');
+    expect(containerArgs(spec({ shareNet: true, workdir: null }), { ...base, engine: 'docker' })).not.toContain('--network');
+    expect(singles(containerArgs(spec({ workdir: null }), { ...base, engine: 'docker' }), '-v')).toHaveLength(1);
+  });
+});
+
+describe('sandbox environment', () => {
+  it('passes only the harmless list', () => {
+    const env = sandboxEnv({ PATH: '/bin', LANG: 'C', TZ: 'UTC', CREDPROXY_PASSPHRASE: 'p', GITHUB_TOKEN: 't', DBUS_SESSION_BUS_ADDRESS: 'x' });
+    expect(env).toEqual({ PATH: '/bin', LANG: 'C', TZ: 'UTC' });
+  });
+});
