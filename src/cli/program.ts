@@ -7,6 +7,7 @@ import { registerStatusCommand } from './commands/status.js';
 import { registerProvidersCommand } from './commands/providers.js';
 import { registerServeCommand } from './commands/serve.js';
 import { registerRunCommand } from './commands/run.js';
+import { registerExecCommand } from './commands/exec.js';
 
 export interface CliProgram {
   /** Parse and run; resolves with the process exit code. */
@@ -37,6 +38,7 @@ export function buildProgram(io: CliIO): CliProgram {
   registerProvidersCommand(program, ctx);
   registerServeCommand(program, ctx);
   registerRunCommand(program, ctx);
+  registerExecCommand(program, ctx);
 
   // Subcommands inherit the output and exit behaviour of the root.
   for (const cmd of allCommands(program)) {

@@ -64,6 +64,23 @@ describe('credproxy run --sandbox bwrap (real bubblewrap)', () => {
     expect(readdirSync(join(host.home, 'run'))).toEqual([]); // socket dir removed after the run
   });
 
+  it('exec fills environment variables from the proxy for tools that only read env vars', async () => {
+    const r = await run(
+      [],
+      [
+        'credproxy exec --env ANTHROPIC_API_KEY=key:openai --env TOK=token:acme -- sh -c \'echo "$ANTHROPIC_API_KEY $TOK"; exit 4\'; echo "status=$?"',
+        'credproxy exec --env BAD -- true; echo "bad=$?"',
+        'credproxy exec --env X=key:hidden -- true; echo "denied=$?"',
+        'credproxy exec -- no-such-command-here; echo "missing=$?"',
+      ].join('; '),
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`${KEY} ${TOKEN}\nstatus=4`);
+    expect(r.stdout).toContain('bad=2');
+    expect(r.stdout).toContain('denied=1');
+    expect(r.stdout).toContain('missing=127');
+  });
+
   it('has no network, even to the host loopback', async () => {
     const probe = `node -e "require('net').connect(${port},'127.0.0.1').on('connect',()=>{console.log('CONNECTED');process.exit(0)}).on('error',e=>{console.log('NO-NET',e.code);process.exit(0)})"`;
     const r = await run([], probe);
