@@ -8,6 +8,7 @@ import { registerProvidersCommand } from './commands/providers.js';
 import { registerServeCommand } from './commands/serve.js';
 import { registerRunCommand } from './commands/run.js';
 import { registerExecCommand } from './commands/exec.js';
+import { registerLoginCommands } from './commands/login.js';
 
 export interface CliProgram {
   /** Parse and run; resolves with the process exit code. */
@@ -39,6 +40,7 @@ export function buildProgram(io: CliIO): CliProgram {
   registerServeCommand(program, ctx);
   registerRunCommand(program, ctx);
   registerExecCommand(program, ctx);
+  registerLoginCommands(program, ctx);
 
   // Subcommands inherit the output and exit behaviour of the root.
   for (const cmd of allCommands(program)) {

@@ -3,6 +3,7 @@ import type { Logger } from '../log.js';
 import { ensurePrivateDir } from '../paths.js';
 import { generateCapabilityToken } from '../server/capability.js';
 import { ProxyServer } from '../server/server.js';
+import { LoginSessions, sessionTimeoutFromEnv } from '../login/sessions.js';
 import type { CliContext } from './context.js';
 import { policyFromFlags, type PolicyFlags } from './policy-flags.js';
 import { createSocketDir, removeSocketDir } from './socket-dir.js';
@@ -42,6 +43,12 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
   const logger = ctx.logger;
   const ownDir = flags.socketDir === undefined ? createSocketDir(host.dirs.run) : undefined;
   const capabilityToken = generateCapabilityToken();
+  const login = new LoginSessions({
+    tokens: host.stores.tokens,
+    providers: host.providers,
+    timeoutMs: sessionTimeoutFromEnv(ctx.io.env),
+    logger,
+  });
   const server = new ProxyServer({
     tokens: host.stores.tokens,
     keys: host.stores.keys,
@@ -53,10 +60,12 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     allowRoot: Boolean(flags.allowRoot),
     auditPath: join(ensurePrivateDir(host.dirs.state), 'audit.jsonl'),
     logger,
+    login,
   });
   try {
     await server.start();
   } catch (err) {
+    login.close();
     if (ownDir) removeSocketDir(ownDir);
     throw err;
   }
@@ -69,6 +78,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     logger,
     stop() {
       stopped ??= server.stop().finally(() => {
+        login.close();
         if (ownDir) removeSocketDir(ownDir);
       });
       return stopped;
