@@ -274,6 +274,35 @@ describe('login from inside the sandbox, completed on the host', () => {
     expect(await stores.tokens.getToken('paste', 'cli')).toBeNull();
   }, 30_000);
 
+  it('on the host, `credproxy login` runs the device flow itself and stores the token', async () => {
+    const { spawn } = await import('node:child_process');
+    const { BIN } = await import('../support/cli.js');
+    const child = spawn(process.execPath, [BIN, 'login', 'dev', '--bucket', 'hostside', '--no-browser'], { env: host.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    const m = await new Promise<RegExpExecArray>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`no device prompt; stderr: ${err}`)), 10_000);
+      child.stderr.on('data', (d: Buffer) => {
+        err += d.toString();
+        const found = /open (\S+) and enter the code: (\S+)\n/.exec(err);
+        if (found) {
+          clearTimeout(t);
+          resolve(found);
+        }
+      });
+    });
+    await new ScriptedBrowser().completeDevice(m[1]!, m[2]!);
+    expect(await exited).toBe(0);
+    expect(err).toMatch(/logged in to dev:hostside/);
+    const stored = await stores.tokens.getToken('dev', 'hostside');
+    expect(typeof stored?.refresh_token).toBe('string');
+    hostOnly.add(stored!.refresh_token!);
+    expect(err).not.toContain(stored!.refresh_token!);
+    const out = await runCli(['logout', 'dev', '--bucket', 'hostside'], { env: host.env });
+    expect(out.code, out.stderr).toBe(0);
+    expect(await stores.tokens.getToken('dev', 'hostside')).toBeNull();
+  }, 30_000);
+
   it('canary sweep: no code, refresh token, state or full session id in logs or audit; no host secret in frames', async () => {
     // One more flow over a raw socket to see every byte the client receives.
     const raw = await RawClient.connect(serve.socket);
