@@ -7,9 +7,12 @@ import { LoginSessions, sessionTimeoutFromEnv } from '../login/sessions.js';
 import type { CliContext } from './context.js';
 import { policyFromFlags, type PolicyFlags } from './policy-flags.js';
 import { createSocketDir, removeSocketDir } from './socket-dir.js';
+import { UsageError } from './io.js';
 
 export interface ProxyFlags extends PolicyFlags {
   socketDir?: string;
+  /** `unix` (default), `tcp` (127.0.0.1, ephemeral port) or `tcp:HOST[:PORT]`. */
+  transport?: string;
   peerCheck: boolean;
   allowRoot?: boolean;
 }
@@ -28,6 +31,20 @@ export interface RunningProxy {
   removeNow(): void;
 }
 
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+/** `tcp`, `tcp:HOST`, `tcp:HOST:PORT`, `tcp:[V6]:PORT`; undefined for the Unix socket. */
+export function parseTransport(spec: string | undefined): { host: string; port: number } | undefined {
+  if (spec === undefined || spec === 'unix') return undefined;
+  if (spec === 'tcp') return { host: '127.0.0.1', port: 0 };
+  const m = /^tcp:(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+))(?::(\d{1,5}))?$/.exec(spec);
+  const port = m?.[3] === undefined ? 0 : Number(m[3]);
+  if (!m || port > 65535) throw new UsageError(`invalid --transport '${spec.slice(0, 80)}' (use unix, tcp, tcp:HOST or tcp:HOST:PORT)`);
+  return { host: (m[1] ?? m[2])!, port };
+}
+
 /**
  * Start the host-side proxy for `serve` and `run`: policy from flags/profile,
  * host stores and the refresh path, a fresh socket directory, a capability
@@ -41,7 +58,10 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
   ctx.defaultLogLevel = options.logLevel ?? 'info';
   const host = await ctx.host();
   const logger = ctx.logger;
-  const ownDir = flags.socketDir === undefined ? createSocketDir(host.dirs.run) : undefined;
+  const tcp = parseTransport(flags.transport);
+  if (tcp && flags.socketDir !== undefined) throw new UsageError('--socket-dir and --transport tcp exclude each other');
+  if (tcp && !isLoopback(tcp.host)) ctx.notice(`listening on ${tcp.host}, which is not a loopback address: anyone who can reach it and holds the token gets the policy's credentials`);
+  const ownDir = flags.socketDir === undefined && !tcp ? createSocketDir(host.dirs.run) : undefined;
   const capabilityToken = generateCapabilityToken();
   const login = new LoginSessions({
     tokens: host.stores.tokens,
@@ -55,7 +75,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     credentials: host.credentials,
     policy,
     capabilityToken,
-    socketDir: ownDir ?? flags.socketDir,
+    ...(tcp ? { tcp } : { socketDir: ownDir ?? flags.socketDir }),
     peerCheck: flags.peerCheck ? 'required' : 'off',
     allowRoot: Boolean(flags.allowRoot),
     auditPath: join(ensurePrivateDir(host.dirs.state), 'audit.jsonl'),

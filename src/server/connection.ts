@@ -26,6 +26,8 @@ export interface ConnectionOptions {
   audit: AuditSink | null;
   logger: Logger;
   onClose(conn: Connection): void;
+  /** A handshake was refused or timed out (the TCP transport rate-limits these per address). */
+  onHandshakeFailed?(): void;
 }
 
 type State = 'handshake' | 'ready' | 'closing' | 'closed';
@@ -79,7 +81,10 @@ export class Connection {
     });
     s.on('error', (err: NodeJS.ErrnoException) => this.o.logger.debug({ conn: this.id, code: err.code }, 'connection error'));
     s.on('close', () => this.onSocketClose());
-    this.handshakeTimer = setTimeout(() => this.abort('handshake timeout'), this.o.handshakeTimeoutMs);
+    this.handshakeTimer = setTimeout(() => {
+      this.o.onHandshakeFailed?.();
+      this.abort('handshake timeout');
+    }, this.o.handshakeTimeoutMs);
     this.handshakeTimer.unref();
   }
 
@@ -140,6 +145,7 @@ export class Connection {
     const started = performance.now();
     const time = new Date().toISOString();
     const reject = (code: WireErrorCode, error: string): void => {
+      this.o.onHandshakeFailed?.();
       this.record({ time, op: 'handshake', result: code, started });
       this.closeAfter({ v: PROTOCOL_VERSION, op: 'handshake', ok: false, code, error });
     };

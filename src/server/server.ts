@@ -50,8 +50,14 @@ export interface ProxyServerOptions {
   capabilityToken?: string;
   /** A fresh socket name is made in this directory (created 0700)... */
   socketDir?: string;
-  /** ...or this exact path is used. Exactly one of the two. */
+  /** ...or this exact path is used... */
   socketPath?: string;
+  /**
+   * ...or TCP (for VM-based engines that cannot carry a Unix socket). Exactly
+   * one of the three. TCP needs a capability token; there is no peer check,
+   * and failed handshakes are rate-limited per remote address.
+   */
+  tcp?: { host: string; port: number };
   /** Default 'required': on Linux, refuse to start without SO_PEERCRED. */
   peerCheck?: PeerCheckMode;
   /** Let uid 0 connect besides our own uid. */
@@ -74,6 +80,9 @@ type ServerState = 'new' | 'starting' | 'listening' | 'stopping' | 'stopped';
 
 const DEFAULT_MAX_OUTPUT_BYTES = 2 * 1024 * 1024;
 const DEFAULT_MAX_CONNECTIONS = 64;
+/** TCP: after this many failed handshakes from one address in the window, its connections are dropped. */
+export const FAILED_HANDSHAKE_LIMIT = 5;
+export const FAILED_HANDSHAKE_WINDOW_MS = 60_000;
 
 /**
  * The proxy server (SPEC §4, §5). Owns the listening socket and its file,
@@ -98,8 +107,11 @@ export class ProxyServer {
   private readonly ownUid: number;
 
   constructor(options: ProxyServerOptions) {
-    if ((options.socketDir === undefined) === (options.socketPath === undefined)) {
-      throw new CredproxyError('USAGE', 'give exactly one of socketDir and socketPath');
+    if ([options.socketDir, options.socketPath, options.tcp].filter((x) => x !== undefined).length !== 1) {
+      throw new CredproxyError('USAGE', 'give exactly one of socketDir, socketPath and tcp');
+    }
+    if (options.tcp !== undefined && !options.capabilityToken) {
+      throw new CredproxyError('USAGE', 'the TCP transport requires a capability token');
     }
     const peerCheck = options.peerCheck ?? 'required';
     if (peerCheck !== 'required' && peerCheck !== 'off') throw new CredproxyError('USAGE', 'peerCheck must be "required" or "off"');
@@ -157,6 +169,7 @@ export class ProxyServer {
   }
 
   private async startListening(): Promise<void> {
+    if (this.o.tcp !== undefined) return this.startTcp(this.o.tcp);
     const path = this.o.socketPath ?? makeSocketPath(this.o.socketDir!);
     // Checked before anything is created: a refused path leaves no trace.
     assertSocketPathLength(path);
@@ -186,6 +199,52 @@ export class ProxyServer {
     this.logger.info({ socket: path, peerCheck: this.peerCheckActive, policy: this.o.policy.describe() }, 'credproxy server listening');
   }
 
+  private async startTcp(tcp: { host: string; port: number }): Promise<void> {
+    if (this.o.auditPath !== undefined) {
+      const audit = new AuditLog({ path: this.o.auditPath, logger: this.logger });
+      await audit.open();
+      this.audit = audit;
+    }
+    const server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
+    server.maxConnections = this.o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err: NodeJS.ErrnoException) =>
+        reject(new CredproxyError('USAGE', `cannot listen on ${tcp.host}:${tcp.port} (${err.code ?? 'error'}); choose another --transport tcp:ADDR`)),
+      );
+      server.listen(tcp.port, tcp.host, () => resolve());
+    });
+    server.on('error', (err: NodeJS.ErrnoException) => this.logger.error({ code: err.code }, 'server socket error'));
+    const { address, port } = server.address() as { address: string; port: number };
+    this.path = `tcp://${address.includes(':') ? `[${address}]` : address}:${port}`;
+    this.logger.info({ socket: this.path, peerCheck: false, policy: this.o.policy.describe() }, 'credproxy server listening (TCP: capability token required, no peer check)');
+  }
+
+  /** Failed handshakes per remote address in the current window (TCP only). */
+  private readonly handshakeFailures = new Map<string, { count: number; since: number }>();
+
+  private tcpBlocked(address: string): boolean {
+    const f = this.handshakeFailures.get(address);
+    if (!f) return false;
+    if (Date.now() - f.since > FAILED_HANDSHAKE_WINDOW_MS) {
+      this.handshakeFailures.delete(address);
+      return false;
+    }
+    return f.count >= FAILED_HANDSHAKE_LIMIT;
+  }
+
+  private noteHandshakeFailure(address: string): void {
+    const now = Date.now();
+    const f = this.handshakeFailures.get(address);
+    if (!f || now - f.since > FAILED_HANDSHAKE_WINDOW_MS) this.handshakeFailures.set(address, { count: 1, since: now });
+    else f.count++;
+  }
+
+  /** Only a Unix socket leaves a file behind. */
+  private removeSocketFile(): void {
+    if (this.path !== null && this.o.tcp === undefined) unlinkSocket(this.path);
+  }
+
   private async loadPeerCheck(): Promise<void> {
     if (this.o.peerCheck === 'off') return;
     const loaded = await loadPeerCredReader();
@@ -205,7 +264,7 @@ export class ProxyServer {
     // Only a socket we were listening on is ours to remove.
     if (server?.listening) {
       await new Promise<void>((resolve) => server.close(() => resolve()));
-      if (this.path !== null) unlinkSocket(this.path);
+      this.removeSocketFile();
     }
     await this.audit?.close();
     this.audit = null;
@@ -218,6 +277,13 @@ export class ProxyServer {
       return;
     }
     const peer: PeerIdentity = { connectionId: id, pid: null, uid: null };
+    const remote = this.o.tcp !== undefined ? (socket.remoteAddress ?? 'unknown') : null;
+    if (remote !== null && this.tcpBlocked(remote)) {
+      this.logger.warn({ conn: id }, 'refused a TCP connection: too many failed handshakes from its address');
+      this.auditConnectRefused(peer, 'RATE_LIMITED');
+      socket.destroy();
+      return;
+    }
     if (this.peerReader !== null) {
       try {
         const cred = this.peerReader.read(socket);
@@ -249,6 +315,7 @@ export class ProxyServer {
       audit: this.audit,
       logger: this.logger,
       onClose: (c) => this.connections.delete(c),
+      ...(remote !== null ? { onHandshakeFailed: () => this.noteHandshakeFailure(remote) } : {}),
     });
     this.connections.add(conn);
     conn.start();
@@ -298,7 +365,7 @@ export class ProxyServer {
     clearTimeout(graceTimer);
     for (const c of this.connections) c.destroy();
     await closed;
-    if (this.path !== null) unlinkSocket(this.path);
+    this.removeSocketFile();
     await this.audit?.close();
     this.audit = null;
     this.server = null;
@@ -308,7 +375,7 @@ export class ProxyServer {
 
   /** Synchronous last resort when the process must exit right now. */
   removeSocketNow(): void {
-    if (this.path !== null) unlinkSocket(this.path);
+    this.removeSocketFile();
   }
 }
 

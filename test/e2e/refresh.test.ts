@@ -10,6 +10,11 @@ import { makeHostEnv, runCli, startServe, type HostEnv, type ServeProcess } from
 
 const now = (): number => Math.floor(Date.now() / 1000);
 
+function writeCorpConfig(home: string, issuer: string): void {
+  mkdirSync(join(home, 'config'), { recursive: true });
+  writeFileSync(join(home, 'config', 'config.json'), JSON.stringify({ providers: { corp: { flow: 'pkce_redirect', issuer, client_id: NATIVE_CLIENT_ID } } }));
+}
+
 /** Everything secret the test has seen, to sweep frames and logs with at the end. */
 const secrets = new Set<string>();
 
@@ -42,11 +47,7 @@ describe('refresh through a real credproxy serve and a real authorization server
   beforeAll(async () => {
     oidc = await OidcTestServer.start({ tokenDelayMs: 150 });
     host = makeHostEnv();
-    mkdirSync(join(host.home, 'config'), { recursive: true });
-    writeFileSync(
-      join(host.home, 'config', 'config.json'),
-      JSON.stringify({ providers: { corp: { flow: 'pkce_redirect', issuer: oidc.issuer, client_id: NATIVE_CLIENT_ID } } }),
-    );
+    writeCorpConfig(host.home, oidc.issuer);
     serve = await startServe(['--allow', 'corp:*'], host.env);
     stores = await openHostStores({ choice: 'file', dirs: resolveDirs(host.env), env: host.env });
   });
@@ -154,8 +155,7 @@ describe('refresh through a real credproxy serve and a real authorization server
   it('a logout during a slow refresh waits for it and wins', async () => {
     const slow = await OidcTestServer.start({ tokenDelayMs: 1500 });
     const h = makeHostEnv();
-    mkdirSync(join(h.home, 'config'), { recursive: true });
-    writeFileSync(join(h.home, 'config', 'config.json'), JSON.stringify({ providers: { corp: { flow: 'pkce_redirect', issuer: slow.issuer, client_id: NATIVE_CLIENT_ID } } }));
+    writeCorpConfig(h.home, slow.issuer);
     const s = await startServe(['--allow', 'corp:*'], h.env);
     try {
       const set = await slow.issueTokens();
@@ -184,8 +184,7 @@ describe('refresh through a real credproxy serve and a real authorization server
   it('renews a short-lived token with the timer before it expires', async () => {
     const short = await OidcTestServer.start();
     const h = makeHostEnv();
-    mkdirSync(join(h.home, 'config'), { recursive: true });
-    writeFileSync(join(h.home, 'config', 'config.json'), JSON.stringify({ providers: { corp: { flow: 'pkce_redirect', issuer: short.issuer, client_id: NATIVE_CLIENT_ID } } }));
+    writeCorpConfig(h.home, short.issuer);
     const s = await startServe(['--allow', 'corp'], h.env);
     try {
       const set = await short.issueTokens();

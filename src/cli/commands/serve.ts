@@ -15,6 +15,7 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
     .description('run the proxy in the foreground for a sandbox started by another tool');
   addPolicyOptions(cmd)
     .option('--socket-dir <dir>', 'directory for the socket (default: a fresh one under the run dir)')
+    .option('--transport <spec>', 'unix (default), or tcp[:HOST[:PORT]] for VM-based engines (loopback by default)')
     .option('--shell', 'print `export VAR=...` lines for eval')
     .option('--no-peer-check', 'do not require SO_PEERCRED peer checks (Linux)')
     .option('--allow-root', 'also accept connections from uid 0')
