@@ -13,19 +13,30 @@ export interface ContainerOptions {
 
 /**
  * docker/podman `run` arguments: only the socket directory mounted, the
- * working directory at /work when given, no network unless --share-net,
+ * working directory at /work when given, no network unless --share-net
+ * (or --transport tcp, where the network is how the proxy is reached),
  * the token through an env file, the container process as the user.
  */
+/** How a container reaches its host with --transport tcp (Docker Desktop / Podman machine name it so). */
+export const HOST_ALIAS = { docker: 'host.docker.internal', podman: 'host.containers.internal' } as const;
+
 export function containerArgs(spec: SandboxSpec, o: ContainerOptions): string[] {
   const args = ['run', '--rm', '-i'];
   if (o.tty) args.push('-t');
   args.push('--user', `${o.uid}:${o.gid}`);
   if (o.engine === 'podman' && o.uid !== 0) args.push('--userns=keep-id');
   args.push('--cap-drop', 'ALL', '--security-opt', 'no-new-privileges');
-  if (!spec.shareNet) args.push('--network', 'none');
-  args.push('-v', `${spec.socketDir}:${SANDBOX_SOCKET_DIR}`);
+  let socket = socketPathInside(spec);
+  if (spec.tcpPort !== null) {
+    // A VM-based engine cannot carry a Unix socket: the container needs the network to reach the proxy.
+    socket = `tcp://${HOST_ALIAS[o.engine]}:${spec.tcpPort}`;
+    if (o.engine === 'docker') args.push('--add-host', `${HOST_ALIAS.docker}:host-gateway`);
+  } else {
+    if (!spec.shareNet) args.push('--network', 'none');
+    args.push('-v', `${spec.socketDir}:${SANDBOX_SOCKET_DIR}`);
+  }
   if (spec.workdir !== null) args.push('-v', `${spec.workdir}:/work`, '-w', '/work');
-  args.push('--env-file', o.envFile, '-e', `CREDPROXY_SOCKET=${socketPathInside(spec)}`);
+  args.push('--env-file', o.envFile, '-e', `CREDPROXY_SOCKET=${socket}`);
   for (const name of ['TERM', 'LANG', 'TZ']) if (spec.env[name] !== undefined) args.push('-e', `${name}=${spec.env[name]}`);
   args.push(...o.engineArgs, o.image, ...spec.command);
   return args;

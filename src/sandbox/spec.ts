@@ -5,10 +5,12 @@ export type SandboxKind = 'bwrap' | 'docker' | 'podman' | 'none';
 
 /** Everything a launcher needs to build its command line; plain data, no I/O. */
 export interface SandboxSpec {
-  /** Host directory holding only the proxy's socket; the one thing shared with the sandbox. */
+  /** Host directory holding only the proxy's socket; the one thing shared with the sandbox (unused with tcpPort). */
   socketDir: string;
   /** The socket's file name inside socketDir. */
   socketName: string;
+  /** With `--transport tcp`: the proxy's port on the host, reached over the network instead of a shared socket. */
+  tcpPort: number | null;
   capabilityToken: string;
   command: string[];
   /** Host directory bound read-write at its own path, or null (--no-workdir). */

@@ -159,6 +159,15 @@ describe('credproxy run --sandbox none', () => {
       expect(r.stdout).toContain(KEY);
       expect(r.stdout).not.toContain('host-secret-pass');
       expect(r.stdout).not.toContain('SOME_HOST_SECRET');
+
+      // --transport tcp: the same, over loopback TCP.
+      const t = await runCli(['run', '--sandbox', 'none', '--transport', 'tcp', '--allow-key', 'openai', '--', 'sh', '-c', 'echo "$CREDPROXY_SOCKET"; credproxy key get openai'], { env: host.env, cwd: work });
+      expect(t.code, t.stderr).toBe(0);
+      expect(t.stdout).toMatch(/^tcp:\/\/127\.0\.0\.1:\d+\n/);
+      expect(t.stdout).toContain(KEY);
+      const bw = await runCli(['run', '--transport', 'tcp', '--allow-key', 'openai', '--', 'true'], { env: host.env, cwd: work });
+      expect(bw.code).toBe(2);
+      expect(bw.stderr).toMatch(/--transport tcp is for docker, podman/);
     } finally {
       host.cleanup();
       rmSync(work, { recursive: true, force: true });

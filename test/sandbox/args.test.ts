@@ -6,6 +6,7 @@ import { sandboxEnv, type SandboxSpec } from '../../src/sandbox/spec.js';
 const spec = (over: Partial<SandboxSpec> = {}): SandboxSpec => ({
   socketDir: '/run/user/1000/credproxy/s-1-abcd',
   socketName: 'credproxy-1-00.sock',
+  tcpPort: null,
   capabilityToken: 'c'.repeat(64),
   command: ['agent', '--flag'],
   workdir: '/home/u/project',
@@ -93,6 +94,19 @@ describe('docker/podman arguments', () => {
     expect(containerArgs(spec(), { ...base, engine: 'podman' })).toContain('--userns=keep-id');
     expect(containerArgs(spec({ shareNet: true, workdir: null }), { ...base, engine: 'docker' })).not.toContain('--network');
     expect(singles(containerArgs(spec({ workdir: null }), { ...base, engine: 'docker' }), '-v')).toHaveLength(1);
+  });
+});
+
+describe('docker/podman arguments with --transport tcp', () => {
+  it('mounts no socket, needs the network, and points CREDPROXY_SOCKET at the host alias', () => {
+    const base = { image: 'img', envFile: '/e', tty: false, uid: 0, gid: 0, engineArgs: [] };
+    const podman = containerArgs(spec({ tcpPort: 4711, socketDir: '', socketName: '' }), { ...base, engine: 'podman' });
+    expect(singles(podman, '-v')).toEqual(['/home/u/project:/work']);
+    expect(podman).not.toContain('--network');
+    expect(singles(podman, '-e')).toContain('CREDPROXY_SOCKET=tcp://host.containers.internal:4711');
+    const docker = containerArgs(spec({ tcpPort: 4711, socketDir: '', socketName: '' }), { ...base, engine: 'docker' });
+    expect(singles(docker, '--add-host')).toEqual(['host.docker.internal:host-gateway']);
+    expect(singles(docker, '-e')).toContain('CREDPROXY_SOCKET=tcp://host.docker.internal:4711');
   });
 });
 

@@ -11,7 +11,8 @@ import { containerArgs } from '../../sandbox/container.js';
 import { sandboxEnv, type SandboxKind, type SandboxSpec } from '../../sandbox/spec.js';
 import type { CliContext } from '../context.js';
 import { addPolicyOptions, policyFromFlags } from '../policy-flags.js';
-import { startProxy, type ProxyFlags, type RunningProxy } from '../proxy.js';
+import { parseTransport, startProxy, type ProxyFlags, type RunningProxy } from '../proxy.js';
+import { ensurePrivateDir } from '../../paths.js';
 
 interface RunFlags extends ProxyFlags {
   sandbox?: SandboxKind;
@@ -34,6 +35,7 @@ export function registerRunCommand(program: Command, ctx: CliContext): void {
     .option('--image <image>', 'container image (docker/podman)')
     .option('--engine-arg <arg>', 'extra argument for docker/podman run (repeatable)', collect, [])
     .option('--socket-dir <dir>', 'directory for the socket (default: a fresh one under the run dir)')
+    .option('--transport <spec>', 'unix (default), or tcp[:HOST[:PORT]] for VM-based engines (docker/podman/none only)')
     .option('--no-workdir', 'do not bind the current directory into the sandbox')
     .option('--share-net', 'keep network access inside the sandbox')
     .option('--no-peer-check', 'do not require SO_PEERCRED peer checks (Linux)')
@@ -81,6 +83,8 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   const env = ctx.io.env;
   const kind = chooseSandbox(flags, env);
   if ((kind === 'docker' || kind === 'podman') && !flags.image) throw new CredproxyError('USAGE', `--sandbox ${kind} needs --image`);
+  const tcp = parseTransport(flags.transport);
+  if (tcp && kind === 'bwrap') throw new CredproxyError('USAGE', 'bwrap shares the Unix socket and has no network; --transport tcp is for docker, podman (VM-based engines) and none');
   const dirs = ctx.dirs();
   const home = env.HOME || homedir();
   const cwd = process.cwd();
@@ -106,8 +110,9 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   const root = packageRoot();
   const nodeDir = dirname(process.execPath);
   const spec: SandboxSpec = {
-    socketDir: dirname(proxy.socketPath),
-    socketName: basename(proxy.socketPath),
+    socketDir: tcp ? '' : dirname(proxy.socketPath),
+    socketName: tcp ? '' : basename(proxy.socketPath),
+    tcpPort: tcp ? Number(new URL(proxy.socketPath).port) : null,
     capabilityToken: proxy.capabilityToken,
     command,
     workdir: flags.workdir ? cwd : null,
@@ -125,7 +130,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     await proxy.stop();
   };
   try {
-    launched = launch(kind, spec, proxy, flags, (d) => (envDir = d));
+    launched = launch(kind, spec, proxy, flags, dirs.run, (d) => (envDir = d));
     const child = launched.child;
     if (kind === 'bwrap') {
       let infoPid: number | null = null;
@@ -160,7 +165,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   return status;
 }
 
-function launch(kind: SandboxKind, spec: SandboxSpec, proxy: RunningProxy, flags: RunFlags, setEnvDir: (d: string) => void): ChildRun {
+function launch(kind: SandboxKind, spec: SandboxSpec, proxy: RunningProxy, flags: RunFlags, runDir: string, setEnvDir: (d: string) => void): ChildRun {
   if (kind === 'bwrap') {
     return spawnChild('bwrap', bwrapArgs(spec, 3), { stdio: ['inherit', 'inherit', 'inherit', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
   }
@@ -169,7 +174,7 @@ function launch(kind: SandboxKind, spec: SandboxSpec, proxy: RunningProxy, flags
     return spawnChild(spec.command[0]!, spec.command.slice(1), { stdio: 'inherit', env, cwd: spec.workdir ?? spec.home });
   }
   // docker/podman: the token goes through a 0600 env file in a private directory, never argv.
-  const envDir = mkdtempSync(join(dirname(spec.socketDir), 'env-'));
+  const envDir = mkdtempSync(join(ensurePrivateDir(runDir), 'env-'));
   setEnvDir(envDir);
   const envFile = join(envDir, 'env');
   writeFileSync(envFile, `CREDPROXY_TOKEN=${spec.capabilityToken}\n`, { mode: 0o600 });
