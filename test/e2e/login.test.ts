@@ -303,6 +303,35 @@ describe('login from inside the sandbox, completed on the host', () => {
     expect(await stores.tokens.getToken('dev', 'hostside')).toBeNull();
   }, 30_000);
 
+  it('on the host, a loopback-redirect login waits for the browser and stores the token', async () => {
+    const { spawn } = await import('node:child_process');
+    const { BIN } = await import('../support/cli.js');
+    const child = spawn(process.execPath, [BIN, 'login', 'loop', '--bucket', 'hostloop', '--no-browser'], { env: host.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    const url = await new Promise<string>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`no URL; stderr: ${err}`)), 10_000);
+      child.stderr.on('data', (d: Buffer) => {
+        err += d.toString();
+        const found = /(http:\/\/127\.0\.0\.1:\d+\/auth\?\S+)\n/.exec(err);
+        if (found) {
+          clearTimeout(t);
+          resolve(found[1]!);
+        }
+      });
+    });
+    await new Promise((r) => setTimeout(r, 500)); // the CLI must still be waiting, not exited
+    expect(child.exitCode).toBeNull();
+    const redirect = new URL(url).searchParams.get('redirect_uri')!;
+    const landed = await new ScriptedBrowser().authorize(url, redirect);
+    hostOnly.add(landed.searchParams.get('code')!);
+    expect((await fetch(landed)).status).toBe(200);
+    expect(await exited).toBe(0);
+    const stored = await stores.tokens.getToken('loop', 'hostloop');
+    expect(typeof stored?.refresh_token).toBe('string');
+    hostOnly.add(stored!.refresh_token!);
+  }, 30_000);
+
   it('canary sweep: no code, refresh token, state or full session id in logs or audit; no host secret in frames', async () => {
     // One more flow over a raw socket to see every byte the client receives.
     const raw = await RawClient.connect(serve.socket);

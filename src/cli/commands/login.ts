@@ -119,14 +119,15 @@ async function hostLogin(ctx: CliContext, provider: string, bucket: string, brow
     } else {
       const wait = waiter(ctx);
       const started = Date.now();
-      const timer = wait ? setInterval(() => wait(Date.now() - started), 500) : undefined;
+      // Also what keeps this process alive while the loopback listener (unref'd) waits for the browser.
+      const timer = setInterval(() => wait?.(Date.now() - started), 500);
       const aborted = new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(new CredproxyError('INVALID_REQUEST', 'login cancelled')), { once: true }));
       try {
         const out = await Promise.race([flow.outcome!, aborted]);
         if (!out.ok) throw new CredproxyError(out.code, out.error);
         token = out.token;
       } finally {
-        if (timer) clearInterval(timer);
+        clearInterval(timer);
       }
     }
     await host.stores.tokens.saveToken(provider, token, bucket);

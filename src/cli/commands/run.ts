@@ -98,10 +98,10 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     }
   }
 
-  // The command owns the terminal: the proxy only speaks up for warnings (the audit log has the rest).
   policyFromFlags(flags, await ctx.config()); // bad rules are usage errors (2); past this point failures are run's own (125)
   let proxy: RunningProxy;
   try {
+    // The command owns the terminal: the proxy only speaks up for warnings (the audit log has the rest).
     proxy = await startProxy(ctx, flags, { logLevel: 'warn' });
   } catch (err) {
     if (err instanceof CredproxyError) throw new CredproxyError(err.code === 'USAGE' ? 'INTERNAL_ERROR' : err.code, `the proxy could not start: ${err.message}`);
@@ -129,6 +129,8 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     if (envDir) rmSync(envDir, { recursive: true, force: true });
     await proxy.stop();
   };
+  // Installed before the spawn, so a signal in between still reaches the command instead of killing the launcher.
+  const unforward = forwardSignals(() => commandPid());
   try {
     launched = launch(kind, spec, proxy, flags, dirs.run, (d) => (envDir = d));
     const child = launched.child;
@@ -148,10 +150,10 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
       commandPid = () => child.pid ?? null;
     }
   } catch (err) {
+    unforward();
     await cleanup();
     throw err;
   }
-  const unforward = forwardSignals(commandPid);
   let status: number;
   try {
     status = await launched.status;
