@@ -26,6 +26,7 @@ interface Usage {
 /** SPEC §2 TokenStore over a secret backend; saveToken replaces the entry (merging is the caller's job). */
 export class HostTokenStore implements TokenStore {
   private readonly usage = new Map<string, Map<string, Usage>>();
+  private readonly decoded = new Map<string, { text: string; token: OAuthToken }>();
 
   constructor(
     private readonly backend: SecretBackend,
@@ -48,10 +49,18 @@ export class HostTokenStore implements TokenStore {
     assertBucketName(bucket);
     const entry = tokenEntry(provider, bucket);
     const text = await this.backend.get(entry);
-    if (text === null) return null;
-    const token = decodeToken(entry, text);
+    if (text === null) {
+      this.decoded.delete(entry);
+      return null;
+    }
+    // The backends hand back the same string while the entry is unchanged: parse and validate it once.
+    let cached = this.decoded.get(entry);
+    if (cached?.text !== text) {
+      cached = { text, token: decodeToken(entry, text) };
+      this.decoded.set(entry, cached);
+    }
     this.noteUse(provider, bucket);
-    return token;
+    return { ...cached.token };
   }
 
   async removeToken(provider: string, bucket = DEFAULT_BUCKET): Promise<void> {
