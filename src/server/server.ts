@@ -70,7 +70,7 @@ export interface ProxyServerOptions {
   timeouts?: Partial<ServerTimeouts>;
   /** Output queued for one client before it is dropped (default 2 MiB). */
   maxOutputBytes?: number;
-  /** Simultaneous connections (default 64). */
+  /** Simultaneous connections (default 1024). */
   maxConnections?: number;
   /** Login sessions; oauth_* answer INTERNAL_ERROR without it. */
   login?: LoginPort;
@@ -79,7 +79,8 @@ export interface ProxyServerOptions {
 type ServerState = 'new' | 'starting' | 'listening' | 'stopping' | 'stopped';
 
 const DEFAULT_MAX_OUTPUT_BYTES = 2 * 1024 * 1024;
-const DEFAULT_MAX_CONNECTIONS = 64;
+/** Enough for many agents and tools sharing one proxy; each idle connection costs a few KiB. */
+const DEFAULT_MAX_CONNECTIONS = 1024;
 /** TCP: after this many failed handshakes from one address in the window, its connections are dropped. */
 export const FAILED_HANDSHAKE_LIMIT = 5;
 export const FAILED_HANDSHAKE_WINDOW_MS = 60_000;
