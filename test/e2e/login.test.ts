@@ -358,5 +358,13 @@ describe('login from inside the sandbox, completed on the host', () => {
     }
     for (const secret of hostOnly) expect(raw.receivedText).not.toContain(secret);
     expect(raw.receivedText).not.toContain('code_verifier');
+    // Everything host-only the authorization server saw in this file's flows: codes, verifiers, device codes, refresh tokens.
+    const kinds = [...oidc.secretsSeen];
+    expect(kinds.length).toBeGreaterThan(10);
+    for (const secret of kinds) {
+      expect(logs).not.toContain(secret);
+      expect(audit).not.toContain(secret);
+      expect(raw.receivedText).not.toContain(secret);
+    }
   });
 });

@@ -70,6 +70,8 @@ export class OidcTestServer {
   readonly confidentialClientSecret: string;
   /** Every token-endpoint grant the server finished, in order. */
   readonly grants: GrantEvent[] = [];
+  /** Auth codes, PKCE verifiers, device codes and refresh tokens seen in requests and answers. */
+  readonly secretsSeen = new Set<string>();
   /** Delay applied to each token endpoint request; may be changed at any time. */
   tokenDelayMs: number;
   private readonly canned: CannedResponse[] = [];
@@ -159,6 +161,11 @@ export class OidcTestServer {
         }
       }
       await next();
+      // Remember every host-only secret that crossed this server, for canary sweeps.
+      const params = (ctx.oidc?.params ?? {}) as Record<string, unknown>;
+      for (const k of ['code', 'code_verifier', 'device_code', 'refresh_token']) if (typeof params[k] === 'string') this.secretsSeen.add(params[k] as string);
+      const body = ctx.body as Record<string, unknown> | undefined;
+      if (body && typeof body === 'object') for (const k of ['device_code', 'refresh_token']) if (typeof body[k] === 'string') this.secretsSeen.add(body[k] as string);
     });
     provider.on('grant.success', (ctx) => {
       this.grants.push({ grantType: String(ctx.oidc?.params?.grant_type ?? ''), ok: true });
