@@ -178,14 +178,7 @@ export class ProxyServer {
     prepareSocketDir(dirname(path));
     await removeStaleSocket(path);
     this.path = path;
-    if (this.o.auditPath !== undefined) {
-      const audit = new AuditLog({ path: this.o.auditPath, logger: this.logger });
-      await audit.open();
-      this.audit = audit;
-    }
-    const server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
-    server.maxConnections = this.o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
-    this.server = server;
+    const server = await this.openAuditAndServer();
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(path, () => {
@@ -200,7 +193,8 @@ export class ProxyServer {
     this.logger.info({ socket: path, peerCheck: this.peerCheckActive, policy: this.o.policy.describe() }, 'credproxy server listening');
   }
 
-  private async startTcp(tcp: { host: string; port: number }): Promise<void> {
+  /** What both transports share: the audit writer and the net.Server owned by this object. */
+  private async openAuditAndServer(): Promise<Server> {
     if (this.o.auditPath !== undefined) {
       const audit = new AuditLog({ path: this.o.auditPath, logger: this.logger });
       await audit.open();
@@ -209,6 +203,11 @@ export class ProxyServer {
     const server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
     server.maxConnections = this.o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     this.server = server;
+    return server;
+  }
+
+  private async startTcp(tcp: { host: string; port: number }): Promise<void> {
+    const server = await this.openAuditAndServer();
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) =>
         reject(new CredproxyError('USAGE', `cannot listen on ${tcp.host}:${tcp.port} (${err.code ?? 'error'}); choose another --transport tcp:ADDR`)),
