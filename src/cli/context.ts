@@ -107,6 +107,7 @@ export class CliContext {
     if (this.hostPromise) {
       const host = await this.hostPromise.catch(() => undefined);
       await host?.credentials.close();
+      await host?.stores.close();
     }
     this.log?.flush();
   }

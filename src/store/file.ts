@@ -1,15 +1,18 @@
 import { createCipheriv, createDecipheriv, randomBytes, scrypt as scryptCb, type ScryptOptions } from 'node:crypto';
 import { constants as fsc, statSync } from 'node:fs';
-import { open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { link, lstat, open, readFile, readdir, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CredproxyError } from '../errors.js';
 import { ensurePrivateDir } from '../paths.js';
 import type { SecretBackend } from './backend.js';
 
 const ENTRY_SUFFIX = '.enc';
+const ENTRY_NAME_RE = /^[a-z]+:[A-Za-z0-9._@:-]{1,140}$/;
 const META_FILE = 'store.json';
 const MASTER_FILE = 'master.key';
 const CHECK_TEXT = 'credproxy-key-check-v1';
+/** Older temp files cannot belong to a write still in progress. */
+const TEMP_FILE_MAX_AGE_MS = 60 * 60 * 1000;
 /** scrypt cost: ~50 ms here, once per process. */
 const SCRYPT = { N: 1 << 15, r: 8, p: 1, maxmem: 64 * 1024 * 1024 };
 
@@ -26,11 +29,21 @@ interface Sealed {
   ct: string;
 }
 
-interface StoreMeta {
-  v: 1;
-  mode: 'master' | 'passphrase';
-  salt?: string;
-  check: Sealed;
+type StoreMeta = { v: 1; mode: 'master'; check: Sealed } | { v: 1; mode: 'passphrase'; salt: string; check: Sealed };
+
+function parseMeta(text: string): StoreMeta | null {
+  let m: unknown;
+  try {
+    m = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (typeof m !== 'object' || m === null) return null;
+  const o = m as Record<string, unknown>;
+  if (o.v !== 1 || typeof o.check !== 'object' || o.check === null) return null;
+  if (o.mode === 'master') return o as StoreMeta;
+  if (o.mode === 'passphrase' && typeof o.salt === 'string' && o.salt.length > 0) return o as StoreMeta;
+  return null;
 }
 
 function seal(key: Buffer, plaintext: string, aad: string): Sealed {
@@ -77,6 +90,47 @@ async function atomicWrite(dir: string, path: string, data: string): Promise<voi
     await unlink(tmp).catch(() => undefined);
     throw unavailable('write', path, err);
   }
+  await syncDir(dir);
+}
+
+/**
+ * Create `path` with `data` only if it does not exist yet: the content is
+ * complete and synced before the name appears. false when it already existed.
+ */
+async function exclusiveCreate(dir: string, path: string, data: string | Buffer): Promise<boolean> {
+  const tmp = join(dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+  try {
+    const fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await link(tmp, path);
+  } catch (err) {
+    if (errno(err) === 'EEXIST') return false;
+    throw unavailable('create', path, err);
+  } finally {
+    await unlink(tmp).catch(() => undefined);
+  }
+  await syncDir(dir);
+  return true;
+}
+
+/** A writer killed mid-write leaves its temp file (ciphertext only); clear old ones on open. */
+async function sweepTempFiles(dir: string): Promise<void> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  const cutoff = Date.now() - TEMP_FILE_MAX_AGE_MS;
+  for (const name of names) {
+    if (!name.startsWith('.tmp-')) continue;
+    const path = join(dir, name);
+    const st = await lstat(path).catch(() => null);
+    if (st?.isFile() && st.mtimeMs < cutoff) await unlink(path).catch(() => undefined);
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
   const dh = await open(dir, fsc.O_RDONLY).catch(() => null);
   if (dh) {
     await dh.sync().catch(() => undefined);
@@ -106,6 +160,10 @@ interface CacheEntry {
  * store.json with a check record, so a wrong passphrase is told apart from a
  * corrupt entry. The key is derived once per process; decrypted entries are
  * cached until the file changes on disk.
+ *
+ * The master secret lives in a 0600 file next to the entries rather than in
+ * the keyring: this store is the one used when no keyring works, and a store
+ * that needed the keyring to open would fail exactly then.
  */
 export class EncryptedFileBackend implements SecretBackend {
   readonly name = 'file' as const;
@@ -140,24 +198,24 @@ export class EncryptedFileBackend implements SecretBackend {
       if (err instanceof CredproxyError) throw err;
       throw new CredproxyError('STORE_UNAVAILABLE', `cannot use the data directory ${this.dir}: ${err instanceof Error ? err.message : 'unknown error'}`);
     }
+    await sweepTempFiles(this.entriesDir);
     const metaPath = join(this.dir, META_FILE);
-    let meta: StoreMeta | null = null;
+    let text: string;
     try {
-      meta = JSON.parse(await readFile(metaPath, 'utf8')) as StoreMeta;
+      text = await readFile(metaPath, 'utf8');
     } catch (err) {
-      if (errno(err) !== 'ENOENT') {
-        if (err instanceof SyntaxError) throw new CredproxyError('CORRUPT_ENTRY', `${metaPath} is corrupt; restore it from a backup (nothing was changed)`);
-        throw unavailable('read', metaPath, err);
-      }
+      if (errno(err) === 'ENOENT') return this.createStore(metaPath);
+      throw unavailable('read', metaPath, err);
     }
-    if (meta === null) return this.createStore(metaPath);
+    const meta = parseMeta(text);
+    if (!meta) throw new CredproxyError('CORRUPT_ENTRY', `${metaPath} is corrupt; restore it from a backup (nothing was changed)`);
 
     let key: Buffer;
     if (meta.mode === 'passphrase') {
       if (this.passphrase === undefined) {
         throw new CredproxyError('BAD_PASSPHRASE', `the file store in ${this.dir} is protected by a passphrase; set CREDPROXY_PASSPHRASE`);
       }
-      key = await this.kdf(this.passphrase, Buffer.from(meta.salt ?? '', 'base64'), SCRYPT);
+      key = await this.kdf(this.passphrase, Buffer.from(meta.salt, 'base64'), SCRYPT);
     } else {
       if (this.passphrase !== undefined) {
         throw new CredproxyError('BAD_PASSPHRASE', `the file store in ${this.dir} uses a master key file, not a passphrase; unset CREDPROXY_PASSPHRASE`);
@@ -188,57 +246,46 @@ export class EncryptedFileBackend implements SecretBackend {
     return key;
   }
 
+  /**
+   * First use: fix the key mode and write the check record. Both files are
+   * created with link(2), which fails when the name exists, so two processes
+   * creating the store at once agree on one key; a crash between the two
+   * leaves a master key that the next start completes the store with.
+   */
   private async createStore(metaPath: string): Promise<Buffer> {
     let key: Buffer;
-    let meta: Omit<StoreMeta, 'check'>;
+    let meta: { v: 1; mode: 'master' } | { v: 1; mode: 'passphrase'; salt: string };
     if (this.passphrase !== undefined) {
+      if ((await this.list_()).length > 0) {
+        throw new CredproxyError('CORRUPT_ENTRY', `${metaPath} is missing but ${this.entriesDir} holds entries; restore ${META_FILE} from a backup (nothing was changed)`);
+      }
       const salt = randomBytes(16);
       key = await this.kdf(this.passphrase, salt, SCRYPT);
       meta = { v: 1, mode: 'passphrase', salt: salt.toString('base64') };
     } else {
-      key = randomBytes(32);
       const masterPath = join(this.dir, MASTER_FILE);
-      try {
-        // O_EXCL: two processes creating a store at once must not both win.
-        const fh = await open(masterPath, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
-        try {
-          await fh.writeFile(key);
-          await fh.sync();
-        } finally {
-          await fh.close();
-        }
-      } catch (err) {
-        if (errno(err) === 'EEXIST') return this.waitForMeta(metaPath);
-        throw unavailable('create', masterPath, err);
-      }
+      // When it exists already, another process won the race or an earlier start died
+      // before writing store.json: either way that key is the store's key.
+      await exclusiveCreate(this.dir, masterPath, randomBytes(32));
+      key = await this.readMaster();
       meta = { v: 1, mode: 'master' };
     }
-    await atomicWrite(this.dir, metaPath, JSON.stringify({ ...meta, check: seal(key, CHECK_TEXT, CHECK_TEXT) }));
+    if (!(await exclusiveCreate(this.dir, metaPath, JSON.stringify({ ...meta, check: seal(key, CHECK_TEXT, CHECK_TEXT) })))) {
+      // Someone else created the store first: open theirs.
+      return this.loadKey();
+    }
     return key;
   }
 
-  /** Another process is creating the store right now: use its result. */
-  private async waitForMeta(metaPath: string): Promise<Buffer> {
-    for (let i = 0; i < 50; i++) {
-      await new Promise((r) => setTimeout(r, 20));
-      try {
-        await stat(metaPath);
-        this.keyPromise = undefined;
-        return this.loadKey();
-      } catch {
-        /* not there yet */
-      }
-    }
-    throw new CredproxyError('STORE_UNAVAILABLE', `${join(this.dir, MASTER_FILE)} exists but ${metaPath} does not; remove the incomplete store files or restore them`);
-  }
-
   private pathOf(entry: string): string {
+    // Entry names become file names: nothing that could leave the directory or hide as a dotfile.
+    if (!ENTRY_NAME_RE.test(entry)) throw new CredproxyError('INVALID_REQUEST', 'invalid store entry name');
     return join(this.entriesDir, `${entry}${ENTRY_SUFFIX}`);
   }
 
   async get(entry: string): Promise<string | null> {
-    const key = await this.key();
     const path = this.pathOf(entry);
+    const key = await this.key();
     let st;
     try {
       // Synchronous on purpose: one stat of a local file is a few µs, far less than a threadpool round trip on this hot path.
@@ -270,25 +317,31 @@ export class EncryptedFileBackend implements SecretBackend {
   }
 
   async set(entry: string, value: string): Promise<void> {
+    const path = this.pathOf(entry);
     const key = await this.key();
-    await atomicWrite(this.entriesDir, this.pathOf(entry), JSON.stringify(seal(key, value, entry)));
+    await atomicWrite(this.entriesDir, path, JSON.stringify(seal(key, value, entry)));
     this.cache.delete(entry);
   }
 
   async delete(entry: string): Promise<boolean> {
+    const path = this.pathOf(entry);
     await this.key();
     this.cache.delete(entry);
     try {
-      await unlink(this.pathOf(entry));
+      await unlink(path);
       return true;
     } catch (err) {
       if (errno(err) === 'ENOENT') return false;
-      throw unavailable('delete', this.pathOf(entry), err);
+      throw unavailable('delete', path, err);
     }
   }
 
   async list(): Promise<string[]> {
     await this.key();
+    return this.list_();
+  }
+
+  private async list_(): Promise<string[]> {
     let names: string[];
     try {
       names = await readdir(this.entriesDir);

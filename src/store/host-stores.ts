@@ -1,4 +1,4 @@
-import { CredproxyError } from '../errors.js';
+import { CredproxyError, isCredproxyError } from '../errors.js';
 import { assertBucketName, assertKeyName, assertProviderName, DEFAULT_BUCKET } from '../names.js';
 import { TokenSchema } from '../protocol/messages.js';
 import { keyEntry, parseEntry, tokenEntry, type SecretBackend } from './backend.js';
@@ -60,7 +60,8 @@ export class HostTokenStore implements TokenStore {
       this.decoded.set(entry, cached);
     }
     this.noteUse(provider, bucket);
-    return { ...cached.token };
+    // A copy: callers merge into what they get, and nested extra fields must not reach the cache.
+    return structuredClone(cached.token);
   }
 
   async removeToken(provider: string, bucket = DEFAULT_BUCKET): Promise<void> {
@@ -115,6 +116,8 @@ export class HostTokenStore implements TokenStore {
   }
 
   async releaseRefreshLock(provider: string, bucket = DEFAULT_BUCKET): Promise<void> {
+    assertProviderName(provider);
+    assertBucketName(bucket);
     await this.locks.release(provider, bucket);
   }
 
@@ -148,7 +151,13 @@ export class HostKeyStore implements KeyStore {
 
   async hasKey(name: string): Promise<boolean> {
     assertKeyName(name);
-    return (await this.backend.list()).includes(keyEntry(name));
+    try {
+      return (await this.backend.get(keyEntry(name))) !== null;
+    } catch (err) {
+      // An unreadable entry still exists; reading it will report why.
+      if (isCredproxyError(err, 'CORRUPT_ENTRY')) return true;
+      throw err;
+    }
   }
 
   async saveKey(name: string, value: string): Promise<void> {

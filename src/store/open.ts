@@ -4,7 +4,7 @@ import type { CredproxyDirs } from '../paths.js';
 import type { SecretBackend } from './backend.js';
 import { EncryptedFileBackend, type Kdf } from './file.js';
 import { HostKeyStore, HostTokenStore } from './host-stores.js';
-import { DEFAULT_KEYRING_SERVICE, KeyringBackend, probeKeyring } from './keyring.js';
+import { DEFAULT_KEYRING_SERVICE, KeyringBackend } from './keyring.js';
 import { RefreshLocks } from './locks.js';
 import type { StoreBackendName, StoreChoice } from './types.js';
 
@@ -18,6 +18,8 @@ export interface OpenHostStoresOptions {
   notice?: (line: string) => void;
   kdf?: Kdf;
   lockStaleMs?: number;
+  keyringProbeTimeoutMs?: number;
+  keyringCallTimeoutMs?: number;
 }
 
 export interface HostStores {
@@ -27,6 +29,8 @@ export interface HostStores {
   /** Why this backend is in use (for status and the notice). */
   reason: string;
   locks: RefreshLocks;
+  /** Releases held refresh locks and stops the keyring helper process. */
+  close(): Promise<void>;
 }
 
 const CHOICES: readonly StoreChoice[] = ['auto', 'keyring', 'file'];
@@ -62,22 +66,30 @@ export async function openHostStores(options: OpenHostStoresOptions): Promise<Ho
     backend = await fileBackend();
     reason = 'chosen with --store/CREDPROXY_STORE';
   } else {
-    const probe = await probeKeyring(service);
+    const keyring = new KeyringBackend({
+      service,
+      env,
+      ...(options.keyringCallTimeoutMs ? { callTimeoutMs: options.keyringCallTimeoutMs } : {}),
+    });
+    const probe = await keyring.probe(options.keyringProbeTimeoutMs);
     if (probe.ok) {
-      backend = new KeyringBackend(service);
-      reason = choice === 'keyring' ? 'chosen with --store/CREDPROXY_STORE' : 'OS keyring answered';
-    } else if (choice === 'keyring') {
-      throw new CredproxyError(
-        'STORE_UNAVAILABLE',
-        `${probe.reason}; start and unlock a Secret Service keyring (e.g. gnome-keyring) in this session, or use --store file`,
-      );
+      backend = keyring;
+      reason = choice === 'keyring' ? 'chosen with --store/CREDPROXY_STORE' : 'the OS keyring answered';
     } else {
+      keyring.close();
+      if (choice === 'keyring') {
+        throw new CredproxyError('STORE_UNAVAILABLE', `${probe.reason}; start and unlock a Secret Service keyring (e.g. gnome-keyring) in this session, or use --store file`);
+      }
       backend = await fileBackend();
-      reason = `no usable OS keyring: ${probe.reason}`;
-      options.notice?.(`using the encrypted file store in ${options.dirs.data} (${reason})`);
+      reason = `no usable OS keyring (${probe.reason})`;
+      options.notice?.(`using the encrypted file store in ${options.dirs.data}: ${reason}`);
     }
   }
 
   const locks = new RefreshLocks({ dir: join(options.dirs.state, 'locks'), ...(options.lockStaleMs ? { staleMs: options.lockStaleMs } : {}) });
-  return { tokens: new HostTokenStore(backend, locks), keys: new HostKeyStore(backend), backend: backend.name, reason, locks };
+  const close = async (): Promise<void> => {
+    await locks.releaseAll();
+    if (backend instanceof KeyringBackend) backend.close();
+  };
+  return { tokens: new HostTokenStore(backend, locks), keys: new HostKeyStore(backend), backend: backend.name, reason, locks, close };
 }

@@ -18,10 +18,22 @@ afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
+const keyrings: KeyringBackend[] = [];
+afterAll(() => {
+  for (const k of keyrings) k.close();
+});
+
 const backends: Array<[string, () => SecretBackend]> = [
   ['file', () => new EncryptedFileBackend({ dir: join(tmp(), 'data') })],
   // A real gnome-keyring on the private bus started by test/support/keyring-session.ts.
-  ['keyring', () => new KeyringBackend(`credproxy-test-${randomBytes(6).toString('hex')}`)],
+  [
+    'keyring',
+    () => {
+      const k = new KeyringBackend({ service: `credproxy-test-${randomBytes(6).toString('hex')}` });
+      keyrings.push(k);
+      return k;
+    },
+  ],
 ];
 
 describe.each(backends)('%s backend: TokenStore and KeyStore contract', (_name, make) => {
@@ -70,6 +82,23 @@ describe.each(backends)('%s backend: TokenStore and KeyStore contract', (_name, 
     expect(one).toMatchObject({ bucket: 'one', requestCount: 3, percentage: 75 });
     expect(typeof one?.lastUsed).toBe('number');
     expect(await tokens.getBucketStats('st', 'missing')).toBeNull();
+  });
+
+  it('reports a corrupt token entry instead of "not found", and leaves it in place', async () => {
+    await backend.set('token:bad:default', '{"access_token": 12');
+    await backend.set('token:bad:shape', '{"expiry": 1}');
+    await expect(tokens.getToken('bad')).rejects.toMatchObject({ code: 'CORRUPT_ENTRY', message: expect.stringContaining('token:bad:default') });
+    await expect(tokens.getToken('bad', 'shape')).rejects.toMatchObject({ code: 'CORRUPT_ENTRY' });
+    expect(await tokens.listBuckets('bad')).toEqual(['default', 'shape']);
+    expect(await backend.get('token:bad:default')).toBe('{"access_token": 12');
+  });
+
+  it('hands out copies: changing a returned token does not change the store', async () => {
+    await tokens.saveToken('copy', { access_token: 'a', expiry: 1, extra: { nested: 'x' } });
+    const t = await tokens.getToken('copy');
+    (t!.extra as { nested: string }).nested = 'changed';
+    t!.access_token = 'changed';
+    expect(await tokens.getToken('copy')).toEqual({ access_token: 'a', expiry: 1, extra: { nested: 'x' } });
   });
 
   it('stores keys', async () => {

@@ -1,6 +1,7 @@
-import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { afterAll, describe, expect, it } from 'vitest';
 import { EncryptedFileBackend, scryptKdf, type Kdf } from '../../src/store/file.js';
 
@@ -16,6 +17,8 @@ afterAll(() => {
     rmSync(d, { recursive: true, force: true });
   }
 });
+
+const FILE_MODULE = JSON.stringify(new URL('../../src/store/file.ts', import.meta.url).href);
 
 function countingKdf(): { kdf: Kdf; calls: () => number } {
   let n = 0;
@@ -94,10 +97,88 @@ describe('encrypted file backend', () => {
     expect(await a.get('key:shared')).toBe('one');
     // A real second process writes through its own backend instance.
     const script = `
-      const { EncryptedFileBackend } = await import(${JSON.stringify(new URL('../../src/store/file.ts', import.meta.url).href)});
+      const { EncryptedFileBackend } = await import(${FILE_MODULE});
       await new EncryptedFileBackend({ dir: ${JSON.stringify(dir)} }).set('key:shared', 'two');`;
     execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script]);
     expect(await a.get('key:shared')).toBe('two');
+  });
+
+  it('instances creating the store at the same time agree on one key (master key and passphrase)', async () => {
+    for (const passphrase of [undefined, 'pw']) {
+      const dir = join(tmp(), 'data');
+      const counter = countingKdf();
+      const all = Array.from({ length: 6 }, () => new EncryptedFileBackend({ dir, passphrase, kdf: counter.kdf }));
+      await Promise.all(all.map((b, i) => b.set(`key:k${i}`, `v${i}`)));
+      const fresh = new EncryptedFileBackend({ dir, passphrase });
+      for (let i = 0; i < all.length; i++) expect(await fresh.get(`key:k${i}`)).toBe(`v${i}`);
+      expect(readdirSync(dir).filter((f) => f.startsWith('.tmp'))).toEqual([]);
+    }
+  });
+
+  it('completes a store whose creation stopped after the master key was written', async () => {
+    const dir = join(tmp(), 'data');
+    await new EncryptedFileBackend({ dir }).set('key:a', 'A');
+    unlinkSync(join(dir, 'store.json'));
+    expect(await new EncryptedFileBackend({ dir }).get('key:a')).toBe('A');
+    expect(existsSync(join(dir, 'store.json'))).toBe(true);
+  });
+
+  it('refuses to start over when a passphrase store lost store.json but holds entries', async () => {
+    const dir = join(tmp(), 'data');
+    await new EncryptedFileBackend({ dir, passphrase: 'pw' }).set('key:a', 'A');
+    unlinkSync(join(dir, 'store.json'));
+    const err = await new EncryptedFileBackend({ dir, passphrase: 'pw' }).get('key:a').catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'CORRUPT_ENTRY', message: expect.stringMatching(/store\.json is missing/) });
+    expect(existsSync(join(dir, 'store.json'))).toBe(false);
+  });
+
+  it('reports a damaged store.json without touching anything', async () => {
+    const dir = join(tmp(), 'data');
+    await new EncryptedFileBackend({ dir }).set('key:a', 'A');
+    writeFileSync(join(dir, 'store.json'), '{"v":1,"mode":"passphrase"}');
+    await expect(new EncryptedFileBackend({ dir }).get('key:a')).rejects.toMatchObject({ code: 'CORRUPT_ENTRY', message: expect.stringMatching(/store\.json is corrupt/) });
+    expect(readFileSync(join(dir, 'store.json'), 'utf8')).toBe('{"v":1,"mode":"passphrase"}');
+  });
+
+  it('a writer killed at any moment leaves either the old or the new entry, never a mix', async () => {
+    const dir = join(tmp(), 'data');
+    const size = 256 * 1024;
+    await new EncryptedFileBackend({ dir }).set('key:big', 'A'.repeat(size));
+    const script = `
+      const { EncryptedFileBackend } = await import(${FILE_MODULE});
+      const b = new EncryptedFileBackend({ dir: ${JSON.stringify(dir)} });
+      await b.key();
+      process.stdout.write('writing\\n');
+      for (let i = 0; ; i++) await b.set('key:big', (i % 2 ? 'A' : 'B').repeat(${size}));`;
+    for (let round = 0; round < 4; round++) {
+      const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+      await createInterface({ input: child.stdout })[Symbol.asyncIterator]().next();
+      await new Promise((r) => setTimeout(r, 20 + Math.random() * 80));
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGKILL');
+      await exited;
+      const value = await new EncryptedFileBackend({ dir }).get('key:big');
+      expect(value === 'A'.repeat(size) || value === 'B'.repeat(size)).toBe(true);
+    }
+  });
+
+  it('clears temp files left by a killed writer once they are old, and keeps fresh ones', async () => {
+    const dir = join(tmp(), 'data');
+    await new EncryptedFileBackend({ dir }).set('key:a', 'A');
+    const old = join(dir, 'entries', '.tmp-1-aaaaaaaaaaaa');
+    const fresh = join(dir, 'entries', '.tmp-2-bbbbbbbbbbbb');
+    writeFileSync(old, 'x');
+    writeFileSync(fresh, 'y');
+    utimesSync(old, new Date(Date.now() - 2 * 3600_000), new Date(Date.now() - 2 * 3600_000));
+    expect(await new EncryptedFileBackend({ dir }).list()).toEqual(['key:a']);
+    expect(existsSync(old)).toBe(false);
+    expect(existsSync(fresh)).toBe(true);
+  });
+
+  it('refuses entry names that could escape the entries directory', async () => {
+    const b = new EncryptedFileBackend({ dir: join(tmp(), 'data') });
+    await expect(b.get('key:../../x')).rejects.toMatchObject({ code: 'INVALID_REQUEST' });
+    await expect(b.set('.hidden', 'v')).rejects.toMatchObject({ code: 'INVALID_REQUEST' });
   });
 
   it('refuses an unreadable data directory with one clear line', async () => {
