@@ -11,8 +11,25 @@ function isUnder(path: string, dir: string): boolean {
  * only the socket directory bound (read-only: connect() still works), the
  * working directory read-write, every namespace unshared, no capabilities.
  * `infoFd` receives bwrap's JSON with the child pid (for signal forwarding).
+ *
+ * `--new-session`: without it the command shares the user's controlling
+ * terminal and can push keystrokes into the user's shell with TIOCSTI
+ * (the kernel allows it on one's own controlling terminal, and
+ * dev.tty.legacy_tiocsti is still 1 on many systems). The price, no job
+ * control on that terminal inside, is paid back by the launcher, which is
+ * the terminal's foreground job and relays ^C, ^\, ^Z, fg and resizes.
  */
-export function bwrapArgs(spec: SandboxSpec, infoFd: number): string[] {
+export interface BwrapInvocation {
+  argv: string[];
+  /**
+   * Arguments bwrap reads NUL-separated from `fds.args` (`--args FD`): the
+   * capability token's --setenv, kept off the command line, which every
+   * local user can read in /proc/PID/cmdline.
+   */
+  fdArgs: string[];
+}
+
+export function bwrapArgs(spec: SandboxSpec, fds: { info: number; args: number }): BwrapInvocation {
   const args = ['--ro-bind', '/', '/', '--dev', '/dev', '--proc', '/proc'];
   const masked = ['/tmp', '/var/tmp', '/run', spec.home];
   for (const dir of masked) args.push('--tmpfs', dir);
@@ -28,9 +45,14 @@ export function bwrapArgs(spec: SandboxSpec, infoFd: number): string[] {
   else args.push('--chdir', '/');
   args.push('--unshare-all');
   if (spec.shareNet) args.push('--share-net');
-  args.push('--cap-drop', 'ALL', '--die-with-parent', '--clearenv');
-  const env = { ...spec.env, HOME: spec.home, CREDPROXY_SOCKET: socketPathInside(spec), CREDPROXY_TOKEN: spec.capabilityToken };
+  args.push('--cap-drop', 'ALL', '--die-with-parent', '--new-session', '--clearenv');
+  const env = { ...spec.env, HOME: spec.home, CREDPROXY_SOCKET: socketPathInside(spec) };
   for (const [k, v] of Object.entries(env)) args.push('--setenv', k, v);
-  args.push('--info-fd', String(infoFd), '--', ...spec.command);
-  return args;
+  args.push('--args', String(fds.args), '--info-fd', String(fds.info), '--', ...spec.command);
+  return { argv: args, fdArgs: ['--setenv', 'CREDPROXY_TOKEN', spec.capabilityToken] };
+}
+
+/** The `--args` stream: every argument NUL-terminated. */
+export function encodeFdArgs(args: string[]): Buffer {
+  return Buffer.from(args.map((a) => `${a}\0`).join(''), 'utf8');
 }

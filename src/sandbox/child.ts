@@ -2,7 +2,11 @@ import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import { readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 
-export const FORWARDED_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+/** What a terminal or a supervisor sends that the command, not its launcher, should act on. */
+export const RELAYED_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGWINCH'];
+
+/** The ones a terminal sends to its whole foreground process group by itself. */
+const TERMINAL_SIGNALS: ReadonlySet<NodeJS.Signals> = new Set(['SIGINT', 'SIGQUIT', 'SIGWINCH']);
 
 export interface ChildRun {
   child: ChildProcess;
@@ -34,22 +38,109 @@ export function bwrapCommandPid(infoPid: number): number | null {
   }
 }
 
+/** Fields of /proc/self/stat after the command name: [state, ppid, pgrp, session, tty_nr, tpgid, …]. */
+function ownStat(): string[] {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+/** True when this process belongs to the foreground job of its controlling terminal. */
+export function inTerminalForeground(): boolean {
+  try {
+    const f = ownStat();
+    return Number(f[4]) !== 0 && f[5] === f[2];
+  } catch {
+    return false;
+  }
+}
+
+export interface SignalRelayOptions {
+  /** The process to signal, or null while it does not exist yet: signals then wait for it. */
+  target: () => number | null;
+  /**
+   * ^Z: stop the target's process group (SIGSTOP: a group in a session of
+   * its own is orphaned, and the kernel discards SIGTSTP's default action
+   * there), then the launcher itself; SIGCONT (`fg`) continues both.
+   */
+  jobControl: boolean;
+  /**
+   * The target shares our process group and terminal: when we are that
+   * terminal's foreground job, ^C, ^\ and resizes already reached it, and
+   * relaying them again would deliver each one twice.
+   */
+  sharesTerminal: boolean;
+  retryMs?: number;
+}
+
 /**
- * Forward SIGINT/SIGTERM/SIGHUP received by the launcher to `target()` (the
- * command itself) until `done` settles. Returns the uninstall function.
+ * Relays RELAYED_SIGNALS (and ^Z/fg with jobControl) to the target process
+ * until stopped. A signal that arrives before the target exists is held and
+ * delivered as soon as it does, instead of being lost or killing the launcher.
  */
-export function forwardSignals(target: () => number | null): () => void {
-  const handler = (signal: NodeJS.Signals): void => {
-    const pid = target();
-    if (pid === null) return;
-    try {
-      process.kill(pid, signal);
-    } catch {
-      /* already gone */
+export class SignalRelay {
+  private readonly pending: NodeJS.Signals[] = [];
+  private retry: NodeJS.Timeout | undefined;
+  private readonly handlers = new Map<NodeJS.Signals, () => void>();
+
+  constructor(private readonly o: SignalRelayOptions) {}
+
+  start(): this {
+    for (const s of RELAYED_SIGNALS) this.listen(s, () => this.relay(s));
+    if (this.o.jobControl) {
+      this.listen('SIGTSTP', () => this.suspend());
+      this.listen('SIGCONT', () => this.signalGroup('SIGCONT'));
     }
-  };
-  for (const s of FORWARDED_SIGNALS) process.on(s, handler);
-  return () => {
-    for (const s of FORWARDED_SIGNALS) process.off(s, handler);
-  };
+    return this;
+  }
+
+  stop(): void {
+    for (const [s, h] of this.handlers) process.off(s, h);
+    this.handlers.clear();
+    clearTimeout(this.retry);
+    this.retry = undefined;
+    this.pending.length = 0;
+  }
+
+  private listen(signal: NodeJS.Signals, handler: () => void): void {
+    this.handlers.set(signal, handler);
+    process.on(signal, handler);
+  }
+
+  private relay(signal: NodeJS.Signals): void {
+    if (this.o.sharesTerminal && TERMINAL_SIGNALS.has(signal) && inTerminalForeground()) return;
+    this.pending.push(signal);
+    if (this.retry === undefined) this.flush();
+  }
+
+  private flush(): void {
+    this.retry = undefined;
+    const pid = this.o.target();
+    if (pid === null) {
+      // Unref'd: the child being waited for keeps the process alive, not this.
+      this.retry = setTimeout(() => this.flush(), this.o.retryMs ?? 20).unref();
+      return;
+    }
+    for (const s of this.pending.splice(0)) kill(pid, s);
+  }
+
+  private suspend(): void {
+    this.signalGroup('SIGSTOP');
+    process.kill(process.pid, 'SIGSTOP');
+  }
+
+  private signalGroup(signal: NodeJS.Signals): void {
+    const pid = this.o.target();
+    if (pid === null) return;
+    // The command leads its own group (bwrap --new-session, a detached child); a command that left it is still reached directly.
+    if (!kill(-pid, signal)) kill(pid, signal);
+  }
+}
+
+function kill(pid: number, signal: NodeJS.Signals): boolean {
+  try {
+    process.kill(pid, signal);
+    return true;
+  } catch {
+    return false;
+  }
 }

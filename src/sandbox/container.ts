@@ -5,11 +5,16 @@ export interface ContainerOptions {
   image: string;
   /** 0600 file with CREDPROXY_TOKEN=...; `--env` would show the token in `inspect`. */
   envFile: string;
+  /** Where the engine writes the container id once created: the launcher removes envFile then. */
+  cidFile: string;
   tty: boolean;
   uid: number;
   gid: number;
   engineArgs: string[];
 }
+
+/** How a container reaches its host with --transport tcp (Docker Desktop / Podman machine name it so). */
+export const HOST_ALIAS = { docker: 'host.docker.internal', podman: 'host.containers.internal' } as const;
 
 /**
  * docker/podman `run` arguments: only the socket directory mounted, the
@@ -17,9 +22,6 @@ export interface ContainerOptions {
  * (or --transport tcp, where the network is how the proxy is reached),
  * the token through an env file, the container process as the user.
  */
-/** How a container reaches its host with --transport tcp (Docker Desktop / Podman machine name it so). */
-export const HOST_ALIAS = { docker: 'host.docker.internal', podman: 'host.containers.internal' } as const;
-
 export function containerArgs(spec: SandboxSpec, o: ContainerOptions): string[] {
   const args = ['run', '--rm', '-i'];
   if (o.tty) args.push('-t');
@@ -33,10 +35,11 @@ export function containerArgs(spec: SandboxSpec, o: ContainerOptions): string[] 
     if (o.engine === 'docker') args.push('--add-host', `${HOST_ALIAS.docker}:host-gateway`);
   } else {
     if (!spec.shareNet) args.push('--network', 'none');
-    args.push('-v', `${spec.socketDir}:${SANDBOX_SOCKET_DIR}`);
+    // Read-only: connect() on a socket needs no write access to its directory, and the sandbox cannot replace the socket.
+    args.push('-v', `${spec.socketDir}:${SANDBOX_SOCKET_DIR}:ro`);
   }
   if (spec.workdir !== null) args.push('-v', `${spec.workdir}:/work`, '-w', '/work');
-  args.push('--env-file', o.envFile, '-e', `CREDPROXY_SOCKET=${socket}`);
+  args.push('--cidfile', o.cidFile, '--env-file', o.envFile, '-e', `CREDPROXY_SOCKET=${socket}`);
   for (const name of ['TERM', 'LANG', 'TZ']) if (spec.env[name] !== undefined) args.push('-e', `${name}=${spec.env[name]}`);
   args.push(...o.engineArgs, o.image, ...spec.command);
   return args;

@@ -43,3 +43,12 @@ export function sandboxEnv(host: NodeJS.ProcessEnv, extraPath: string[] = []): R
 export function socketPathInside(spec: Pick<SandboxSpec, 'socketName'>): string {
   return `${SANDBOX_SOCKET_DIR}/${spec.socketName}`;
 }
+
+/**
+ * The engine CLI (docker/podman) needs the host environment (DOCKER_HOST,
+ * CONTAINERS_CONF, XDG_RUNTIME_DIR…), but an engine configured to copy it
+ * into containers (podman's env_host) must not find credproxy's own there.
+ */
+export function engineEnv(host: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(host).filter(([name]) => !name.startsWith('CREDPROXY_')));
+}

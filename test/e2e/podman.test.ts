@@ -1,12 +1,13 @@
-import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
+import { BIN, makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
-const IMAGE = 'localhost/credproxy-test:latest';
+// Per process, and removed afterwards, so repeated runs leave no images behind.
+const IMAGE = `localhost/credproxy-test-${process.pid}:latest`;
 const TOKEN = `at-podman-${process.pid}`;
 const KEY = `sk-podman-${process.pid}`;
 
@@ -37,6 +38,7 @@ describe('credproxy run --sandbox podman', () => {
     execFileSync('podman', ['import', join(scratch, 'rootfs.tar'), IMAGE], { env: { ...process.env, CONTAINERS_CONF: env.CONTAINERS_CONF }, stdio: 'ignore' });
   });
   afterAll(() => {
+    if (env) spawnSync('podman', ['rmi', '--force', IMAGE], { env: { ...process.env, CONTAINERS_CONF: env.CONTAINERS_CONF }, stdio: 'ignore' });
     host?.cleanup();
     if (scratch) rmSync(scratch, { recursive: true, force: true });
   });
@@ -74,6 +76,41 @@ describe('credproxy run --sandbox podman', () => {
       const left = spawnSync('sh', ['-c', `ls -A ${join(host.home, 'run')}`], { encoding: 'utf8' }).stdout.trim();
       expect(left).toBe('');
     } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  }, 90_000);
+
+  it('removes the token’s env file once the container exists, and keeps the token off every command line', async () => {
+    const work = mkdtempSync('/tmp/cpw-');
+    const child = spawn(
+      process.execPath,
+      [BIN, 'run', '--sandbox', 'podman', '--image', IMAGE, '--allow-key', 'openai', '--engine-arg=-v', '--engine-arg=/usr:/usr:ro', '--', 'sh', '-c', 'echo "$CREDPROXY_TOKEN" > tok; while [ ! -e go ]; do sleep 0.05; done'],
+      { env, cwd: work, stdio: 'ignore' },
+    );
+    const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    try {
+      const tokFile = join(work, 'tok');
+      const deadline = Date.now() + 60_000;
+      while (!(existsSync(tokFile) && readFileSync(tokFile, 'utf8').endsWith('\n'))) {
+        if (Date.now() > deadline) throw new Error('the container did not start');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const token = readFileSync(tokFile, 'utf8').trim();
+      expect(token).toMatch(/^[0-9a-f]{64}$/);
+      // The container is running (it waits for "go"): the env file must already be gone.
+      const files = execFileSync('find', [join(host.home, 'run'), '-type', 'f'], { encoding: 'utf8' }).trim().split('\n').filter(Boolean);
+      expect(files.map((f) => f.split('/').pop())).toEqual(['cid']);
+      const onCommandLine = readdirSync('/proc').filter((p) => {
+        try {
+          return /^\d+$/.test(p) && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(token);
+        } catch {
+          return false;
+        }
+      });
+      expect(onCommandLine).toEqual([]);
+    } finally {
+      writeFileSync(join(work, 'go'), '');
+      expect(await exited).toBe(0);
       rmSync(work, { recursive: true, force: true });
     }
   }, 90_000);

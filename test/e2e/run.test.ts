@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -79,6 +79,36 @@ describe('credproxy run --sandbox bwrap (real bubblewrap)', () => {
     expect(r.stdout).toContain('bad=2');
     expect(r.stdout).toContain('denied=1');
     expect(r.stdout).toContain('missing=127');
+  });
+
+  it('keeps the capability token off every command line (readable by all local users)', async () => {
+    rmSync(join(work, 'go'), { force: true });
+    const child = spawn(process.execPath, [BIN, 'run', '--allow-key', 'openai', '--', 'sh', '-c', 'echo "$CREDPROXY_TOKEN" > tok; while [ ! -e go ]; do sleep 0.05; done'], {
+      env: host.env,
+      cwd: work,
+      stdio: 'ignore',
+    });
+    const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    const tokFile = join(work, 'tok');
+    const deadline = Date.now() + 10_000;
+    while (!(existsSync(tokFile) && readFileSync(tokFile, 'utf8').endsWith('\n'))) {
+      if (Date.now() > deadline) throw new Error('the sandbox did not start');
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    const token = readFileSync(tokFile, 'utf8').trim();
+    expect(token).toMatch(/^[0-9a-f]{64}$/);
+    const onCommandLine = readdirSync('/proc')
+      .filter((p) => /^\d+$/.test(p))
+      .filter((p) => {
+        try {
+          return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(token);
+        } catch {
+          return false; // exited meanwhile
+        }
+      });
+    writeFileSync(join(work, 'go'), '');
+    expect(await exited).toBe(0);
+    expect(onCommandLine).toEqual([]);
   });
 
   it('has no network, even to the host loopback', async () => {

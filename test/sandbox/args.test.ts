@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { bwrapArgs } from '../../src/sandbox/bwrap.js';
+import { bwrapArgs, encodeFdArgs } from '../../src/sandbox/bwrap.js';
 import { containerArgs } from '../../src/sandbox/container.js';
-import { sandboxEnv, type SandboxSpec } from '../../src/sandbox/spec.js';
+import { engineEnv, sandboxEnv, type SandboxSpec } from '../../src/sandbox/spec.js';
 
 const spec = (over: Partial<SandboxSpec> = {}): SandboxSpec => ({
   socketDir: '/run/user/1000/credproxy/s-1-abcd',
@@ -30,22 +30,28 @@ function singles(args: string[], flag: string): string[] {
   return args.flatMap((a, i) => (a === flag ? [args[i + 1]!] : []));
 }
 
+const argv = (s: SandboxSpec): string[] => bwrapArgs(s, { info: 3, args: 4 }).argv;
+
 describe('bwrap arguments', () => {
   it('mounts the root read-only, masks home, /tmp, /var/tmp, /run and credproxy’s own dirs', () => {
-    const a = bwrapArgs(spec(), 3);
+    const a = argv(spec());
     expect(binds(a, '--ro-bind')[0]).toEqual(['/', '/']);
     const tmpfs = singles(a, '--tmpfs');
     for (const d of ['/tmp', '/var/tmp', '/run', '/home/u', '/srv/state/credproxy']) expect(tmpfs).toContain(d);
     // Dirs already under a masked path need no extra tmpfs.
     expect(tmpfs).not.toContain('/home/u/.config/credproxy');
     expect(a).toEqual(expect.arrayContaining(['--unshare-all', '--die-with-parent', '--clearenv', '--info-fd', '3']));
+    // No controlling terminal inside: TIOCSTI cannot type into the user's shell.
+    expect(a).toContain('--new-session');
+    // Every option comes before the command, so none of them can be mistaken for its arguments.
+    expect(a.indexOf('--new-session')).toBeLessThan(a.indexOf('--'));
     expect(a.slice(a.indexOf('--cap-drop'), a.indexOf('--cap-drop') + 2)).toEqual(['--cap-drop', 'ALL']);
     expect(a).not.toContain('--share-net');
     expect(a.slice(a.indexOf('--') + 1)).toEqual(['agent', '--flag']);
   });
 
   it('binds only the socket directory (read-only), the workdir and tools — never home, config or data', () => {
-    const a = bwrapArgs(spec(), 3);
+    const a = argv(spec());
     const ro = binds(a, '--ro-bind');
     const rw = binds(a, '--bind');
     expect(ro).toContainEqual(['/run/user/1000/credproxy/s-1-abcd', '/run/credproxy']);
@@ -57,14 +63,20 @@ describe('bwrap arguments', () => {
     }
     // The socket dir is bound after /run is masked (bwrap applies mounts in order).
     expect(a.indexOf('/run/credproxy')).toBeGreaterThan(a.indexOf('/run'));
-    const noWork = bwrapArgs(spec({ workdir: null }), 3);
+    const noWork = argv(spec({ workdir: null }));
     expect(binds(noWork, '--bind')).toEqual([]);
     expect(singles(noWork, '--chdir')).toEqual(['/']);
-    expect(bwrapArgs(spec({ shareNet: true }), 3)).toContain('--share-net');
+    expect(argv(spec({ shareNet: true }))).toContain('--share-net');
   });
 
-  it('sets exactly the socket, the token and harmless variables', () => {
-    const env = Object.fromEntries(binds(bwrapArgs(spec(), 3), '--setenv'));
+  it('sets exactly the socket, the token and harmless variables; the token only through --args', () => {
+    const { argv: a, fdArgs } = bwrapArgs(spec(), { info: 3, args: 4 });
+    // /proc/PID/cmdline is readable by every local user: the token must not be on it.
+    expect(a.join('\0')).not.toContain('c'.repeat(64));
+    expect(singles(a, '--args')).toEqual(['4']);
+    expect(a.indexOf('--args')).toBeGreaterThan(a.indexOf('--clearenv')); // bwrap applies them in order
+    expect(encodeFdArgs(fdArgs).toString('utf8')).toBe(`--setenv\0CREDPROXY_TOKEN\0${'c'.repeat(64)}\0`);
+    const env = Object.fromEntries([...binds(a, '--setenv'), ...binds(fdArgs, '--setenv')]);
     expect(env).toEqual({
       PATH: '/home/u/src/credproxy/bin:/usr/bin:/bin',
       TERM: 'xterm',
@@ -77,13 +89,14 @@ describe('bwrap arguments', () => {
 });
 
 describe('docker/podman arguments', () => {
-  const base = { image: 'img:1', envFile: '/run/x/env-1/env', tty: false, uid: 1000, gid: 1000, engineArgs: ['--memory', '1g'] };
+  const base = { image: 'img:1', envFile: '/run/x/env-1/env', cidFile: '/run/x/env-1/cid', tty: false, uid: 1000, gid: 1000, engineArgs: ['--memory', '1g'] };
 
   it('mounts only the socket dir and the workdir, passes the token through an env file, no network', () => {
     for (const engine of ['docker', 'podman'] as const) {
       const a = containerArgs(spec(), { ...base, engine });
-      expect(singles(a, '-v')).toEqual(['/run/user/1000/credproxy/s-1-abcd:/run/credproxy', '/home/u/project:/work']);
+      expect(singles(a, '-v')).toEqual(['/run/user/1000/credproxy/s-1-abcd:/run/credproxy:ro', '/home/u/project:/work']);
       expect(singles(a, '--env-file')).toEqual(['/run/x/env-1/env']);
+      expect(singles(a, '--cidfile')).toEqual(['/run/x/env-1/cid']); // tells the launcher when the env file has been read
       expect(a.join(' ')).not.toContain('c'.repeat(64)); // never on the command line (visible in ps / inspect)
       expect(singles(a, '-e')).toContain('CREDPROXY_SOCKET=/run/credproxy/credproxy-1-00.sock');
       expect(a.join(' ')).not.toContain('CREDPROXY_PASSPHRASE');
@@ -99,7 +112,7 @@ describe('docker/podman arguments', () => {
 
 describe('docker/podman arguments with --transport tcp', () => {
   it('mounts no socket, needs the network, and points CREDPROXY_SOCKET at the host alias', () => {
-    const base = { image: 'img', envFile: '/e', tty: false, uid: 0, gid: 0, engineArgs: [] };
+    const base = { image: 'img', envFile: '/e', cidFile: '/c', tty: false, uid: 0, gid: 0, engineArgs: [] };
     const podman = containerArgs(spec({ tcpPort: 4711, socketDir: '', socketName: '' }), { ...base, engine: 'podman' });
     expect(singles(podman, '-v')).toEqual(['/home/u/project:/work']);
     expect(podman).not.toContain('--network');
@@ -114,5 +127,12 @@ describe('sandbox environment', () => {
   it('passes only the harmless list', () => {
     const env = sandboxEnv({ PATH: '/bin', LANG: 'C', TZ: 'UTC', CREDPROXY_PASSPHRASE: 'p', GITHUB_TOKEN: 't', DBUS_SESSION_BUS_ADDRESS: 'x' });
     expect(env).toEqual({ PATH: '/bin', LANG: 'C', TZ: 'UTC' });
+  });
+});
+
+describe('engine environment', () => {
+  it('keeps what the engine needs and drops credproxy’s own variables', () => {
+    const env = engineEnv({ PATH: '/bin', CONTAINERS_CONF: '/c', DOCKER_HOST: 'unix:///d', CREDPROXY_PASSPHRASE: 'p', CREDPROXY_HOME: '/h', CREDPROXY_TOKEN: 't' });
+    expect(env).toEqual({ PATH: '/bin', CONTAINERS_CONF: '/c', DOCKER_HOST: 'unix:///d' });
   });
 });

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { CredproxyError } from '../../errors.js';
 import { DEFAULT_BUCKET, isBucketName, isKeyName, isProviderName } from '../../names.js';
-import { forwardSignals, spawnChild } from '../../sandbox/child.js';
+import { SignalRelay, spawnChild } from '../../sandbox/child.js';
 import type { CliContext } from '../context.js';
 import { UsageError } from '../io.js';
 
@@ -42,8 +42,9 @@ export function registerExecCommand(program: Command, ctx: CliContext): void {
             : (await client.request('get_api_key', { name: s.name })).key;
       }
       await client.close();
+      // CMD stays in our process group and keeps our terminal, as if exec'd in our place.
       const { child, status } = spawnChild(command[0]!, command.slice(1), { stdio: 'inherit', env: { ...ctx.io.env, ...values } });
-      const unforward = forwardSignals(() => child.pid ?? null);
+      const relay = new SignalRelay({ target: () => child.pid ?? null, jobControl: false, sharesTerminal: true }).start();
       try {
         ctx.exitCode = await status;
       } catch (err) {
@@ -52,7 +53,7 @@ export function registerExecCommand(program: Command, ctx: CliContext): void {
         ctx.notice(`cannot start ${command[0]}: ${code ?? 'unknown error'}`);
         ctx.exitCode = code === 'ENOENT' ? 127 : 126;
       } finally {
-        unforward();
+        relay.stop();
       }
     });
 }

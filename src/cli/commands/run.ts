@@ -1,18 +1,20 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
+import type { Writable } from 'node:stream';
+import { isatty } from 'node:tty';
 import { fileURLToPath } from 'node:url';
 import { Option, type Command } from 'commander';
 import { CredproxyError } from '../../errors.js';
-import { bwrapArgs } from '../../sandbox/bwrap.js';
-import { bwrapCommandPid, forwardSignals, spawnChild, type ChildRun } from '../../sandbox/child.js';
+import { bwrapArgs, encodeFdArgs } from '../../sandbox/bwrap.js';
+import { bwrapCommandPid, SignalRelay, spawnChild, type ChildRun } from '../../sandbox/child.js';
 import { containerArgs } from '../../sandbox/container.js';
-import { sandboxEnv, type SandboxKind, type SandboxSpec } from '../../sandbox/spec.js';
+import { engineEnv, sandboxEnv, type SandboxKind, type SandboxSpec } from '../../sandbox/spec.js';
 import type { CliContext } from '../context.js';
 import { addPolicyOptions, policyFromFlags } from '../policy-flags.js';
 import { parseTransport, startProxy, type ProxyFlags, type RunningProxy } from '../proxy.js';
-import { ensurePrivateDir } from '../../paths.js';
+import { createSocketDir } from '../socket-dir.js';
 
 interface RunFlags extends ProxyFlags {
   sandbox?: SandboxKind;
@@ -129,8 +131,8 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     if (envDir) rmSync(envDir, { recursive: true, force: true });
     await proxy.stop();
   };
-  // Installed before the spawn, so a signal in between still reaches the command instead of killing the launcher.
-  const unforward = forwardSignals(() => commandPid());
+  // Started before the spawn, so a signal in between is held for the command instead of killing the launcher.
+  const relay = new SignalRelay({ target: () => commandPid(), jobControl: true, sharesTerminal: false }).start();
   try {
     launched = launch(kind, spec, proxy, flags, dirs.run, (d) => (envDir = d));
     const child = launched.child;
@@ -145,12 +147,13 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
           /* not complete yet */
         }
       });
-      commandPid = () => (infoPid === null ? (child.pid ?? null) : (bwrapCommandPid(infoPid) ?? child.pid ?? null));
+      // Until bwrap reports its helper and the helper has started the command, there is nobody to signal yet.
+      commandPid = () => (infoPid === null ? null : bwrapCommandPid(infoPid));
     } else {
       commandPid = () => child.pid ?? null;
     }
   } catch (err) {
-    unforward();
+    relay.stop();
     await cleanup();
     throw err;
   }
@@ -158,39 +161,78 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   try {
     status = await launched.status;
   } catch (err) {
-    unforward();
+    relay.stop();
     await cleanup();
     throw new CredproxyError('INTERNAL_ERROR', `could not start the ${kind} sandbox: ${(err as NodeJS.ErrnoException).code ?? 'unknown error'}`);
   }
-  unforward();
+  relay.stop();
   await cleanup();
   return status;
 }
 
+/**
+ * Every launcher starts in a session of its own (`detached`): it has no
+ * controlling terminal, so the terminal's ^C reaches only the launcher,
+ * which relays it once. bwrap's outer process, in the terminal's group,
+ * would otherwise die of it and take the sandbox down with SIGKILL.
+ */
 function launch(kind: SandboxKind, spec: SandboxSpec, proxy: RunningProxy, flags: RunFlags, runDir: string, setEnvDir: (d: string) => void): ChildRun {
   if (kind === 'bwrap') {
-    return spawnChild('bwrap', bwrapArgs(spec, 3), { stdio: ['inherit', 'inherit', 'inherit', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+    const { argv, fdArgs } = bwrapArgs(spec, { info: 3, args: 4 });
+    const run = spawnChild('bwrap', argv, { stdio: ['inherit', 'inherit', 'inherit', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, detached: true });
+    const argsPipe = run.child.stdio[4] as Writable | null;
+    // bwrap closes its end on a failed start; the exit status reports that, not an EPIPE here.
+    argsPipe?.on('error', () => undefined);
+    argsPipe?.end(encodeFdArgs(fdArgs));
+    return run;
   }
   if (kind === 'none') {
     const env = { ...spec.env, HOME: spec.home, CREDPROXY_SOCKET: proxy.socketPath, CREDPROXY_TOKEN: spec.capabilityToken };
-    return spawnChild(spec.command[0]!, spec.command.slice(1), { stdio: 'inherit', env, cwd: spec.workdir ?? spec.home });
+    return spawnChild(spec.command[0]!, spec.command.slice(1), { stdio: 'inherit', env, cwd: spec.workdir ?? spec.home, detached: true });
   }
-  // docker/podman: the token goes through a 0600 env file in a private directory, never argv.
-  const envDir = mkdtempSync(join(ensurePrivateDir(runDir), 'env-'));
+  // docker/podman: the token goes through a 0600 env file in a private directory (swept like a socket dir if we are killed), never argv.
+  const envDir = createSocketDir(runDir);
   setEnvDir(envDir);
   const envFile = join(envDir, 'env');
+  const cidFile = join(envDir, 'cid');
   writeFileSync(envFile, `CREDPROXY_TOKEN=${spec.capabilityToken}\n`, { mode: 0o600 });
   const args = containerArgs(spec, {
     engine: kind,
     image: flags.image!,
     envFile,
-    tty: Boolean(process.stdin.isTTY),
+    cidFile,
+    tty: isatty(0),
     uid: process.getuid?.() ?? 0,
     gid: process.getgid?.() ?? 0,
     engineArgs: flags.engineArg,
   });
-  const run = spawnChild(kind, args, { stdio: 'inherit', env: process.env });
-  // The engine reads the env file while creating the container; do not leave it lying around.
-  setTimeout(() => rmSync(envDir, { recursive: true, force: true }), 5000).unref();
+  const run = spawnChild(kind, args, { stdio: 'inherit', env: engineEnv(process.env), detached: true });
+  removeOnceCreated(envFile, cidFile, run);
   return run;
+}
+
+/**
+ * The engine has read the env file by the time it writes the container id
+ * (docker creates the cid file empty and fills it after the create call):
+ * remove the token file then rather than leave it for the whole run.
+ */
+function removeOnceCreated(envFile: string, cidFile: string, run: ChildRun, intervalMs = 50): void {
+  let done = false;
+  const finish = (): void => {
+    done = true;
+    rmSync(envFile, { force: true });
+  };
+  run.status.then(finish, finish);
+  const poll = (): void => {
+    if (done) return;
+    let created = false;
+    try {
+      created = readFileSync(cidFile, 'utf8').trim().length > 0;
+    } catch {
+      /* not yet */
+    }
+    if (created) finish();
+    else setTimeout(poll, intervalMs).unref();
+  };
+  poll();
 }
