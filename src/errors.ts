@@ -28,6 +28,7 @@ export const LOCAL_ERROR_CODES = [
   'CONNECTION_LOST',
   'LOCK_FAILED',
   'USAGE',
+  'CANCELLED', // the user stopped an interactive operation (Ctrl+C during a login)
 ] as const;
 export type LocalErrorCode = (typeof LOCAL_ERROR_CODES)[number];
 

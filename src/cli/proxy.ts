@@ -3,7 +3,7 @@ import type { Logger } from '../log.js';
 import { ensurePrivateDir } from '../paths.js';
 import { generateCapabilityToken } from '../server/capability.js';
 import { ProxyServer } from '../server/server.js';
-import { LoginSessions, sessionTimeoutFromEnv } from '../login/sessions.js';
+import { LoginSessionManager, sessionTimeoutFromEnv } from '../login/session-manager.js';
 import type { CliContext } from './context.js';
 import { policyFromFlags, type PolicyFlags } from './policy-flags.js';
 import { createSocketDir, removeSocketDir } from './socket-dir.js';
@@ -63,7 +63,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
   if (tcp && !isLoopback(tcp.host)) ctx.notice(`listening on ${tcp.host}, which is not a loopback address: anyone who can reach it and holds the token gets the policy's credentials`);
   const ownDir = flags.socketDir === undefined && !tcp ? createSocketDir(host.dirs.run) : undefined;
   const capabilityToken = generateCapabilityToken();
-  const login = new LoginSessions({
+  const login = new LoginSessionManager({
     tokens: host.stores.tokens,
     providers: host.providers,
     timeoutMs: sessionTimeoutFromEnv(ctx.io.env),

@@ -1,15 +1,18 @@
 import { spawn } from 'node:child_process';
+import { constants as osConstants } from 'node:os';
 import { createInterface } from 'node:readline';
 import type { Command } from 'commander';
-import { CredproxyError } from '../../errors.js';
-import { loginThroughProxy } from '../../client/login-adapter.js';
-import { startFlow } from '../../login/flows.js';
+import { CredproxyError, isCredproxyError } from '../../errors.js';
+import { loginThroughProxy, runLogin, type LoginIO, type LoginOutput } from '../../client/login-adapter.js';
+import { localLoginOps } from '../../login/local-ops.js';
+import { LoginSessionManager, sessionTimeoutFromEnv } from '../../login/session-manager.js';
 import type { OAuthInitiateData } from '../../protocol/messages.js';
 import type { SanitizedToken } from '../../store/types.js';
-import { sanitizeToken } from '../../store/sanitize.js';
 import type { CliContext } from '../context.js';
 import { bucketArg, providerArg } from '../names.js';
-import { readAll } from '../io.js';
+
+/** Signals that end a login in progress; the session is cancelled on the host first. SIGINT (Ctrl+C) first. */
+const STOP_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
 export function registerLoginCommands(program: Command, ctx: CliContext): void {
   program
@@ -22,21 +25,32 @@ export function registerLoginCommands(program: Command, ctx: CliContext): void {
       const provider = providerArg(rawProvider);
       const bucket = bucketArg(opts.bucket);
       const abort = new AbortController();
-      const onInt = (): void => abort.abort();
-      process.once('SIGINT', onInt);
+      let stoppedBy: NodeJS.Signals = 'SIGINT';
+      const handlers = STOP_SIGNALS.map((sig) => {
+        const handler = (): void => {
+          if (!abort.signal.aborted) stoppedBy = sig;
+          abort.abort();
+        };
+        process.once(sig, handler);
+        return [sig, handler] as const;
+      });
+      const io: LoginIO = {
+        output: ctx.io.stderr as LoginOutput,
+        prompt: (question, signal) => promptLine(ctx, question, signal, handlers[0]![1]),
+        signal: abort.signal,
+      };
       try {
-        const token = ctx.inSandbox ? await sandboxLogin(ctx, provider, bucket, abort.signal) : await hostLogin(ctx, provider, bucket, opts.browser, abort.signal);
-        const left = Math.round(token.expiry - Date.now() / 1000);
-        ctx.notice(`logged in to ${provider}:${bucket}; the access token expires ${new Date(token.expiry * 1000).toISOString()} (in ${left} s)`);
+        const token = ctx.inSandbox
+          ? await loginThroughProxy(ctx.client(), provider, bucket, io)
+          : await hostLogin(ctx, provider, bucket, { ...io, ...(opts.browser ? { onStart: (info) => openBrowser(ctx, info) } : {}) }, abort.signal);
+        ctx.notice(`logged in to ${provider}:${bucket}; ${expiryText(token)}`);
       } catch (err) {
-        if (abort.signal.aborted) {
-          ctx.notice('login cancelled');
-          ctx.exitCode = 130;
-          return;
-        }
-        throw err;
+        if (!isCredproxyError(err, 'CANCELLED')) throw err;
+        ctx.notice('login cancelled');
+        // The shell convention for "ended by a signal": 130 after Ctrl+C.
+        ctx.exitCode = 128 + osConstants.signals[stoppedBy];
       } finally {
-        process.off('SIGINT', onInt);
+        for (const [sig, handler] of handlers) process.off(sig, handler);
       }
     });
 
@@ -54,85 +68,72 @@ export function registerLoginCommands(program: Command, ctx: CliContext): void {
     });
 }
 
-function describeStart(ctx: CliContext, info: Omit<OAuthInitiateData, 'session_id'>): void {
-  if (info.user_code) ctx.notice(`open ${info.verification_url} and enter the code: ${info.user_code}`);
-  else if (info.verification_url) ctx.notice(`open ${info.verification_url}`);
-  if (info.auth_url) ctx.notice(`open this URL in your browser to log in:\n\n  ${info.auth_url}\n`);
-  if (info.flow_type === 'pkce_redirect') ctx.notice('then paste the code the page shows you.');
+function expiryText(token: SanitizedToken): string {
+  const left = Math.round(token.expiry - Date.now() / 1000);
+  return `the access token expires ${new Date(token.expiry * 1000).toISOString()} (in ${left} s)`;
 }
 
-async function readCode(ctx: CliContext, signal: AbortSignal): Promise<string> {
-  if (!ctx.io.stdin.isTTY) {
-    // Piped input (scripts, agents): the first line is the code.
-    const first = (await readAll(ctx.io.stdin)).split(/\r?\n/)[0]!.trim();
-    if (!first) throw new CredproxyError('INVALID_REQUEST', 'no code was entered');
-    return first;
+/**
+ * On the host the flows run in this process, with the same session manager
+ * `serve` uses; the token goes straight into the host store.
+ */
+async function hostLogin(ctx: CliContext, provider: string, bucket: string, io: LoginIO, signal: AbortSignal): Promise<SanitizedToken> {
+  const host = await ctx.host();
+  const sessions = new LoginSessionManager({
+    tokens: host.stores.tokens,
+    providers: host.providers,
+    timeoutMs: sessionTimeoutFromEnv(ctx.io.env),
+    logger: ctx.logger,
+  });
+  try {
+    return await runLogin(localLoginOps(sessions, signal), provider, bucket, io);
+  } finally {
+    sessions.close();
   }
-  return new Promise((resolve, reject) => {
-    const rl = createInterface({ input: ctx.io.stdin, output: ctx.io.stderr, terminal: Boolean(ctx.io.stdin.isTTY) });
-    signal.addEventListener('abort', () => rl.close(), { once: true });
-    rl.question('Code: ', (answer) => {
-      rl.close();
-      resolve(answer.trim());
-    });
-    rl.once('close', () => reject(new CredproxyError('INVALID_REQUEST', 'no code was entered')));
-  });
 }
 
-/** A spinner on a terminal; nothing otherwise (logs stay clean). */
-function waiter(ctx: CliContext): ((elapsedMs: number) => void) | undefined {
-  const out = ctx.io.stderr as NodeJS.WriteStream;
-  if (!out.isTTY) return undefined;
-  const frames = ['|', '/', '-', '\\'];
-  let i = 0;
-  return (elapsed) => out.write(`\r${frames[i++ % frames.length]} waiting for the login to finish (${Math.round(elapsed / 1000)} s)`);
-}
-
-async function sandboxLogin(ctx: CliContext, provider: string, bucket: string, signal: AbortSignal): Promise<SanitizedToken> {
-  const wait = waiter(ctx);
-  return loginThroughProxy(ctx.client(), provider, bucket, {
-    show: (info) => describeStart(ctx, info),
-    promptCode: () => readCode(ctx, signal),
-    ...(wait ? { waiting: wait } : {}),
-    signal,
-  });
-}
-
-function openBrowser(url: string): void {
-  const cmd = process.platform === 'darwin' ? 'open' : 'xdg-open';
-  const child = spawn(cmd, [url], { stdio: 'ignore', detached: true });
+/** xdg-open / open when a desktop is around; the URL is printed either way. */
+function openBrowser(ctx: CliContext, info: OAuthInitiateData): void {
+  const url = info.auth_url ?? info.verification_url;
+  const desktop = process.platform === 'darwin' || Boolean(ctx.io.env.DISPLAY || ctx.io.env.WAYLAND_DISPLAY);
+  if (!url || !desktop) return;
+  const child = spawn(process.platform === 'darwin' ? 'open' : 'xdg-open', [url], { stdio: 'ignore', detached: true });
   child.on('error', () => undefined);
   child.unref();
 }
 
-/** On the host the flows run in this process; the token goes straight into the host store. */
-async function hostLogin(ctx: CliContext, provider: string, bucket: string, browser: boolean, signal: AbortSignal): Promise<SanitizedToken> {
-  const host = await ctx.host();
-  const flow = await startFlow(host.providers.get(provider), signal);
-  try {
-    describeStart(ctx, flow.start);
-    const url = flow.start.auth_url ?? flow.start.verification_url;
-    if (browser && url && (ctx.io.env.DISPLAY || ctx.io.env.WAYLAND_DISPLAY || process.platform === 'darwin')) openBrowser(url);
-    let token;
-    if (flow.exchange) {
-      token = await flow.exchange(await readCode(ctx, signal), signal);
-    } else {
-      const wait = waiter(ctx);
-      const started = Date.now();
-      // Also what keeps this process alive while the loopback listener (unref'd) waits for the browser.
-      const timer = setInterval(() => wait?.(Date.now() - started), 500);
-      const aborted = new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(new CredproxyError('INVALID_REQUEST', 'login cancelled')), { once: true }));
-      try {
-        const out = await Promise.race([flow.outcome!, aborted]);
-        if (!out.ok) throw new CredproxyError(out.code, out.error);
-        token = out.token;
-      } finally {
-        clearInterval(timer);
-      }
-    }
-    await host.stores.tokens.saveToken(provider, token, bucket);
-    return sanitizeToken(token);
-  } finally {
-    flow.cancel();
-  }
+/**
+ * One line from stdin: typed at a terminal, or piped by a script or agent.
+ * Blank lines are skipped (an early Enter must not burn the session).
+ */
+function promptLine(ctx: CliContext, question: string, signal: AbortSignal, onInterrupt: () => void): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const tty = ctx.io.stdin.isTTY === true;
+    ctx.io.stderr.write(question);
+    const rl = createInterface({ input: ctx.io.stdin, ...(tty ? { output: ctx.io.stderr, terminal: true } : { terminal: false }) });
+    let settled = false;
+    const settle = (): void => {
+      settled = true;
+      signal.removeEventListener('abort', onAbort);
+      rl.close();
+    };
+    const onAbort = (): void => {
+      settle();
+      reject(new CredproxyError('CANCELLED', 'login cancelled'));
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    // A terminal in raw mode hands Ctrl+C to readline instead of raising SIGINT.
+    rl.on('SIGINT', onInterrupt);
+    rl.on('line', (line) => {
+      const answer = line.trim();
+      if (answer === '' || settled) return;
+      settle();
+      resolve(answer);
+    });
+    rl.once('close', () => {
+      if (settled) return;
+      settle();
+      reject(new CredproxyError('INVALID_REQUEST', 'no code was entered'));
+    });
+  });
 }

@@ -1,0 +1,33 @@
+import { readFileSync } from 'node:fs';
+import type { PeerIdentity } from '../server/context.js';
+
+/** A process's start time, to tell a pid apart from a later process that reuses it; null when unknown. */
+export type ProcessStartTime = (pid: number) => string | null;
+
+/** Linux: field 22 of /proc/<pid>/stat (clock ticks since boot). Elsewhere, or when the process is gone: null. */
+export function procStartTime(pid: number): string | null {
+  if (process.platform !== 'linux') return null;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces and parentheses; the fields after its last ')' are fixed.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return fields[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Who owns a login session. With peer credentials, the peer process
+ * (uid + pid + start time): its sessions survive the client's idle
+ * reconnect (a new connection from the same process), while any other
+ * process, including one that later reuses the pid, is a stranger. Without
+ * peer credentials (peer checks off, TCP), the connection itself.
+ *
+ * The capability is implicit: a session manager belongs to one server, and
+ * that server admits only holders of its own capability token.
+ */
+export function ownerKey(peer: PeerIdentity, startTimeOf: ProcessStartTime = procStartTime): string {
+  if (peer.pid === null || peer.uid === null) return `conn:${peer.connectionId}`;
+  return `proc:${peer.uid}:${peer.pid}:${startTimeOf(peer.pid) ?? '-'}`;
+}

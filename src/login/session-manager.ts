@@ -1,0 +1,333 @@
+import { randomBytes } from 'node:crypto';
+import { pino } from 'pino';
+import { CredproxyError } from '../errors.js';
+import { shortSessionId, type Logger } from '../log.js';
+import type { OAuthProvider } from '../oauth/types.js';
+import type { FlowType, OAuthInitiateData, OAuthPollData } from '../protocol/messages.js';
+import type { LoginPort, PeerIdentity } from '../server/context.js';
+import { sanitizeToken } from '../store/sanitize.js';
+import type { SanitizedToken, TokenStore } from '../store/types.js';
+import { startFlow, type FlowOutcome, type FlowStarter, type FlowTiming, type RunningFlow } from './flows/index.js';
+import { ownerKey, procStartTime, type ProcessStartTime } from './owner.js';
+
+/** SPEC §5 defaults. */
+export const DEFAULT_SESSION_TIMEOUT_MS = 10 * 60_000;
+export const DEFAULT_SWEEP_INTERVAL_MS = 60_000;
+/** Overall cap: room for a burst of abandoned sessions, bounded memory and listeners. */
+export const DEFAULT_MAX_SESSIONS = 10_000;
+/** Per peer process: a person logs in to one or two accounts at a time; a looping agent is stopped here. */
+export const DEFAULT_MAX_SESSIONS_PER_OWNER = 32;
+
+export interface LoginSessionManagerOptions {
+  /** Where a finished login is stored, refresh token included (the entry is replaced). */
+  tokens: TokenStore;
+  providers: { get(name: string): OAuthProvider };
+  /** CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS, in ms (default 10 minutes). */
+  timeoutMs?: number;
+  sweepIntervalMs?: number;
+  maxSessions?: number;
+  maxSessionsPerOwner?: number;
+  /** Poll intervals of the flows (tests shorten them). */
+  flowTiming?: FlowTiming;
+  /** How a flow is started (default: the real flows for the provider's flow type). */
+  startFlow?: FlowStarter;
+  /** Tells a peer's pid apart from a later process that reuses it (default: /proc on Linux). */
+  processStartTime?: ProcessStartTime;
+  logger?: Logger;
+  /** Wall clock in ms, for expiry. */
+  now?: () => number;
+}
+
+interface Session {
+  readonly id: string;
+  readonly owner: string;
+  readonly provider: string;
+  readonly bucket: string;
+  readonly flowType: FlowType;
+  readonly expiresAt: number;
+  /** Released (null) once the session is used, cancelled or expired: its secrets go with it. */
+  flow: RunningFlow | null;
+  /** Aborting it stops the flow's background work (polling, loopback listener). */
+  readonly stop: AbortController;
+  /** Fires at expiry for flows with background work, so nothing polls or listens past it. */
+  expiryTimer: NodeJS.Timeout | null;
+  used: boolean;
+  /** A background flow's result, waiting for the owner's next oauth_poll. */
+  result: OAuthPollData | null;
+}
+
+const ALREADY_USED = 'this login session was already used; start a new login';
+
+function wrongOp(flowType: FlowType, right: 'oauth_exchange' | 'oauth_poll', wrong: 'oauth_exchange' | 'oauth_poll'): CredproxyError {
+  return new CredproxyError('INVALID_REQUEST', `a ${flowType} session is completed with ${right}, not ${wrong}`);
+}
+
+/** The initiate answer, field by field: nothing a flow might hold besides these can reach the socket. */
+function answerFields(flow: RunningFlow): Omit<OAuthInitiateData, 'session_id'> {
+  const { flow_type, auth_url, verification_url, user_code, pollIntervalMs } = flow.start;
+  return {
+    flow_type,
+    ...(auth_url !== undefined ? { auth_url } : {}),
+    ...(verification_url !== undefined ? { verification_url } : {}),
+    ...(user_code !== undefined ? { user_code } : {}),
+    ...(pollIntervalMs !== undefined ? { pollIntervalMs } : {}),
+  };
+}
+
+/** CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS as ms; undefined when unset. */
+export function sessionTimeoutFromEnv(env: NodeJS.ProcessEnv): number | undefined {
+  const raw = env.CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS;
+  if (raw === undefined || raw === '') return undefined;
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(n) || n < 1 || n > 24 * 3600) {
+    throw new CredproxyError('USAGE', 'CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS must be a whole number of seconds (1 to 86400)');
+  }
+  return n * 1000;
+}
+
+function positive(value: number | undefined, fallback: number, name: string): number {
+  if (value === undefined) return fallback;
+  if (!Number.isFinite(value) || value <= 0 || value > 2_147_483_647) throw new CredproxyError('USAGE', `${name} must be a positive number`);
+  return value;
+}
+
+/**
+ * Login sessions (SPEC §5): 128-bit random ids, owned by the peer process
+ * that started them (see ownerKey), single use, expiring. The finished token
+ * is stored with its refresh token on the host; callers only ever get it
+ * sanitized. Verifiers, state, device codes and auth codes stay inside the
+ * flows; logs show at most 8 characters of an id.
+ *
+ * Used sessions stay until their expiry (so a replay is told
+ * SESSION_ALREADY_USED), expired ones until the next sweep (SESSION_EXPIRED);
+ * after that an id is simply unknown. The sweep timer runs only while there
+ * are sessions, so an idle manager holds nothing.
+ */
+export class LoginSessionManager implements LoginPort {
+  private readonly sessions = new Map<string, Session>();
+  private readonly perOwner = new Map<string, number>();
+  private readonly tokens: TokenStore;
+  private readonly providers: { get(name: string): OAuthProvider };
+  private readonly timeoutMs: number;
+  private readonly sweepIntervalMs: number;
+  private readonly maxSessions: number;
+  private readonly maxPerOwner: number;
+  private readonly flowTiming: FlowTiming;
+  private readonly start: FlowStarter;
+  private readonly startTimeOf: ProcessStartTime;
+  private readonly logger: Logger;
+  private readonly now: () => number;
+  private sweeper: NodeJS.Timeout | null = null;
+  /** Initiations between the cap check and their session's creation (they await the provider). */
+  private starting = 0;
+  private closed = false;
+
+  constructor(options: LoginSessionManagerOptions) {
+    this.tokens = options.tokens;
+    this.providers = options.providers;
+    this.timeoutMs = positive(options.timeoutMs, DEFAULT_SESSION_TIMEOUT_MS, 'timeoutMs');
+    this.sweepIntervalMs = positive(options.sweepIntervalMs, DEFAULT_SWEEP_INTERVAL_MS, 'sweepIntervalMs');
+    this.maxSessions = positive(options.maxSessions, DEFAULT_MAX_SESSIONS, 'maxSessions');
+    this.maxPerOwner = positive(options.maxSessionsPerOwner, DEFAULT_MAX_SESSIONS_PER_OWNER, 'maxSessionsPerOwner');
+    this.now = options.now ?? Date.now;
+    this.flowTiming = { now: this.now, ...options.flowTiming };
+    this.start = options.startFlow ?? startFlow;
+    this.startTimeOf = options.processStartTime ?? procStartTime;
+    this.logger = options.logger ?? pino({ level: 'silent' });
+  }
+
+  /** Sessions held (open, used or expired but not yet swept). */
+  get size(): number {
+    return this.sessions.size;
+  }
+
+  async initiate(provider: string, bucket: string, peer: PeerIdentity, signal: AbortSignal): Promise<OAuthInitiateData> {
+    if (this.closed) throw new CredproxyError('INTERNAL_ERROR', 'login is not available: the proxy is shutting down');
+    const owner = ownerKey(peer, this.startTimeOf);
+    this.sweep();
+    if (this.sessions.size + this.starting >= this.maxSessions) {
+      throw new CredproxyError('RATE_LIMITED', 'too many login sessions in progress on this host; try again later', { retryAfter: Math.ceil(this.sweepIntervalMs / 1000) });
+    }
+    if ((this.perOwner.get(owner) ?? 0) >= this.maxPerOwner) {
+      throw new CredproxyError('RATE_LIMITED', `this process already has ${this.maxPerOwner} login sessions; finish or cancel one first`, { retryAfter: Math.ceil(this.sweepIntervalMs / 1000) });
+    }
+    const oauth = this.providers.get(provider);
+    // The slot is taken before the provider is contacted, so concurrent initiations cannot overshoot the caps.
+    this.starting++;
+    this.countOwner(owner, +1);
+    const stop = new AbortController();
+    let flow: RunningFlow;
+    try {
+      flow = await this.start(oauth, { signal, stop: stop.signal, timing: this.flowTiming });
+    } catch (err) {
+      stop.abort();
+      this.countOwner(owner, -1);
+      throw err;
+    } finally {
+      this.starting--;
+    }
+    if (this.closed || signal.aborted) {
+      stop.abort();
+      this.countOwner(owner, -1);
+      throw new CredproxyError('INTERNAL_ERROR', this.closed ? 'login is not available: the proxy is shutting down' : 'the login request was cancelled');
+    }
+
+    const id = randomBytes(16).toString('hex');
+    const session: Session = {
+      id,
+      owner,
+      provider,
+      bucket,
+      flowType: flow.start.flow_type,
+      expiresAt: this.now() + this.timeoutMs,
+      flow,
+      stop,
+      expiryTimer: null,
+      used: false,
+      result: null,
+    };
+    this.sessions.set(id, session);
+    if (flow.outcome) {
+      session.expiryTimer = setTimeout(() => this.release(session), this.timeoutMs);
+      session.expiryTimer.unref();
+      void flow.outcome.then((out) => this.finish(session, out));
+    }
+    this.armSweeper();
+    this.logger.debug({ session: shortSessionId(id), provider, bucket, flow: session.flowType }, 'login session started');
+    return { session_id: id, ...answerFields(flow) };
+  }
+
+  async exchange(sessionId: string, code: string, peer: PeerIdentity, signal: AbortSignal): Promise<SanitizedToken> {
+    const s = this.find(sessionId, peer);
+    if (s.flowType !== 'pkce_redirect') throw wrongOp(s.flowType, 'oauth_poll', 'oauth_exchange');
+    this.assertAlive(s);
+    // Consumed before the exchange starts: a failed or concurrent second attempt finds it used.
+    const flow = this.consume(s);
+    try {
+      if (!flow?.exchange) throw new CredproxyError('INTERNAL_ERROR', 'this login flow cannot exchange a code');
+      const token = await flow.exchange(code, signal);
+      await this.tokens.saveToken(s.provider, token, s.bucket);
+      this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket }, 'login completed');
+      return sanitizeToken(token);
+    } catch (err) {
+      this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket, code: err instanceof CredproxyError ? err.code : 'error' }, 'login failed');
+      throw err;
+    } finally {
+      this.release(s);
+    }
+  }
+
+  async poll(sessionId: string, peer: PeerIdentity): Promise<OAuthPollData> {
+    const s = this.find(sessionId, peer);
+    if (s.flowType === 'pkce_redirect') throw wrongOp(s.flowType, 'oauth_exchange', 'oauth_poll');
+    if (s.result !== null) {
+      // A result reached before expiry is still handed out, once; then the session counts as used.
+      const result = s.result;
+      s.result = null;
+      this.consume(s);
+      return result;
+    }
+    this.assertAlive(s);
+    if (s.used) throw new CredproxyError('SESSION_ALREADY_USED', ALREADY_USED);
+    return { status: 'pending', pollIntervalMs: s.flow?.pollIntervalMs() ?? 0 };
+  }
+
+  /** Drops the session whatever its state (an expired or used one too: the client wants it gone). */
+  async cancel(sessionId: string, peer: PeerIdentity): Promise<void> {
+    const s = this.find(sessionId, peer);
+    this.drop(s);
+    this.logger.debug({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket }, 'login session cancelled');
+  }
+
+  /** Drop every session and stop every flow (server shutdown); later initiations are refused. */
+  close(): void {
+    this.closed = true;
+    for (const s of [...this.sessions.values()]) this.drop(s);
+    this.disarmSweeper();
+  }
+
+  /** Forget sessions past their expiry, stopping whatever they still run. */
+  sweep(): void {
+    const now = this.now();
+    for (const s of this.sessions.values()) if (s.expiresAt <= now) this.drop(s);
+    if (this.sessions.size === 0) this.disarmSweeper();
+  }
+
+  private find(sessionId: string, peer: PeerIdentity): Session {
+    const s = this.sessions.get(sessionId);
+    // Someone else's session is indistinguishable from none at all.
+    if (!s || s.owner !== ownerKey(peer, this.startTimeOf)) throw new CredproxyError('SESSION_NOT_FOUND', 'no such login session');
+    return s;
+  }
+
+  private assertAlive(s: Session): void {
+    if (s.expiresAt > this.now()) return;
+    this.release(s);
+    throw new CredproxyError('SESSION_EXPIRED', 'the login session expired; start the login again');
+  }
+
+  /**
+   * Mark used and take the flow out of the session. A pkce exchange still
+   * runs on it, so its stop signal stays quiet until exchange() releases it;
+   * a background flow is finished and released at once.
+   */
+  private consume(s: Session): RunningFlow | null {
+    if (s.used) throw new CredproxyError('SESSION_ALREADY_USED', ALREADY_USED);
+    const flow = s.flow;
+    s.used = true;
+    s.flow = null;
+    if (s.flowType !== 'pkce_redirect') this.release(s);
+    return flow;
+  }
+
+  private async finish(s: Session, out: FlowOutcome): Promise<void> {
+    if (this.sessions.get(s.id) !== s || s.used || s.stop.signal.aborted) return;
+    if (!out.ok) {
+      s.result = { status: 'error', code: out.code, error: out.error };
+      this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket, code: out.code }, 'login failed');
+      return;
+    }
+    try {
+      await this.tokens.saveToken(s.provider, out.token, s.bucket);
+      s.result = { status: 'complete', ...sanitizeToken(out.token) };
+      this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket }, 'login completed');
+    } catch (err) {
+      const code = err instanceof CredproxyError ? err.code : 'error';
+      s.result = { status: 'error', code: 'INTERNAL_ERROR', error: `the login succeeded but the token could not be stored (${code})` };
+      this.logger.warn({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket, code }, 'login token not stored');
+    }
+  }
+
+  /** Stop the flow's background work and drop its secrets; the entry itself stays (used/expired answers). */
+  private release(s: Session): void {
+    if (s.expiryTimer) clearTimeout(s.expiryTimer);
+    s.expiryTimer = null;
+    s.flow = null;
+    s.stop.abort();
+  }
+
+  private drop(s: Session): void {
+    if (this.sessions.get(s.id) !== s) return;
+    this.sessions.delete(s.id);
+    this.countOwner(s.owner, -1);
+    this.release(s);
+    s.result = null;
+  }
+
+  private countOwner(owner: string, delta: number): void {
+    const n = (this.perOwner.get(owner) ?? 0) + delta;
+    if (n <= 0) this.perOwner.delete(owner);
+    else this.perOwner.set(owner, n);
+  }
+
+  private armSweeper(): void {
+    if (this.sweeper !== null) return;
+    this.sweeper = setInterval(() => this.sweep(), this.sweepIntervalMs);
+    this.sweeper.unref();
+  }
+
+  private disarmSweeper(): void {
+    if (this.sweeper !== null) clearInterval(this.sweeper);
+    this.sweeper = null;
+  }
+}
