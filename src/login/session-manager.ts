@@ -6,7 +6,7 @@ import type { OAuthProvider } from '../oauth/types.js';
 import type { FlowType, OAuthInitiateData, OAuthPollData } from '../protocol/messages.js';
 import type { LoginPort, PeerIdentity } from '../server/context.js';
 import { sanitizeToken } from '../store/sanitize.js';
-import type { SanitizedToken, TokenStore } from '../store/types.js';
+import type { OAuthToken, SanitizedToken, TokenStore } from '../store/types.js';
 import { startFlow, type FlowOutcome, type FlowStarter, type FlowTiming, type RunningFlow } from './flows/index.js';
 import { ownerKey, procStartTime, type ProcessStartTime } from './owner.js';
 
@@ -103,6 +103,9 @@ function positive(value: number | undefined, fallback: number, name: string): nu
  * after that an id is simply unknown. The sweep timer runs only while there
  * are sessions, so an idle manager holds nothing.
  */
+/** A refresh holds the lock for at most its 30 s budget. */
+const LOGIN_SAVE_LOCK_WAIT_MS = 30_000;
+
 export class LoginSessionManager implements LoginPort {
   private readonly sessions = new Map<string, Session>();
   private readonly perOwner = new Map<string, number>();
@@ -197,6 +200,23 @@ export class LoginSessionManager implements LoginPort {
     return { session_id: id, ...answerFields(flow) };
   }
 
+  /**
+   * Store a fresh login under the same cross-process lock the refresh path
+   * uses, so a refresh of the old token already in flight cannot overwrite
+   * it with a merge of the old one: the refresh re-reads under the lock and
+   * sees the new token, or finishes first and the login saves after it.
+   */
+  private async saveLoggedIn(provider: string, bucket: string, token: OAuthToken): Promise<void> {
+    if (!(await this.tokens.acquireRefreshLock(provider, { bucket, waitMs: LOGIN_SAVE_LOCK_WAIT_MS }))) {
+      throw new CredproxyError('LOCK_FAILED', `a refresh of ${provider}:${bucket} is still running; log in again`);
+    }
+    try {
+      await this.tokens.saveToken(provider, token, bucket);
+    } finally {
+      await this.tokens.releaseRefreshLock(provider, bucket);
+    }
+  }
+
   async exchange(sessionId: string, code: string, peer: PeerIdentity, signal: AbortSignal): Promise<SanitizedToken> {
     const s = this.find(sessionId, peer);
     if (s.flowType !== 'pkce_redirect') throw wrongOp(s.flowType, 'oauth_poll', 'oauth_exchange');
@@ -206,7 +226,7 @@ export class LoginSessionManager implements LoginPort {
     try {
       if (!flow?.exchange) throw new CredproxyError('INTERNAL_ERROR', 'this login flow cannot exchange a code');
       const token = await flow.exchange(code, signal);
-      await this.tokens.saveToken(s.provider, token, s.bucket);
+      await this.saveLoggedIn(s.provider, s.bucket, token);
       this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket }, 'login completed');
       return sanitizeToken(token);
     } catch (err) {
@@ -288,7 +308,7 @@ export class LoginSessionManager implements LoginPort {
       return;
     }
     try {
-      await this.tokens.saveToken(s.provider, out.token, s.bucket);
+      await this.saveLoggedIn(s.provider, s.bucket, out.token);
       s.result = { status: 'complete', ...sanitizeToken(out.token) };
       this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket }, 'login completed');
     } catch (err) {

@@ -165,6 +165,26 @@ describe('LoginSessionManager', () => {
     manager.close();
   });
 
+  it('stores a login under the refresh lock: a refresh holding it finishes first, then the login wins', async () => {
+    const { manager, tokens } = setup();
+    const { session_id } = await manager.initiate('paste', 'work', A, never);
+    // A refresh of the old token is in flight and holds the cross-process lock.
+    expect(await tokens.acquireRefreshLock('paste', { bucket: 'work' })).toBe(true);
+    let done = false;
+    const exchanged = manager.exchange(session_id, 'the-code', A, never).then((t) => {
+      done = true;
+      return t;
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    expect(done).toBe(false); // waiting for the lock, nothing stored yet
+    expect(await tokens.getToken('paste', 'work')).toBeNull();
+    await tokens.saveToken('paste', { access_token: 'old-refreshed', expiry: 1, refresh_token: 'old-rt' }, 'work');
+    await tokens.releaseRefreshLock('paste', 'work');
+    await exchanged;
+    expect(await tokens.getToken('paste', 'work')).toMatchObject({ access_token: 'at-1', refresh_token: 'rt-secret-1' });
+    manager.close();
+  });
+
   it('answers pending at the current interval, then the outcome once, then SESSION_ALREADY_USED', async () => {
     const { manager, tokens, flows } = setup();
     const { session_id, pollIntervalMs } = await manager.initiate('dev', 'default', A, never);
