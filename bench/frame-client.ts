@@ -1,15 +1,23 @@
 import { connect, type Socket } from 'node:net';
 import { encodeFrame, FrameDecoder, parsePayload } from '../src/protocol/frame.js';
 
-/** A minimal framed client used against both servers, so only the servers differ. */
+/** A minimal framed client used against both servers, so only the servers differ. Answers are matched by id. */
 export class FrameClient {
   private readonly decoder = new FrameDecoder();
-  private waiting: ((m: Record<string, unknown>) => void) | null = null;
+  private readonly waiting = new Map<string, (m: Record<string, unknown>) => void>();
+  private handshakeWaiter: ((m: Record<string, unknown>) => void) | null = null;
   private n = 0;
 
   private constructor(private readonly socket: Socket) {
     socket.on('data', (chunk) => {
-      for (const p of this.decoder.push(chunk)) this.waiting?.(parsePayload(p));
+      for (const p of this.decoder.push(chunk)) {
+        const m = parsePayload(p);
+        const id = typeof m.id === 'string' ? m.id : undefined;
+        const w = id === undefined ? this.handshakeWaiter : this.waiting.get(id);
+        if (id === undefined) this.handshakeWaiter = null;
+        else this.waiting.delete(id);
+        w?.(m);
+      }
     });
   }
 
@@ -20,17 +28,17 @@ export class FrameClient {
     });
   }
 
-  /** One request, one answer (the benchmark is sequential per client). */
   call(message: Record<string, unknown>): Promise<Record<string, unknown>> {
     return new Promise((resolve) => {
-      this.waiting = resolve;
-      this.socket.write(encodeFrame({ ...message, id: `b${++this.n}` }));
+      const id = `b${++this.n}`;
+      this.waiting.set(id, resolve);
+      this.socket.write(encodeFrame({ ...message, id }));
     });
   }
 
   handshake(token: string): Promise<Record<string, unknown>> {
     return new Promise((resolve) => {
-      this.waiting = resolve;
+      this.handshakeWaiter = resolve;
       this.socket.write(encodeFrame({ v: 1, op: 'handshake', payload: { minVersion: 1, maxVersion: 1, capabilityToken: token } }));
     });
   }

@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import { keepYoungGenerationSmall } from '../heap.js';
 import type { Logger } from '../log.js';
 import { ensurePrivateDir } from '../paths.js';
 import { generateCapabilityToken } from '../server/capability.js';
@@ -15,6 +16,18 @@ export interface ProxyFlags extends PolicyFlags {
   transport?: string;
   peerCheck: boolean;
   allowRoot?: boolean;
+  /** serve --rate-limit: requests per second per connection (SPEC §5 default 60). */
+  rateLimit?: string;
+}
+
+/** `--rate-limit N`: a whole number of requests per second, 1 to 1,000,000. */
+export function parseRateLimit(raw: string | undefined): number | undefined {
+  if (raw === undefined) return undefined;
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n) || n < 1 || n > 1_000_000) {
+    throw new UsageError(`invalid --rate-limit '${raw.slice(0, 40)}' (a whole number of requests per second per connection, 1 to 1000000)`);
+  }
+  return n;
 }
 
 /** A running proxy as `serve` and `run` use it: the server plus the directory it owns. */
@@ -56,9 +69,11 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
   else if (policy.isEmpty) ctx.notice('no --allow, --allow-key or --profile given: every request will be refused');
 
   ctx.defaultLogLevel = options.logLevel ?? 'info';
+  keepYoungGenerationSmall();
   const host = await ctx.host();
   const logger = ctx.logger;
   const tcp = parseTransport(flags.transport);
+  const rateLimit = parseRateLimit(flags.rateLimit);
   if (tcp && flags.socketDir !== undefined) throw new UsageError('--socket-dir and --transport tcp exclude each other');
   if (tcp && !isLoopback(tcp.host)) ctx.notice(`listening on ${tcp.host}, which is not a loopback address: anyone who can reach it and holds the token gets the policy's credentials`);
   const ownDir = flags.socketDir === undefined && !tcp ? createSocketDir(host.dirs.run) : undefined;
@@ -81,6 +96,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     auditPath: join(ensurePrivateDir(host.dirs.state), 'audit.jsonl'),
     logger,
     login,
+    ...(rateLimit === undefined ? {} : { limits: { requestsPerWindow: rateLimit } }),
   });
   try {
     await server.start();

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
+import { collectGarbage } from '../heap.js';
 import { CredproxyError } from '../errors.js';
 import { shortSessionId, type Logger } from '../log.js';
 import type { OAuthProvider } from '../oauth/types.js';
@@ -17,6 +18,8 @@ export const DEFAULT_SWEEP_INTERVAL_MS = 60_000;
 export const DEFAULT_MAX_SESSIONS = 10_000;
 /** Per peer process: a person logs in to one or two accounts at a time; a looping agent is stopped here. */
 export const DEFAULT_MAX_SESSIONS_PER_OWNER = 32;
+/** A sweep dropping at least this many sessions is followed by one full garbage collection. */
+export const BULK_SWEEP = 1000;
 
 export interface LoginSessionManagerOptions {
   /** Where a finished login is stored, refresh token included (the entry is replaced). */
@@ -36,6 +39,8 @@ export interface LoginSessionManagerOptions {
   logger?: Logger;
   /** Wall clock in ms, for expiry. */
   now?: () => number;
+  /** Run after a sweep dropped BULK_SWEEP sessions or more (default: one full garbage collection). */
+  afterBulkSweep?: () => void;
 }
 
 interface Session {
@@ -120,6 +125,7 @@ export class LoginSessionManager implements LoginPort {
   private readonly startTimeOf: ProcessStartTime;
   private readonly logger: Logger;
   private readonly now: () => number;
+  private readonly afterBulkSweep: () => void;
   private sweeper: NodeJS.Timeout | null = null;
   /** Initiations between the cap check and their session's creation (they await the provider). */
   private starting = 0;
@@ -133,6 +139,7 @@ export class LoginSessionManager implements LoginPort {
     this.maxSessions = positive(options.maxSessions, DEFAULT_MAX_SESSIONS, 'maxSessions');
     this.maxPerOwner = positive(options.maxSessionsPerOwner, DEFAULT_MAX_SESSIONS_PER_OWNER, 'maxSessionsPerOwner');
     this.now = options.now ?? Date.now;
+    this.afterBulkSweep = options.afterBulkSweep ?? collectGarbage;
     this.flowTiming = { now: this.now, ...options.flowTiming };
     this.start = options.startFlow ?? startFlow;
     this.startTimeOf = options.processStartTime ?? procStartTime;
@@ -269,8 +276,16 @@ export class LoginSessionManager implements LoginPort {
   /** Forget sessions past their expiry, stopping whatever they still run. */
   sweep(): void {
     const now = this.now();
-    for (const s of this.sessions.values()) if (s.expiresAt <= now) this.drop(s);
+    let dropped = 0;
+    for (const s of this.sessions.values()) {
+      if (s.expiresAt > now) continue;
+      this.drop(s);
+      dropped++;
+    }
     if (this.sessions.size === 0) this.disarmSweeper();
+    // A burst of abandoned logins (a looping agent) would otherwise keep its
+    // memory for as long as the server stays idle.
+    if (dropped >= BULK_SWEEP) setImmediate(this.afterBulkSweep).unref();
   }
 
   private find(sessionId: string, peer: PeerIdentity): Session {

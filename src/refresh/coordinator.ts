@@ -176,6 +176,25 @@ export class RefreshCoordinator implements CredentialService {
     return this.flights.run(`${provider}:${bucket}`, () => this.refreshLocked(provider, bucket, 'force', token));
   }
 
+  /**
+   * save_token: merge under the refresh lock. Unlocked, a save that read the
+   * token before a concurrent refresh rotated it would write the old refresh
+   * token back, and the next refresh would present a revoked one.
+   */
+  async save(provider: string, bucket: string, incoming: OAuthToken): Promise<void> {
+    assertProviderName(provider);
+    assertBucketName(bucket);
+    this.checkOpen();
+    const locked = await this.store.acquireRefreshLock(provider, { bucket, waitMs: this.removeLockWaitMs });
+    if (!locked) throw new CredproxyError('LOCK_FAILED', `a refresh of the ${where(provider, bucket)} token is still running; try again`);
+    try {
+      const stored = await this.store.getToken(provider, bucket);
+      await this.store.saveToken(provider, mergeToken(stored, incoming), bucket);
+    } finally {
+      await this.release(provider, bucket);
+    }
+  }
+
   async remove(provider: string, bucket: string = DEFAULT_BUCKET): Promise<void> {
     assertProviderName(provider);
     assertBucketName(bucket);

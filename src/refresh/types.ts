@@ -15,6 +15,8 @@ export interface CredentialService {
   getToken(provider: string, bucket: string): Promise<OAuthToken | null>;
   /** refresh_token op: refresh even a still-valid token (outside the cooldown). */
   refresh(provider: string, bucket: string): Promise<OAuthToken>;
+  /** save_token: merge `incoming` (never carrying a refresh token) into the stored token under the refresh lock. */
+  save(provider: string, bucket: string, incoming: OAuthToken): Promise<void>;
   /** Remove under the refresh lock, so a logout racing a refresh waits and wins. */
   remove(provider: string, bucket: string): Promise<void>;
   /** Stop all timers and in-process work. */

@@ -32,9 +32,26 @@ export interface ConnectionOptions {
 
 type State = 'handshake' | 'ready' | 'closing' | 'closed';
 
-interface InFlight {
-  controller: AbortController;
-  cancelled: boolean;
+/**
+ * One admitted request. Its AbortController is made only when the handler
+ * asks for the signal: most ops (get_token) never do, and creating one costs
+ * more than the rest of a cached read.
+ */
+class InFlight {
+  cancelled = false;
+  private controller: AbortController | null = null;
+  private aborted = false;
+
+  get signal(): AbortSignal {
+    this.controller ??= new AbortController();
+    if (this.aborted) this.controller.abort();
+    return this.controller.signal;
+  }
+
+  abort(): void {
+    this.aborted = true;
+    this.controller?.abort();
+  }
 }
 
 const MAX_ID_LENGTH = 256;
@@ -143,7 +160,7 @@ export class Connection {
 
   private onHandshake(msg: Record<string, unknown>): void {
     const started = performance.now();
-    const time = new Date().toISOString();
+    const time = Date.now();
     const reject = (code: WireErrorCode, error: string): void => {
       this.o.onHandshakeFailed?.();
       this.record({ time, op: 'handshake', result: code, started });
@@ -185,7 +202,7 @@ export class Connection {
 
   private onRequest(msg: Record<string, unknown>): void {
     const started = performance.now();
-    const time = new Date().toISOString();
+    const time = Date.now();
     const auditOp = isOp(msg.op) ? msg.op : 'unknown';
     const id = msg.id;
     if (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID_LENGTH) {
@@ -203,12 +220,14 @@ export class Connection {
       this.write({ v: PROTOCOL_VERSION, id, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
       return;
     }
-    const entry: InFlight = { controller: new AbortController(), cancelled: false };
+    const entry = new InFlight();
     this.inFlight.set(id, entry);
     this.running++;
     const ctx: RequestContext = {
       peer: this.o.peer,
-      signal: entry.controller.signal,
+      get signal() {
+        return entry.signal;
+      },
       cancel: (targetId) => this.cancelRequest(targetId, id),
     };
     void this.o.dispatcher.dispatch(msg, ctx).then((result) => {
@@ -225,7 +244,7 @@ export class Connection {
   }
 
   /** Envelope-level rejections: answered immediately, counted by the rate limit. */
-  private answerAtOnce(id: string | undefined, op: string, time: string, started: number, reason: string): void {
+  private answerAtOnce(id: string | undefined, op: string, time: number, started: number, reason: string): void {
     const admission = this.limiter.admit(false);
     const base = id === undefined ? { v: PROTOCOL_VERSION } : { v: PROTOCOL_VERSION, id };
     if (!admission.ok) {
@@ -242,7 +261,7 @@ export class Connection {
     const entry = this.inFlight.get(targetId);
     if (entry === undefined) return false;
     entry.cancelled = true;
-    entry.controller.abort();
+    entry.abort();
     // The id is free for reuse at once; the limiter slot is released only
     // when the host work really ends.
     this.inFlight.delete(targetId);
@@ -322,7 +341,7 @@ export class Connection {
   private markClosed(): void {
     this.state = 'closed';
     this.clearTimers();
-    for (const entry of this.inFlight.values()) entry.controller.abort();
+    for (const entry of this.inFlight.values()) entry.abort();
     this.inFlight.clear();
   }
 
@@ -343,10 +362,11 @@ export class Connection {
     for (const w of waiters) w();
   }
 
-  private record(e: { time: string; op: string; result: string; started: number; fields?: AuditFields }): void {
+  private record(e: { time: number; op: string; result: string; started: number; fields?: AuditFields }): void {
     if (this.o.audit === null) return;
     const entry: AuditEntry = {
-      time: e.time,
+      // Formatted here, after the answer went out, not on arrival.
+      time: new Date(e.time).toISOString(),
       conn: this.id,
       peerPid: this.o.peer.pid,
       peerUid: this.o.peer.uid,

@@ -4,10 +4,10 @@ import type { Logger } from '../log.js';
 import { DEFAULT_BUCKET } from '../names.js';
 import { isOp, OP_PAYLOADS, PROTOCOL_VERSION, type Op, type OpData, type OpPayload } from '../protocol/messages.js';
 import type { CredentialService } from '../refresh/types.js';
-import { mergeToken } from '../store/merge.js';
 import { sanitizeToken } from '../store/sanitize.js';
 import type { KeyStore, TokenStore } from '../store/types.js';
 import type { LoginPort, RequestContext } from './context.js';
+import { Deadlines } from './deadlines.js';
 import type { Policy } from './policy.js';
 
 /** SPEC §5: simple host operations (store read, write, list). */
@@ -121,11 +121,15 @@ export class Dispatcher {
   private readonly hostOpTimeoutMs: number;
   private readonly credentialOpTimeoutMs: number;
   private readonly table: OpTable;
+  private readonly deadlines: Deadlines;
 
   constructor(options: DispatcherOptions) {
     this.o = options;
     this.hostOpTimeoutMs = options.hostOpTimeoutMs ?? HOST_OP_TIMEOUT_MS;
     this.credentialOpTimeoutMs = options.credentialOpTimeoutMs ?? CREDENTIAL_OP_TIMEOUT_MS;
+    // A tenth of the shorter bound, at most 250 ms: a 15 s bound may end up to 1.7% late.
+    const tick = Math.min(250, Math.max(5, Math.floor(Math.min(this.hostOpTimeoutMs, this.credentialOpTimeoutMs) / 10)));
+    this.deadlines = new Deadlines(tick);
     this.table = this.buildTable();
   }
 
@@ -163,15 +167,7 @@ export class Dispatcher {
   private bounded<T>(bound: Bound, work: Promise<T>): Promise<T> {
     if (bound === 'none') return work;
     const ms = bound === 'host' ? this.hostOpTimeoutMs : this.credentialOpTimeoutMs;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new CredproxyError('INTERNAL_ERROR', `host operation timed out after ${Math.ceil(ms / 1000)} s`)), ms);
-      timer.unref();
-    });
-    // The losing store call cannot be aborted; it finishes in the background
-    // and its result is dropped.
-    work.catch(() => undefined);
-    return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
+    return this.deadlines.bound(work, ms, () => new CredproxyError('INTERNAL_ERROR', `host operation timed out after ${Math.ceil(ms / 1000)} s`));
   }
 
   /** Wire-coded CredproxyErrors pass through; everything else is INTERNAL_ERROR with a fixed text. */
@@ -211,15 +207,13 @@ export class Dispatcher {
         },
       },
       save_token: {
-        bound: 'host',
+        bound: 'credential',
         audit: tokenFields,
         deny: (p, policy) => denyWrite(policy) ?? denyToken(p, policy),
         run: async (p) => {
-          const bucket = p.bucket ?? DEFAULT_BUCKET;
           // The schema already dropped any refresh_token from the payload; the
           // merge keeps the stored one.
-          const stored = await tokens.getToken(p.provider, bucket);
-          await tokens.saveToken(p.provider, mergeToken(stored, p.token), bucket);
+          await credentials.save(p.provider, p.bucket ?? DEFAULT_BUCKET, p.token);
           return {};
         },
       },

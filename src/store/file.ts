@@ -147,9 +147,10 @@ export interface EncryptedFileBackendOptions {
 }
 
 interface CacheEntry {
-  ino: bigint;
-  size: bigint;
-  mtimeNs: bigint;
+  ino: number;
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
   value: string;
 }
 
@@ -289,16 +290,18 @@ export class EncryptedFileBackend implements SecretBackend {
     let st;
     try {
       // Synchronous on purpose: one stat of a local file is a few µs, far less than a threadpool round trip on this hot path.
-      st = statSync(path, { bigint: true });
+      st = statSync(path, { throwIfNoEntry: false });
     } catch (err) {
-      if (errno(err) === 'ENOENT') {
-        this.cache.delete(entry);
-        return null;
-      }
       throw unavailable('read', path, err);
     }
+    if (st === undefined) {
+      this.cache.delete(entry);
+      return null;
+    }
+    // Every write renames a new file into place, so the inode changes; the
+    // times (sub-µs as doubles) guard against a reused inode number.
     const cached = this.cache.get(entry);
-    if (cached && cached.ino === st.ino && cached.size === st.size && cached.mtimeNs === st.mtimeNs) return cached.value;
+    if (cached && cached.ino === st.ino && cached.size === st.size && cached.mtimeMs === st.mtimeMs && cached.ctimeMs === st.ctimeMs) return cached.value;
     let text: string;
     try {
       text = await readFile(path, 'utf8');
@@ -312,7 +315,7 @@ export class EncryptedFileBackend implements SecretBackend {
     } catch {
       throw new CredproxyError('CORRUPT_ENTRY', `stored entry ${entry} cannot be decrypted (${path}); it was left in place — remove or replace it`);
     }
-    this.cache.set(entry, { ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, value });
+    this.cache.set(entry, { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, value });
     return value;
   }
 

@@ -15,7 +15,15 @@ function decodeToken(entry: string, text: string): OAuthToken {
   }
   const parsed = TokenSchema.safeParse(value);
   if (!parsed.success) throw new CredproxyError('CORRUPT_ENTRY', `stored entry ${entry} is not a valid token; it was left in place — remove or re-import it`);
-  return parsed.data as OAuthToken;
+  return deepFreeze(parsed.data as OAuthToken);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
 }
 
 interface Usage {
@@ -60,8 +68,10 @@ export class HostTokenStore implements TokenStore {
       this.decoded.set(entry, cached);
     }
     this.noteUse(provider, bucket);
-    // A copy: callers merge into what they get, and nested extra fields must not reach the cache.
-    return structuredClone(cached.token);
+    // The cached token itself, deeply frozen: a copy per read showed up on the
+    // get_token path, and a caller that tried to change it would throw rather
+    // than corrupt the cache (merges build new objects).
+    return cached.token;
   }
 
   async removeToken(provider: string, bucket = DEFAULT_BUCKET): Promise<void> {

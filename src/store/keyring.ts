@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+import { renameSync, statSync, writeFileSync, type Stats } from 'node:fs';
 import { CredproxyError } from '../errors.js';
 import type { SecretBackend } from './backend.js';
 import { AgentFailure, KeyringAgent, type AgentRequest } from './keyring-agent.js';
@@ -18,6 +20,32 @@ export interface KeyringBackendOptions {
   /** Environment for reaching the keyring (D-Bus session address); defaults to process.env. */
   env?: NodeJS.ProcessEnv;
   callTimeoutMs?: number;
+  /**
+   * Enables the read cache: a file every credproxy writer of this service
+   * replaces after each keyring write. Unset, every read asks the keyring.
+   */
+  stampPath?: string;
+  /** How long a cached value is trusted without a new stamp: bounds edits made outside credproxy (default 5 s). */
+  cacheMaxAgeMs?: number;
+}
+
+export const DEFAULT_KEYRING_CACHE_MAX_AGE_MS = 5000;
+
+interface Cached {
+  value: string | null;
+  stamp: string;
+  readAt: number;
+}
+
+/** The stamp's identity; a missing stamp is a valid state of its own. */
+function stampOf(path: string): string {
+  let st: Stats | undefined;
+  try {
+    st = statSync(path, { throwIfNoEntry: false });
+  } catch {
+    return `unreadable:${Date.now()}:${Math.random()}`;
+  }
+  return st === undefined ? 'none' : `${st.ino}:${st.mtimeMs}:${st.ctimeMs}`;
 }
 
 export type KeyringProbe = { ok: true } | { ok: false; reason: string };
@@ -37,11 +65,16 @@ export class KeyringBackend implements SecretBackend {
   readonly service: string;
   private readonly agent: KeyringAgent;
   private readonly callTimeoutMs: number;
+  private readonly stampPath: string | undefined;
+  private readonly cacheMaxAgeMs: number;
+  private readonly cache = new Map<string, Cached>();
 
   constructor(options: KeyringBackendOptions = {}) {
     this.service = options.service ?? DEFAULT_KEYRING_SERVICE;
     this.callTimeoutMs = options.callTimeoutMs ?? DEFAULT_KEYRING_CALL_TIMEOUT_MS;
     this.agent = new KeyringAgent(options.env ? { env: options.env } : {});
+    this.stampPath = options.stampPath;
+    this.cacheMaxAgeMs = options.cacheMaxAgeMs ?? DEFAULT_KEYRING_CACHE_MAX_AGE_MS;
   }
 
   /** pid of the helper process while one runs. */
@@ -58,18 +91,57 @@ export class KeyringBackend implements SecretBackend {
     }
   }
 
+  /**
+   * A keyring read is a D-Bus round trip through the helper process (ms);
+   * with a stamp file, a value is served from memory while the stamp is
+   * unchanged and the value is younger than cacheMaxAgeMs. The stamp is read
+   * before the keyring, so a write racing this read shows up next time.
+   */
   async get(entry: string): Promise<string | null> {
+    const stamp = this.stampPath === undefined ? undefined : stampOf(this.stampPath);
+    if (stamp !== undefined) {
+      const hit = this.cache.get(entry);
+      if (hit !== undefined && hit.stamp === stamp && Date.now() - hit.readAt < this.cacheMaxAgeMs) return hit.value;
+    }
+    const readAt = Date.now();
     const v = await this.call('read', { op: 'get', service: this.service, entry });
     if (!isSafeValue(v)) throw new CredproxyError('STORE_UNAVAILABLE', 'OS keyring read answered an unexpected value');
+    if (stamp !== undefined) this.cache.set(entry, { value: v, stamp, readAt });
     return v;
   }
 
   async set(entry: string, value: string): Promise<void> {
-    await this.call('write', { op: 'set', service: this.service, entry, value });
+    this.cache.delete(entry);
+    try {
+      await this.call('write', { op: 'set', service: this.service, entry, value });
+    } finally {
+      this.touchStamp();
+    }
   }
 
   async delete(entry: string): Promise<boolean> {
-    return (await this.call('delete', { op: 'delete', service: this.service, entry })) === true;
+    this.cache.delete(entry);
+    try {
+      return (await this.call('delete', { op: 'delete', service: this.service, entry })) === true;
+    } finally {
+      this.touchStamp();
+    }
+  }
+
+  /**
+   * Tells every reader (this process and others) that an entry may have
+   * changed: a new file renamed into place, so its inode changes. Also after
+   * a failed or timed-out write, which may still have landed.
+   */
+  private touchStamp(): void {
+    if (this.stampPath === undefined) return;
+    const tmp = `${this.stampPath}.${process.pid}.${randomBytes(6).toString('hex')}`;
+    try {
+      writeFileSync(tmp, randomBytes(8).toString('hex'), { mode: 0o600 });
+      renameSync(tmp, this.stampPath);
+    } catch {
+      // Readers fall back to cacheMaxAgeMs; the write itself stands.
+    }
   }
 
   async list(): Promise<string[]> {

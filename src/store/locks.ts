@@ -72,6 +72,7 @@ export class RefreshLocks {
   private readonly host = hostname();
   private readonly pidns = pidNamespace();
   private dirReady = false;
+  private probed: Promise<void> | undefined;
 
   constructor(options: RefreshLocksOptions) {
     this.dir = options.dir;
@@ -107,6 +108,7 @@ export class RefreshLocks {
     assertBucketName(bucket);
     const name = `${provider}:${bucket}`;
     this.ensureDir();
+    await this.probeMtimePrecision();
     const deadline = Date.now() + Math.max(0, waitMs);
     for (;;) {
       if (!this.held.has(name) && (await this.tryLock(name))) return true;
@@ -119,6 +121,33 @@ export class RefreshLocks {
       if (left <= 0) return false;
       await new Promise((r) => setTimeout(r, Math.min(POLL_MS, left)));
     }
+  }
+
+  /**
+   * proper-lockfile's first lock in a process probes the file system's mtime
+   * precision by setting THAT lock's mtime to the next whole second + 5 ms,
+   * up to 1 s in the future; only later locks carry their real time. A holder
+   * killed right after its first lock (every one-shot CLI refresh, every
+   * freshly started serve) thus left a lock that went stale up to staleMs + 1 s
+   * after it died, later than a refresh that waits for it within its own
+   * 30 s budget can use. Probe once on a private scratch lock instead, so
+   * every real lock is stamped with the time it was taken.
+   */
+  private probeMtimePrecision(): Promise<void> {
+    this.probed ??= (async () => {
+      try {
+        const release = await lockfile.lock(join(this.dir, `.probe-${process.pid}-${randomBytes(4).toString('hex')}`), {
+          realpath: false,
+          stale: this.staleMs,
+          retries: 0,
+          onCompromised: () => undefined,
+        });
+        await release();
+      } catch {
+        // Then the probe happens on the first real lock, as before.
+      }
+    })();
+    return this.probed;
   }
 
   private async tryLock(name: string): Promise<boolean> {

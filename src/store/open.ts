@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { CredproxyError } from '../errors.js';
-import type { CredproxyDirs } from '../paths.js';
+import { ensurePrivateDir, type CredproxyDirs } from '../paths.js';
 import type { SecretBackend } from './backend.js';
 import { EncryptedFileBackend, type Kdf } from './file.js';
 import { HostKeyStore, HostTokenStore } from './host-stores.js';
@@ -69,6 +69,7 @@ export async function openHostStores(options: OpenHostStoresOptions): Promise<Ho
     const keyring = new KeyringBackend({
       service,
       env,
+      stampPath: join(ensurePrivateDir(options.dirs.state), `keyring-${service.replace(/[^A-Za-z0-9._-]/g, '_')}.stamp`),
       ...(options.keyringCallTimeoutMs ? { callTimeoutMs: options.keyringCallTimeoutMs } : {}),
     });
     const probe = await keyring.probe(options.keyringProbeTimeoutMs);

@@ -38,6 +38,7 @@ export interface RefreshLockOptions {
 /** SPEC §2. Implemented by the host store and by the sandbox-side proxy store. */
 export interface TokenStore {
   saveToken(provider: string, token: OAuthToken, bucket?: string): Promise<void>;
+  /** The host store returns a deeply frozen token shared between readers: copy before changing it. */
   getToken(provider: string, bucket?: string): Promise<OAuthToken | null>;
   removeToken(provider: string, bucket?: string): Promise<void>;
   listProviders(): Promise<string[]>;

@@ -288,3 +288,32 @@ describe('peer check against the real serve process', () => {
     }
   });
 });
+
+describe('serve --rate-limit (for benchmarks)', () => {
+  it('raises the per-connection limit, and refuses a malformed value with exit 2', async () => {
+    const host = makeHostEnv();
+    try {
+      const bad = await runCli(['serve', '--allow-key', 'k', '--rate-limit', '1e3'], { env: host.env });
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toContain('--rate-limit');
+      const s = await startServe(['--allow-key', 'k', '--rate-limit', '200'], host.env);
+      try {
+        const c = await RawClient.connect(s.socket);
+        await c.handshake({ minVersion: 1, maxVersion: 1, capabilityToken: s.token });
+        const answers = [];
+        for (let batch = 0; batch < 25; batch++) {
+          const ids = Array.from({ length: 10 }, (_, i) => c.fire('list_api_keys', {}, `rl-${batch}-${i}`));
+          answers.push(...(await Promise.all(ids.map((id) => c.answerFor(id)))));
+        }
+        // 250 requests well inside a second or two: the first 200 of any second pass.
+        expect(answers.filter((a) => a.ok === true).length).toBeGreaterThanOrEqual(200);
+        expect(answers.filter((a) => a.ok === false).every((a) => a.code === 'RATE_LIMITED')).toBe(true);
+        c.close();
+      } finally {
+        await s.stop();
+      }
+    } finally {
+      host.cleanup();
+    }
+  });
+});

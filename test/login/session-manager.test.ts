@@ -401,6 +401,33 @@ describe('LoginSessionManager', () => {
     expect(Date.now() - started).toBeLessThan(10_000);
   });
 
+  it('asks for one full collection after a sweep that drops 1,000 sessions or more, not after smaller ones', async () => {
+    let calls = 0;
+    let now = 0;
+    const manager = new LoginSessionManager({
+      tokens: new MemoryTokenStore(),
+      providers: new ProviderRegistry({ presets: {}, config: { providers: PROVIDERS } }),
+      now: () => now,
+      afterBulkSweep: () => calls++,
+    });
+    const fill = async (n: number, from: number): Promise<void> => {
+      for (let i = 0; i < n; i++) await manager.initiate('paste', 'default', { connectionId: from + i, pid: null, uid: null }, never);
+    };
+    await fill(999, 0);
+    now += 11 * 60_000;
+    manager.sweep();
+    await new Promise((r) => setImmediate(r));
+    expect(manager.size).toBe(0);
+    expect(calls).toBe(0);
+    await fill(1000, 1000);
+    now += 11 * 60_000;
+    manager.sweep();
+    expect(calls).toBe(0); // deferred: never inside the request that triggered the sweep
+    await new Promise((r) => setImmediate(r));
+    expect(calls).toBe(1);
+    manager.close();
+  });
+
   it('returns memory to idle after 10,000 abandoned sessions are swept', async () => {
     setFlagsFromString('--expose-gc');
     const gc = runInNewContext('gc') as () => void;

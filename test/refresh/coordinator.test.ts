@@ -333,6 +333,39 @@ describe('lock and re-read', () => {
   });
 });
 
+describe('save (the save_token op)', () => {
+  it('waits for a running refresh and merges into the token it stored, keeping the rotated refresh token', async () => {
+    const s = setup();
+    await s.store.saveToken('p', stored(s, 3600));
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    s.provider.behaviours.push(async (_t, _s, n) => {
+      await gate;
+      return s.provider.issue(n);
+    });
+    const refreshing = s.coordinator.refresh('p', 'default');
+    await s.clock.flush();
+    let saved = false;
+    const saving = s.coordinator.save('p', 'default', { access_token: 'at-from-sandbox', expiry: s.nowSec() + 600 }).then(() => (saved = true));
+    await s.clock.flush();
+    expect(saved).toBe(false);
+    release();
+    const fresh = await refreshing;
+    await saving;
+    const now = await s.store.getToken('p');
+    expect(fresh.refresh_token).not.toBe('rt-old-secret');
+    expect(now).toMatchObject({ access_token: 'at-from-sandbox', refresh_token: fresh.refresh_token, account_id: 'acct-1' });
+  });
+
+  it('gives up with LOCK_FAILED when the lock stays taken', async () => {
+    const s = setup({ removeLockWaitMs: 0 });
+    await s.store.saveToken('p', stored(s, 3600));
+    await s.store.acquireRefreshLock('p', { bucket: 'default' });
+    expect((await caught(s.coordinator.save('p', 'default', { access_token: 'x', expiry: s.nowSec() + 60 }))).code).toBe('LOCK_FAILED');
+    expect(await s.store.getToken('p')).toMatchObject({ access_token: 'at-old' });
+  });
+});
+
 describe('renewal timers', () => {
   it('renews a served token before it expires and re-arms for the new one', async () => {
     const s = setup();

@@ -117,6 +117,7 @@ describe('token operations', () => {
       return {
         getToken: (p, b) => base.getToken(p, b),
         remove: (p, b) => base.remove(p, b),
+        save: (p, b, t) => base.save(p, b, t),
         close: () => base.close(),
         refresh: async () => stored({ access_token: 'at-fresh', refresh_token: 'rt-NEW-SECRET' }),
       };
@@ -163,7 +164,7 @@ describe('error mapping', () => {
   function failing(err: unknown): (tokens: SpyTokenStore) => CredentialService {
     return (tokens) => {
       const base = new SimpleCredentials(tokens);
-      return { getToken: async () => Promise.reject(err), refresh: async () => Promise.reject(err), remove: (p, b) => base.remove(p, b), close: () => base.close() };
+      return { getToken: async () => Promise.reject(err), refresh: async () => Promise.reject(err), save: (p, b, t) => base.save(p, b, t), remove: (p, b) => base.remove(p, b), close: () => base.close() };
     };
   }
 

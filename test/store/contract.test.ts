@@ -93,11 +93,15 @@ describe.each(backends)('%s backend: TokenStore and KeyStore contract', (_name, 
     expect(await backend.get('token:bad:default')).toBe('{"access_token": 12');
   });
 
-  it('hands out copies: changing a returned token does not change the store', async () => {
+  it('hands out read-only tokens: changing a returned token throws and does not change the store', async () => {
     await tokens.saveToken('copy', { access_token: 'a', expiry: 1, extra: { nested: 'x' } });
     const t = await tokens.getToken('copy');
-    (t!.extra as { nested: string }).nested = 'changed';
-    t!.access_token = 'changed';
+    expect(() => {
+      (t!.extra as { nested: string }).nested = 'changed';
+    }).toThrow(TypeError);
+    expect(() => {
+      t!.access_token = 'changed';
+    }).toThrow(TypeError);
     expect(await tokens.getToken('copy')).toEqual({ access_token: 'a', expiry: 1, extra: { nested: 'x' } });
   });
 

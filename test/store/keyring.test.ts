@@ -79,6 +79,53 @@ describe('keyring backend against a real gnome-keyring', () => {
   });
 });
 
+describe('keyring read cache (stamp file)', () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync('/tmp/cp-krstamp-');
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const storeValue = (service: string, entry: string, value: string): void => {
+    const r = spawnSync('secret-tool', ['store', '--label', 'x', 'service', service, 'username', entry], { input: value, encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+  };
+
+  it('serves repeated reads from memory and sees a write by another credproxy process through the stamp', async () => {
+    const stampPath = join(dir, `a-${randomBytes(4).toString('hex')}.stamp`);
+    const reader = backend({ stampPath, cacheMaxAgeMs: 60_000 });
+    const writer = new KeyringBackend({ service: reader.service, stampPath });
+    opened.push(writer);
+    await writer.set('key:k', 'v1');
+    expect(await reader.get('key:k')).toBe('v1');
+    // Changed behind credproxy's back: the cache still answers (that is the point of it)...
+    storeValue(reader.service, 'key:k', 'outside');
+    expect(await reader.get('key:k')).toBe('v1');
+    // ...and a credproxy write replaces the stamp, so the next read goes to the keyring.
+    await writer.set('key:k', 'v2');
+    expect(await reader.get('key:k')).toBe('v2');
+    await writer.delete('key:k');
+    expect(await reader.get('key:k')).toBeNull();
+  });
+
+  it('trusts a cached value no longer than cacheMaxAgeMs, so outside edits show up', async () => {
+    const stampPath = join(dir, `b-${randomBytes(4).toString('hex')}.stamp`);
+    const b = backend({ stampPath, cacheMaxAgeMs: 200 });
+    await b.set('key:k', 'v1');
+    expect(await b.get('key:k')).toBe('v1');
+    storeValue(b.service, 'key:k', 'outside');
+    await new Promise((r) => setTimeout(r, 250));
+    expect(await b.get('key:k')).toBe('outside');
+  });
+
+  it('without a stamp path every read asks the keyring', async () => {
+    const b = backend();
+    await b.set('key:k', 'v1');
+    expect(await b.get('key:k')).toBe('v1');
+    storeValue(b.service, 'key:k', 'outside');
+    expect(await b.get('key:k')).toBe('outside');
+  });
+});
+
 describe('keyring failures', () => {
   it('no session bus: STORE_UNAVAILABLE saying how to fix it, never echoing the value', async () => {
     const b = backend({ env: { ...process.env, DBUS_SESSION_BUS_ADDRESS: 'unix:path=/nonexistent/credproxy-bus' } });

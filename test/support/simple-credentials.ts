@@ -1,5 +1,6 @@
 import { CredproxyError } from '../../src/errors.js';
 import type { CredentialService } from '../../src/refresh/types.js';
+import { mergeToken } from '../../src/store/merge.js';
 import type { OAuthToken, TokenStore } from '../../src/store/types.js';
 
 /**
@@ -16,6 +17,10 @@ export class SimpleCredentials implements CredentialService {
 
   async refresh(provider: string, _bucket: string): Promise<OAuthToken> {
     throw new CredproxyError('INTERNAL_ERROR', `no provider configured for ${provider}`);
+  }
+
+  async save(provider: string, bucket: string, incoming: OAuthToken): Promise<void> {
+    await this.tokens.saveToken(provider, mergeToken(await this.tokens.getToken(provider, bucket), incoming), bucket);
   }
 
   remove(provider: string, bucket: string): Promise<void> {

@@ -19,6 +19,7 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
     .option('--shell', 'print `export VAR=...` lines for eval')
     .option('--no-peer-check', 'do not require SO_PEERCRED peer checks (Linux)')
     .option('--allow-root', 'also accept connections from uid 0')
+    .option('--rate-limit <n>', 'requests per second per connection (default 60); raise it only to benchmark')
     .action(async (flags: ServeFlags) => {
       ctx.exitCode = await serve(ctx, flags);
     });

@@ -1,0 +1,38 @@
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+
+let collector: (() => void) | null | undefined;
+
+/**
+ * For long-running server processes (serve, run): V8 doubles its young
+ * generation under a burst of allocations (up to 2 × 16 MiB) and shrinks it
+ * back only on idle-time GCs that Node does not run, so an idle proxy would
+ * keep a burst's size for good. At its initial size the young generation is
+ * scavenged more often, which costs little for a proxy whose requests leave
+ * small, short-lived garbage (see bench/RESULTS.md).
+ */
+export function keepYoungGenerationSmall(): void {
+  setFlagsFromString('--semi-space-growth-factor=1');
+}
+
+/**
+ * Full garbage collection, for after a burst of objects has just been freed
+ * (thousands of abandoned login sessions swept at once): an idle server
+ * otherwise keeps the grown heap, since V8 starts a major collection only
+ * under allocation pressure. Two passes: the second returns the pages the
+ * first emptied. Blocks for some ms: call it rarely. The collector is the
+ * one `--expose-gc` gives, obtained in a throwaway context so no global `gc`
+ * appears in ours.
+ */
+export function collectGarbage(): void {
+  if (collector === undefined) {
+    try {
+      setFlagsFromString('--expose-gc');
+      collector = runInNewContext('gc') as () => void;
+    } catch {
+      collector = null;
+    }
+  }
+  collector?.();
+  collector?.();
+}
