@@ -35,7 +35,7 @@ export interface RefreshCoordinatorOptions {
   retryDelaysMs?: readonly number[];
   /** SPEC §5: the whole refresh (lock wait, attempts, delays) fits in the client's 30 s. */
   budgetMs?: number;
-  /** How long remove() waits for a refresh holding the lock. */
+  /** How long remove() and save() wait for a refresh holding the lock. */
   removeLockWaitMs?: number;
   /** Renewal scheduler tuning (backoff, jitter source); renew/clock/timers/logger are supplied here. */
   scheduler?: Omit<RenewalSchedulerOptions, 'renew' | 'clock' | 'timers' | 'logger'>;
@@ -165,6 +165,16 @@ export class RefreshCoordinator implements CredentialService {
     }
   }
 
+  peekToken(provider: string, bucket: string = DEFAULT_BUCKET): OAuthToken | null | undefined {
+    if (this.closed || this.store.peekToken === undefined) return undefined;
+    const token = this.store.peekToken(provider, bucket);
+    if (token === undefined || token === null) return token;
+    // Anything that may need the provider takes the waiting path.
+    if (this.expiresWithinWindow(token)) return undefined;
+    if (this.canRefresh(provider, token)) this.scheduler.arm(provider, bucket, token);
+    return token;
+  }
+
   async refresh(provider: string, bucket: string = DEFAULT_BUCKET): Promise<OAuthToken> {
     assertProviderName(provider);
     assertBucketName(bucket);
@@ -185,26 +195,29 @@ export class RefreshCoordinator implements CredentialService {
     assertProviderName(provider);
     assertBucketName(bucket);
     this.checkOpen();
-    const locked = await this.store.acquireRefreshLock(provider, { bucket, waitMs: this.removeLockWaitMs });
-    if (!locked) throw new CredproxyError('LOCK_FAILED', `a refresh of the ${where(provider, bucket)} token is still running; try again`);
-    try {
+    await this.underLock(provider, bucket, async () => {
       const stored = await this.store.getToken(provider, bucket);
       await this.store.saveToken(provider, mergeToken(stored, incoming), bucket);
-    } finally {
-      await this.release(provider, bucket);
-    }
+    });
   }
 
   async remove(provider: string, bucket: string = DEFAULT_BUCKET): Promise<void> {
     assertProviderName(provider);
     assertBucketName(bucket);
     this.checkOpen();
-    const locked = await this.store.acquireRefreshLock(provider, { bucket, waitMs: this.removeLockWaitMs });
-    if (!locked) throw new CredproxyError('LOCK_FAILED', `a refresh of the ${where(provider, bucket)} token is still running; try again`);
-    try {
+    await this.underLock(provider, bucket, async () => {
       await this.store.removeToken(provider, bucket);
       this.scheduler.cancel(provider, bucket);
       await this.cooldown.clear(provider, bucket).catch((err: unknown) => this.logBookkeepingFailure(provider, bucket, err));
+    });
+  }
+
+  /** A write other than a refresh: waits for a running refresh (up to removeLockWaitMs), then holds the lock. */
+  private async underLock(provider: string, bucket: string, work: () => Promise<void>): Promise<void> {
+    const locked = await this.store.acquireRefreshLock(provider, { bucket, waitMs: this.removeLockWaitMs });
+    if (!locked) throw new CredproxyError('LOCK_FAILED', `a refresh of the ${where(provider, bucket)} token is still running; try again`);
+    try {
+      await work();
     } finally {
       await this.release(provider, bucket);
     }

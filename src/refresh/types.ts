@@ -13,6 +13,11 @@ export interface CredentialService {
    * Arms the renewal timer for the token it serves.
    */
   getToken(provider: string, bucket: string): Promise<OAuthToken | null>;
+  /**
+   * getToken without waiting: the answer when the store has it in memory and
+   * it needs no refresh (null: nothing stored); undefined otherwise.
+   */
+  peekToken?(provider: string, bucket: string): OAuthToken | null | undefined;
   /** refresh_token op: refresh even a still-valid token (outside the cooldown). */
   refresh(provider: string, bucket: string): Promise<OAuthToken>;
   /** save_token: merge `incoming` (never carrying a refresh token) into the stored token under the refresh lock. */

@@ -6,7 +6,7 @@ import { HandshakeSchema, isOp, PROTOCOL_VERSION } from '../protocol/messages.js
 import type { AuditEntry, AuditSink } from './audit.js';
 import type { CapabilityCheck } from './capability.js';
 import type { PeerIdentity, RequestContext } from './context.js';
-import type { AuditFields, Dispatcher, Outcome } from './dispatch.js';
+import type { AuditFields, DispatchResult, Dispatcher, Outcome } from './dispatch.js';
 import { ConnectionLimiter, type LimitOptions } from './limits.js';
 
 export interface ConnectionOptions {
@@ -230,7 +230,7 @@ export class Connection {
       },
       cancel: (targetId) => this.cancelRequest(targetId, id),
     };
-    void this.o.dispatcher.dispatch(msg, ctx).then((result) => {
+    const finish = (result: DispatchResult): void => {
       this.running--;
       if (!isCancel) this.limiter.release();
       if (this.inFlight.get(id) === entry) this.inFlight.delete(id);
@@ -240,7 +240,11 @@ export class Connection {
       else resultCode = this.answer(id, result.outcome);
       this.record({ time, op: result.op, fields: result.audit, result: resultCode, started });
       if (this.running === 0) this.wakeIdle();
-    });
+    };
+    // Answered in this tick when the dispatcher knows the answer at once (a cached token).
+    const result = this.o.dispatcher.dispatch(msg, ctx);
+    if (result instanceof Promise) void result.then(finish);
+    else finish(result);
   }
 
   /** Envelope-level rejections: answered immediately, counted by the rate limit. */

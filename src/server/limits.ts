@@ -31,18 +31,19 @@ export type Admission = { ok: true } | { ok: false; retryAfter: number };
  * the window nor takes an in-flight slot.
  */
 export class ConnectionLimiter {
-  /** Admission times of the window, oldest first (ring buffer). */
-  private readonly times: number[];
+  /**
+   * Admission times inside the window, oldest first, from index `head` on.
+   * Grows with the requests actually made, not with the limit: a limit
+   * raised for a benchmark must not cost memory per idle connection.
+   */
+  private times: number[] = [];
   private head = 0;
-  private count = 0;
   private inFlightCount = 0;
 
   constructor(
     private readonly limits: LimitOptions,
     private readonly now: () => number = () => performance.now(),
-  ) {
-    this.times = new Array<number>(limits.requestsPerWindow).fill(0);
-  }
+  ) {}
 
   get inFlight(): number {
     return this.inFlightCount;
@@ -52,17 +53,18 @@ export class ConnectionLimiter {
   admit(takesSlot: boolean): Admission {
     const now = this.now();
     const windowStart = now - this.limits.windowMs;
-    while (this.count > 0 && this.times[this.head]! <= windowStart) {
-      this.head = (this.head + 1) % this.times.length;
-      this.count--;
+    const times = this.times;
+    while (this.head < times.length && times[this.head]! <= windowStart) this.head++;
+    if (this.head > 64 && this.head * 2 > times.length) {
+      this.times = times.slice(this.head);
+      this.head = 0;
     }
     if (takesSlot && this.inFlightCount >= this.limits.maxInFlight) return { ok: false, retryAfter: 1 };
-    if (this.count >= this.limits.requestsPerWindow) {
+    if (this.times.length - this.head >= this.limits.requestsPerWindow) {
       const freeAt = this.times[this.head]! + this.limits.windowMs;
       return { ok: false, retryAfter: Math.max(1, Math.ceil((freeAt - now) / 1000)) };
     }
-    this.times[(this.head + this.count) % this.times.length] = now;
-    this.count++;
+    this.times.push(now);
     if (takesSlot) this.inFlightCount++;
     return { ok: true };
   }

@@ -12,11 +12,19 @@ import type { StoreBackendName } from './types.js';
 export interface SecretBackend {
   readonly name: StoreBackendName;
   get(entry: string): Promise<string | null>;
+  /**
+   * The value without waiting, when the backend's cache is provably current
+   * (null: provably absent); undefined when it cannot tell, and then `get`
+   * answers. Lets a cached get_token be answered in the tick it arrived.
+   */
+  peek?(entry: string): string | null | undefined;
   set(entry: string, value: string): Promise<void>;
   /** true when something was deleted. */
   delete(entry: string): Promise<boolean>;
   /** All entry names, in no particular order. */
   list(): Promise<string[]>;
+  /** Releases what the backend holds open (a watcher, a helper process). */
+  close?(): void;
 }
 
 export const tokenEntry = (provider: string, bucket: string): string => `token:${provider}:${bucket}`;

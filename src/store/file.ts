@@ -1,8 +1,9 @@
 import { createCipheriv, createDecipheriv, randomBytes, scrypt as scryptCb, type ScryptOptions } from 'node:crypto';
-import { constants as fsc, statSync } from 'node:fs';
+import { constants as fsc, statSync, type Stats } from 'node:fs';
 import { link, lstat, open, readFile, readdir, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CredproxyError } from '../errors.js';
+import { ChangeWatch } from './change-watch.js';
 import { ensurePrivateDir } from '../paths.js';
 import type { SecretBackend } from './backend.js';
 
@@ -173,6 +174,10 @@ export class EncryptedFileBackend implements SecretBackend {
   private readonly passphrase: string | undefined;
   private readonly kdf: Kdf;
   private keyPromise: Promise<Buffer> | undefined;
+  /** The key once loaded, for synchronous peeks. */
+  private keyValue: Buffer | undefined;
+  /** Lets peek skip its stat for entries unchanged since the last one (started with the key). */
+  private changes: ChangeWatch | null = null;
   private readonly cache = new Map<string, CacheEntry>();
 
   constructor(options: EncryptedFileBackendOptions) {
@@ -184,10 +189,16 @@ export class EncryptedFileBackend implements SecretBackend {
 
   /** Open (or create) the store and check the key; safe to call more than once. */
   key(): Promise<Buffer> {
-    this.keyPromise ??= this.loadKey().catch((err: unknown) => {
-      this.keyPromise = undefined;
-      throw err;
-    });
+    this.keyPromise ??= this.loadKey().then(
+      (key) => {
+        this.changes ??= new ChangeWatch(this.entriesDir);
+        return (this.keyValue = key);
+      },
+      (err: unknown) => {
+        this.keyPromise = undefined;
+        throw err;
+      },
+    );
     return this.keyPromise;
   }
 
@@ -284,24 +295,61 @@ export class EncryptedFileBackend implements SecretBackend {
     return join(this.entriesDir, `${entry}${ENTRY_SUFFIX}`);
   }
 
-  async get(entry: string): Promise<string | null> {
-    const path = this.pathOf(entry);
-    const key = await this.key();
-    let st;
+  /** The entry's stat, or undefined when there is no such file. */
+  private statOf(path: string): Stats | undefined {
     try {
       // Synchronous on purpose: one stat of a local file is a few µs, far less than a threadpool round trip on this hot path.
-      st = statSync(path, { throwIfNoEntry: false });
+      return statSync(path, { throwIfNoEntry: false });
     } catch (err) {
       throw unavailable('read', path, err);
     }
+  }
+
+  /**
+   * Every write renames a new file into place, so the inode changes; the
+   * times (sub-µs as doubles) guard against a reused inode number.
+   */
+  private cachedIfCurrent(entry: string, st: Stats): string | undefined {
+    const cached = this.cache.get(entry);
+    if (cached && cached.ino === st.ino && cached.size === st.size && cached.mtimeMs === st.mtimeMs && cached.ctimeMs === st.ctimeMs) return cached.value;
+    return undefined;
+  }
+
+  peek(entry: string): string | null | undefined {
+    if (this.keyValue === undefined) return undefined;
+    const path = this.pathOf(entry);
+    const file = `${entry}${ENTRY_SUFFIX}`;
+    if (this.changes?.isVerified(file)) {
+      const cached = this.cache.get(entry);
+      if (cached !== undefined) return cached.value;
+    }
+    const st = this.statOf(path);
     if (st === undefined) {
       this.cache.delete(entry);
       return null;
     }
-    // Every write renames a new file into place, so the inode changes; the
-    // times (sub-µs as doubles) guard against a reused inode number.
-    const cached = this.cache.get(entry);
-    if (cached && cached.ino === st.ino && cached.size === st.size && cached.mtimeMs === st.mtimeMs && cached.ctimeMs === st.ctimeMs) return cached.value;
+    const hit = this.cachedIfCurrent(entry, st);
+    // Only a value checked against the disk in this same tick is marked: no change event can be missed in between.
+    if (hit !== undefined) this.changes?.markVerified(file);
+    return hit;
+  }
+
+  /** Stops watching the entries directory. */
+  close(): void {
+    this.changes?.close();
+    this.changes = null;
+  }
+
+  async get(entry: string): Promise<string | null> {
+    const path = this.pathOf(entry);
+    const key = await this.key();
+    const st = this.statOf(path);
+    if (st === undefined) {
+      this.cache.delete(entry);
+      return null;
+    }
+    const hit = this.cachedIfCurrent(entry, st);
+    if (hit !== undefined) return hit;
     let text: string;
     try {
       text = await readFile(path, 'utf8');
@@ -315,6 +363,8 @@ export class EncryptedFileBackend implements SecretBackend {
     } catch {
       throw new CredproxyError('CORRUPT_ENTRY', `stored entry ${entry} cannot be decrypted (${path}); it was left in place — remove or replace it`);
     }
+    // Read after an await: a change event may have come and gone meanwhile, so peek checks it again.
+    this.changes?.forget(`${entry}${ENTRY_SUFFIX}`);
     this.cache.set(entry, { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, value });
     return value;
   }
@@ -324,12 +374,14 @@ export class EncryptedFileBackend implements SecretBackend {
     const key = await this.key();
     await atomicWrite(this.entriesDir, path, JSON.stringify(seal(key, value, entry)));
     this.cache.delete(entry);
+    this.changes?.forget(`${entry}${ENTRY_SUFFIX}`);
   }
 
   async delete(entry: string): Promise<boolean> {
     const path = this.pathOf(entry);
     await this.key();
     this.cache.delete(entry);
+    this.changes?.forget(`${entry}${ENTRY_SUFFIX}`);
     try {
       await unlink(path);
       return true;

@@ -56,21 +56,42 @@ export class HostTokenStore implements TokenStore {
     assertProviderName(provider);
     assertBucketName(bucket);
     const entry = tokenEntry(provider, bucket);
-    const text = await this.backend.get(entry);
+    const token = this.decode(entry, await this.backend.get(entry));
+    if (token !== null) this.noteUse(provider, bucket);
+    return token;
+  }
+
+  peekToken(provider: string, bucket = DEFAULT_BUCKET): OAuthToken | null | undefined {
+    if (this.backend.peek === undefined) return undefined;
+    assertProviderName(provider);
+    assertBucketName(bucket);
+    const entry = tokenEntry(provider, bucket);
+    const text = this.backend.peek(entry);
+    if (text === undefined) return undefined;
+    // A corrupt entry is reported by the waiting path.
+    if (text !== null && this.decoded.get(entry)?.text !== text) return undefined;
+    const token = this.decode(entry, text);
+    if (token !== null) this.noteUse(provider, bucket);
+    return token;
+  }
+
+  /**
+   * The backends hand back the same string while the entry is unchanged:
+   * parse and validate it once. The token returned is the cached one itself,
+   * deeply frozen: a copy per read showed up on the get_token path, and a
+   * caller that tried to change it would throw rather than corrupt the cache
+   * (merges build new objects).
+   */
+  private decode(entry: string, text: string | null): OAuthToken | null {
     if (text === null) {
       this.decoded.delete(entry);
       return null;
     }
-    // The backends hand back the same string while the entry is unchanged: parse and validate it once.
     let cached = this.decoded.get(entry);
     if (cached?.text !== text) {
       cached = { text, token: decodeToken(entry, text) };
       this.decoded.set(entry, cached);
     }
-    this.noteUse(provider, bucket);
-    // The cached token itself, deeply frozen: a copy per read showed up on the
-    // get_token path, and a caller that tried to change it would throw rather
-    // than corrupt the cache (merges build new objects).
     return cached.token;
   }
 

@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { renameSync, statSync, writeFileSync, type Stats } from 'node:fs';
+import { basename, dirname } from 'node:path';
 import { CredproxyError } from '../errors.js';
+import { ChangeWatch } from './change-watch.js';
 import type { SecretBackend } from './backend.js';
 import { AgentFailure, KeyringAgent, type AgentRequest } from './keyring-agent.js';
 
@@ -68,6 +70,9 @@ export class KeyringBackend implements SecretBackend {
   private readonly stampPath: string | undefined;
   private readonly cacheMaxAgeMs: number;
   private readonly cache = new Map<string, Cached>();
+  /** Lets peek skip the stamp's stat while no change to it was reported. */
+  private readonly changes: ChangeWatch | null;
+  private lastStamp: string | undefined;
 
   constructor(options: KeyringBackendOptions = {}) {
     this.service = options.service ?? DEFAULT_KEYRING_SERVICE;
@@ -75,6 +80,7 @@ export class KeyringBackend implements SecretBackend {
     this.agent = new KeyringAgent(options.env ? { env: options.env } : {});
     this.stampPath = options.stampPath;
     this.cacheMaxAgeMs = options.cacheMaxAgeMs ?? DEFAULT_KEYRING_CACHE_MAX_AGE_MS;
+    this.changes = this.stampPath === undefined ? null : new ChangeWatch(dirname(this.stampPath));
   }
 
   /** pid of the helper process while one runs. */
@@ -97,11 +103,49 @@ export class KeyringBackend implements SecretBackend {
    * unchanged and the value is younger than cacheMaxAgeMs. The stamp is read
    * before the keyring, so a write racing this read shows up next time.
    */
+  peek(entry: string): string | null | undefined {
+    if (this.stampPath === undefined) return undefined;
+    const name = basename(this.stampPath);
+    let stamp = this.lastStamp;
+    if (stamp === undefined || !this.changes?.isVerified(name)) {
+      stamp = this.lastStamp = stampOf(this.stampPath);
+      this.changes?.markVerified(name);
+    }
+    return this.cachedIfCurrent(entry, stamp);
+  }
+
+  private cachedIfCurrent(entry: string, stamp: string): string | null | undefined {
+    const hit = this.cache.get(entry);
+    if (hit === undefined || hit.stamp !== stamp) return undefined;
+    const age = Date.now() - hit.readAt;
+    if (age >= this.cacheMaxAgeMs) return undefined;
+    // Past half its life, an entry in use is re-read in the background, so
+    // steady readers never wait for the keyring.
+    if (age >= this.cacheMaxAgeMs / 2) this.revalidate(entry);
+    return hit.value;
+  }
+
+  private readonly revalidating = new Set<string>();
+
+  private revalidate(entry: string): void {
+    if (this.stampPath === undefined || this.revalidating.has(entry)) return;
+    this.revalidating.add(entry);
+    // The stamp is taken before the read, as in get(): a write racing this read shows up next time.
+    const stamp = stampOf(this.stampPath);
+    const readAt = Date.now();
+    this.call('read', { op: 'get', service: this.service, entry })
+      .then((v) => {
+        if (isSafeValue(v)) this.cache.set(entry, { value: v, stamp, readAt });
+      })
+      .catch(() => undefined)
+      .finally(() => this.revalidating.delete(entry));
+  }
+
   async get(entry: string): Promise<string | null> {
     const stamp = this.stampPath === undefined ? undefined : stampOf(this.stampPath);
     if (stamp !== undefined) {
-      const hit = this.cache.get(entry);
-      if (hit !== undefined && hit.stamp === stamp && Date.now() - hit.readAt < this.cacheMaxAgeMs) return hit.value;
+      const hit = this.cachedIfCurrent(entry, stamp);
+      if (hit !== undefined) return hit;
     }
     const readAt = Date.now();
     const v = await this.call('read', { op: 'get', service: this.service, entry });
@@ -135,6 +179,7 @@ export class KeyringBackend implements SecretBackend {
    */
   private touchStamp(): void {
     if (this.stampPath === undefined) return;
+    this.changes?.forget(basename(this.stampPath));
     const tmp = `${this.stampPath}.${process.pid}.${randomBytes(6).toString('hex')}`;
     try {
       writeFileSync(tmp, randomBytes(8).toString('hex'), { mode: 0o600 });
@@ -172,6 +217,7 @@ export class KeyringBackend implements SecretBackend {
 
   /** Stops the helper process. */
   close(): void {
+    this.changes?.close();
     this.agent.close();
   }
 }

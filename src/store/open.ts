@@ -90,7 +90,7 @@ export async function openHostStores(options: OpenHostStoresOptions): Promise<Ho
   const locks = new RefreshLocks({ dir: join(options.dirs.state, 'locks'), ...(options.lockStaleMs ? { staleMs: options.lockStaleMs } : {}) });
   const close = async (): Promise<void> => {
     await locks.releaseAll();
-    if (backend instanceof KeyringBackend) backend.close();
+    backend.close?.();
   };
   return { tokens: new HostTokenStore(backend, locks), keys: new HostKeyStore(backend), backend: backend.name, reason, locks, close };
 }

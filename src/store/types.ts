@@ -40,6 +40,11 @@ export interface TokenStore {
   saveToken(provider: string, token: OAuthToken, bucket?: string): Promise<void>;
   /** The host store returns a deeply frozen token shared between readers: copy before changing it. */
   getToken(provider: string, bucket?: string): Promise<OAuthToken | null>;
+  /**
+   * getToken without waiting, when the store can answer from memory and
+   * prove that current (null: provably absent); undefined when it cannot.
+   */
+  peekToken?(provider: string, bucket?: string): OAuthToken | null | undefined;
   removeToken(provider: string, bucket?: string): Promise<void>;
   listProviders(): Promise<string[]>;
   listBuckets(provider: string): Promise<string[]>;

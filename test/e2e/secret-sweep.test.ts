@@ -16,7 +16,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loginThroughProxy, type LoginIO } from '../../src/client/login-adapter.js';
@@ -25,6 +24,7 @@ import { resolveDirs } from '../../src/paths.js';
 import { FrameDecoder } from '../../src/protocol/frame.js';
 import { OPS, SESSION_ID_RE, type OAuthInitiateData } from '../../src/protocol/messages.js';
 import { openHostStores, type HostStores } from '../../src/store/open.js';
+import { RecordingRelay, type RelayedConnection } from '../login/support/recording-relay.js';
 import { ScriptedBrowser } from '../support/browser.js';
 import { BIN, makeHostEnv, runCli, startServe, type CliResult, type HostEnv, type ServeProcess } from '../support/cli.js';
 import { NATIVE_CLIENT_ID, NATIVE_REDIRECT_URI, OidcTestServer, type TokenSet } from '../support/oidc-server.js';
@@ -86,66 +86,6 @@ function addHostOnly(label: string, value: string | undefined): void {
   hostOnly.set(`${label} #${hostOnly.size}`, value);
 }
 
-// ---------------------------------------------------------------------------
-// Tap relay: one record per connection, both directions
-// ---------------------------------------------------------------------------
-
-interface TappedConnection {
-  n: number;
-  /** sandbox -> host */
-  up: Buffer[];
-  /** host -> sandbox */
-  down: Buffer[];
-}
-
-class TapRelay {
-  readonly conns: TappedConnection[] = [];
-  private readonly sockets = new Set<Socket>();
-
-  private constructor(
-    private readonly server: Server,
-    private readonly dir: string,
-    readonly path: string,
-  ) {}
-
-  static async start(target: string): Promise<TapRelay> {
-    const dir = mkdtempSync('/tmp/cptap-');
-    const path = join(dir, 'tap.sock');
-    const server = createServer();
-    const relay = new TapRelay(server, dir, path);
-    server.on('connection', (client) => {
-      const rec: TappedConnection = { n: relay.conns.length, up: [], down: [] };
-      relay.conns.push(rec);
-      const upstream = connect(target);
-      for (const s of [client, upstream]) {
-        relay.sockets.add(s);
-        s.on('error', () => undefined);
-        s.on('close', () => {
-          relay.sockets.delete(s);
-          client.destroy();
-          upstream.destroy();
-        });
-      }
-      client.on('data', (d: Buffer) => {
-        rec.up.push(Buffer.from(d));
-        upstream.write(d);
-      });
-      upstream.on('data', (d: Buffer) => {
-        rec.down.push(Buffer.from(d));
-        client.write(d);
-      });
-    });
-    await new Promise<void>((resolve) => server.listen(path, resolve));
-    return relay;
-  }
-
-  async close(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
-    rmSync(this.dir, { recursive: true, force: true });
-  }
-}
-
 interface WireFrame {
   conn: number;
   dir: 'up' | 'down';
@@ -175,7 +115,7 @@ function decodeStream(conn: number, dir: 'up' | 'down', chunks: Buffer[], out: D
   if (decoder.hasPartialFrame) out.leftovers.push({ conn, dir, bytes: Buffer.concat(chunks).length });
 }
 
-function decodeAll(conns: TappedConnection[]): Decoded {
+function decodeAll(conns: RelayedConnection[]): Decoded {
   const out: Decoded = { frames: [], leftovers: [] };
   for (const c of conns) {
     decodeStream(c.n, 'up', c.up, out);
@@ -329,7 +269,7 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
   let oidc: OidcTestServer;
   let host: HostEnv;
   let serve: ServeProcess;
-  let tap: TapRelay;
+  let tap: RecordingRelay;
   let stores: HostStores;
   const raws: RawClient[] = [];
   const clients: ProxySocketClient[] = [];
@@ -425,7 +365,7 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
     ]);
 
     serve = await startServe(['--allow', 'dev:*', '--allow', 'paste:*', '--allow', 'loop:*', '--allow', 'acme', '--allow-key', 'openai'], host.env);
-    tap = await TapRelay.start(serve.socket);
+    tap = await RecordingRelay.start(serve.socket);
   });
 
   afterAll(async () => {

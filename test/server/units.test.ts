@@ -79,6 +79,27 @@ describe('Policy', () => {
 });
 
 describe('ConnectionLimiter', () => {
+  it('costs memory for the requests made, not for the limit (a benchmark raises it to 1,000,000)', () => {
+    const before = process.memoryUsage().heapUsed;
+    const limiters = Array.from({ length: 1000 }, () => new ConnectionLimiter(resolveLimits({ requestsPerWindow: 1_000_000 }), () => 0));
+    for (const l of limiters) expect(l.admit(false)).toEqual({ ok: true });
+    // Preallocated, these would take 8 GB.
+    expect(process.memoryUsage().heapUsed - before).toBeLessThan(64 * 1024 * 1024);
+  });
+
+  it('keeps an exact rolling window over many windows', () => {
+    let now = 0;
+    const l = new ConnectionLimiter(resolveLimits({ requestsPerWindow: 100, windowMs: 1000, maxInFlight: 1 }), () => now);
+    for (let second = 0; second < 50; second++) {
+      let admitted = 0;
+      for (let i = 0; i < 150; i++) {
+        now = second * 1000 + i * 5;
+        if (l.admit(false).ok) admitted++;
+      }
+      expect(admitted).toBe(100);
+    }
+  });
+
   it('admits N per rolling window and counts only admitted requests', () => {
     let now = 0;
     const l = new ConnectionLimiter(resolveLimits({ requestsPerWindow: 3, windowMs: 1000, maxInFlight: 100 }), () => now);

@@ -211,3 +211,52 @@ describe('encrypted file backend', () => {
     expect(readdirSync(join(dir, 'entries')).filter((f) => f.startsWith('.tmp'))).toEqual([]);
   });
 });
+
+describe('encrypted file backend: answering without waiting (peek)', () => {
+  const until = async (cond: () => boolean): Promise<void> => {
+    for (let i = 0; i < 100 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  };
+
+  it('answers only what it has checked against the disk, and sees other writers through change events', async () => {
+    const dir = tmp();
+    const reader = new EncryptedFileBackend({ dir });
+    const writer = new EncryptedFileBackend({ dir });
+    try {
+      expect(reader.peek('key:a')).toBeUndefined(); // store not opened yet
+      await writer.set('key:a', 'v1');
+      expect(await reader.get('key:a')).toBe('v1');
+      expect(reader.peek('key:a')).toBe('v1');
+      expect(reader.peek('key:missing')).toBeNull();
+      await writer.set('key:a', 'v2');
+      // A moment later the kernel reports the rename; the stale value is no longer vouched for.
+      await until(() => reader.peek('key:a') !== 'v1');
+      expect(reader.peek('key:a')).toBeUndefined();
+      expect(await reader.get('key:a')).toBe('v2');
+      expect(reader.peek('key:a')).toBe('v2');
+      await writer.delete('key:a');
+      await until(() => reader.peek('key:a') !== 'v2');
+      expect(reader.peek('key:a')).toBeNull();
+    } finally {
+      reader.close();
+      writer.close();
+    }
+  });
+
+  it('checks with stat when it cannot watch, so it is never wrong, only slower', async () => {
+    const dir = tmp();
+    const b = new EncryptedFileBackend({ dir });
+    try {
+      await b.set('key:a', 'v1');
+      expect(await b.get('key:a')).toBe('v1');
+      b.close(); // no watcher from here on
+      expect(b.peek('key:a')).toBe('v1');
+      const other = new EncryptedFileBackend({ dir });
+      await other.set('key:a', 'v2');
+      other.close();
+      expect(b.peek('key:a')).toBeUndefined(); // the stat saw the new file at once
+      expect(await b.get('key:a')).toBe('v2');
+    } finally {
+      b.close();
+    }
+  });
+});

@@ -117,6 +117,36 @@ describe('keyring read cache (stamp file)', () => {
     expect(await b.get('key:k')).toBe('outside');
   });
 
+  it('re-reads an entry in use in the background past half its age, so a steady reader never waits', async () => {
+    const stampPath = join(dir, `c-${randomBytes(4).toString('hex')}.stamp`);
+    const b = backend({ stampPath, cacheMaxAgeMs: 600 });
+    await b.set('key:k', 'v1');
+    expect(await b.get('key:k')).toBe('v1');
+    storeValue(b.service, 'key:k', 'outside');
+    await new Promise((r) => setTimeout(r, 350));
+    // Still the cached value, answered at once; the background read starts now.
+    expect(b.peek('key:k')).toBe('v1');
+    for (let i = 0; i < 50 && b.peek('key:k') !== 'outside'; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(b.peek('key:k')).toBe('outside');
+  });
+
+  it('peek answers only from a cache it can vouch for', async () => {
+    const stampPath = join(dir, `d-${randomBytes(4).toString('hex')}.stamp`);
+    const b = backend({ stampPath, cacheMaxAgeMs: 60_000 });
+    expect(b.peek('key:k')).toBeUndefined();
+    await b.set('key:k', 'v1');
+    expect(b.peek('key:k')).toBeUndefined();
+    expect(await b.get('key:k')).toBe('v1');
+    expect(b.peek('key:k')).toBe('v1');
+    const other = new KeyringBackend({ service: b.service, stampPath });
+    opened.push(other);
+    await other.set('key:k', 'v2');
+    // The other writer's new stamp is reported by the kernel a moment later.
+    for (let i = 0; i < 50 && b.peek('key:k') !== undefined; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(b.peek('key:k')).toBeUndefined();
+    expect(await b.get('key:k')).toBe('v2');
+  });
+
   it('without a stamp path every read asks the keyring', async () => {
     const b = backend();
     await b.set('key:k', 'v1');

@@ -8,11 +8,22 @@ import { join } from 'node:path';
  * received, whatever client library produced them. The proxy sees the relay
  * (this process) as the peer.
  */
+/** What crossed one relayed connection, in order. */
+export interface RelayedConnection {
+  n: number;
+  /** client -> proxy */
+  up: Buffer[];
+  /** proxy -> client */
+  down: Buffer[];
+}
+
 export class RecordingRelay {
   /** Bytes the proxy sent to clients. */
   readonly toClient: Buffer[] = [];
   /** Bytes clients sent to the proxy. */
   readonly toProxy: Buffer[] = [];
+  /** The same bytes, per connection. */
+  readonly conns: RelayedConnection[] = [];
   private readonly sockets = new Set<Socket>();
 
   private constructor(
@@ -27,6 +38,8 @@ export class RecordingRelay {
     const server = createServer();
     const relay = new RecordingRelay(server, dir, path);
     server.on('connection', (client) => {
+      const rec: RelayedConnection = { n: relay.conns.length, up: [], down: [] };
+      relay.conns.push(rec);
       const upstream = connect(target);
       for (const s of [client, upstream]) {
         relay.sockets.add(s);
@@ -39,10 +52,12 @@ export class RecordingRelay {
       }
       client.on('data', (d: Buffer) => {
         relay.toProxy.push(d);
+        rec.up.push(d);
         upstream.write(d);
       });
       upstream.on('data', (d: Buffer) => {
         relay.toClient.push(d);
+        rec.down.push(d);
         client.write(d);
       });
     });
