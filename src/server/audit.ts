@@ -21,6 +21,9 @@ export interface AuditEntry {
   durationMs: number;
 }
 
+/** Entries that are written at once, without waiting for the flush delay. */
+const FLUSH_BATCH = 1000;
+
 /** Where the server records entries; AuditLog is the file-backed one. */
 export interface AuditSink {
   record(entry: AuditEntry): void;
@@ -49,6 +52,7 @@ export class AuditLog implements AuditSink {
   private timer: NodeJS.Timeout | null = null;
   private writing: Promise<void> = Promise.resolve();
   private dropped = 0;
+  private writeWaiting = false;
   private closed = false;
 
   constructor(options: AuditLogOptions) {
@@ -72,6 +76,11 @@ export class AuditLog implements AuditSink {
       return;
     }
     this.queue.push(JSON.stringify(entry));
+    // Under load a full batch goes out at once rather than piling up until the timer.
+    if (this.queue.length >= FLUSH_BATCH) {
+      void this.flush();
+      return;
+    }
     if (this.timer === null) {
       this.timer = setTimeout(() => {
         this.timer = null;
@@ -87,7 +96,14 @@ export class AuditLog implements AuditSink {
       clearTimeout(this.timer);
       this.timer = null;
     }
-    this.writing = this.writing.then(() => this.writeQueued());
+    // One write waiting behind the current one is enough: it takes the whole queue when it starts.
+    if (!this.writeWaiting) {
+      this.writeWaiting = true;
+      this.writing = this.writing.then(() => {
+        this.writeWaiting = false;
+        return this.writeQueued();
+      });
+    }
     return this.writing;
   }
 

@@ -317,13 +317,13 @@ export class EncryptedFileBackend implements SecretBackend {
 
   peek(entry: string): string | null | undefined {
     if (this.keyValue === undefined) return undefined;
-    const path = this.pathOf(entry);
+    // Only names that passed pathOf ever get cached and verified, so a hit needs no path.
     const file = `${entry}${ENTRY_SUFFIX}`;
     if (this.changes?.isVerified(file)) {
       const cached = this.cache.get(entry);
       if (cached !== undefined) return cached.value;
     }
-    const st = this.statOf(path);
+    const st = this.statOf(this.pathOf(entry));
     if (st === undefined) {
       this.cache.delete(entry);
       return null;

@@ -275,6 +275,22 @@ describe('AuditLog', () => {
     expect(statSync(join(dir, 'state')).mode & 0o777).toBe(0o700);
   });
 
+  it('writes at once, in order, when 1,000 entries are queued, without waiting for the delay', async () => {
+    const dir = tempDir();
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const path = join(dir, 'audit.jsonl');
+    const log = new AuditLog({ path, logger: captureLogs().logger, flushDelayMs: 60_000 });
+    await log.open();
+    const lines = (): string[] => readFileSync(path, 'utf8').split('\n').filter(Boolean);
+    for (let i = 0; i < 999; i++) log.record(entry(i));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(lines()).toHaveLength(0); // below a batch: waits for the delay
+    for (let i = 999; i < 2500; i++) log.record(entry(i));
+    for (let i = 0; i < 50 && lines().length < 2500; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(lines().map((l) => (JSON.parse(l) as AuditEntry).conn)).toEqual(Array.from({ length: 2500 }, (_, i) => i));
+    await log.close();
+  });
+
   it('flushes by itself after the delay', async () => {
     const dir = tempDir();
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
