@@ -3,6 +3,7 @@ import { keepYoungGenerationSmall } from '../heap.js';
 import type { Logger } from '../log.js';
 import { ensurePrivateDir } from '../paths.js';
 import { generateCapabilityToken } from '../server/capability.js';
+import type { Policy } from '../server/policy.js';
 import { ProxyServer } from '../server/server.js';
 import { LoginSessionManager, sessionTimeoutFromEnv } from '../login/session-manager.js';
 import type { CliContext } from './context.js';
@@ -63,8 +64,8 @@ export function parseTransport(spec: string | undefined): { host: string; port: 
  * host stores and the refresh path, a fresh socket directory, a capability
  * token. Any failure leaves nothing behind.
  */
-export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string } = {}): Promise<RunningProxy> {
-  const policy = policyFromFlags(flags, await ctx.config());
+export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string; policy?: Policy } = {}): Promise<RunningProxy> {
+  const policy = options.policy ?? policyFromFlags(flags, await ctx.config());
   if (flags.allowAll) ctx.notice('serving every provider, bucket and key (--allow-all)');
   else if (policy.isEmpty) ctx.notice('no --allow, --allow-key or --profile given: every request will be refused');
 

@@ -15,7 +15,11 @@ function decodeToken(entry: string, text: string): OAuthToken {
   }
   const parsed = TokenSchema.safeParse(value);
   if (!parsed.success) throw new CredproxyError('CORRUPT_ENTRY', `stored entry ${entry} is not a valid token; it was left in place — remove or re-import it`);
-  return deepFreeze(parsed.data as OAuthToken);
+  const token = parsed.data as OAuthToken;
+  // SPEC §2: token_type defaults to "Bearer". Applied when reading, so a save without it
+  // never overwrites a stored type in the merge.
+  token.token_type ??= 'Bearer';
+  return deepFreeze(token);
 }
 
 function deepFreeze<T>(value: T): T {

@@ -8,8 +8,12 @@ import { CredproxyError } from '../errors.js';
 import { assertBucketName, assertProviderName } from '../names.js';
 import { ensurePrivateDir } from '../paths.js';
 
-/** SPEC §3: a holder that died must not block others for longer than about 30 s. */
-export const DEFAULT_STALE_MS = 30_000;
+/**
+ * SPEC §3: a holder that died must not block others for longer than about
+ * 30 s. Shorter than the 30 s refresh budget, so a refresh already waiting
+ * when the holder dies (and no owner record names it) still gets the lock.
+ */
+export const DEFAULT_STALE_MS = 20_000;
 /** Between attempts on a busy lock: short next to a refresh (hundreds of ms), cheap (one mkdir). */
 const POLL_MS = 50;
 

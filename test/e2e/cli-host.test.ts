@@ -53,7 +53,7 @@ describe('host CLI (file store)', () => {
     const get = await cli(['token', 'get', 'acme', '--bucket', 'work']);
     expect(get.stdout).toBe('at-1\n');
     const json = JSON.parse((await cli(['token', 'get', 'acme', '--bucket', 'work', '--json'])).stdout);
-    expect(json).toEqual({ access_token: 'at-1', expiry, scope: 's' });
+    expect(json).toEqual({ access_token: 'at-1', expiry, scope: 's', token_type: 'Bearer' });
     const status = await cli(['status', '--json']);
     expect(status.code, status.stderr).toBe(0);
     expect(status.stdout).not.toContain(RT);

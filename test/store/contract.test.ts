@@ -46,8 +46,8 @@ describe.each(backends)('%s backend: TokenStore and KeyStore contract', (_name, 
     await tokens.saveToken('p1', t);
     await tokens.saveToken('p1', { access_token: 'at2', expiry: 5 }, 'work');
     await tokens.saveToken('p2@x', { access_token: 'at3', expiry: 6 }, 'b.c');
-    expect(await tokens.getToken('p1')).toEqual(t);
-    expect(await tokens.getToken('p1', 'default')).toEqual(t);
+    expect(await tokens.getToken('p1')).toEqual({ ...t, token_type: 'Bearer' });
+    expect(await tokens.getToken('p1', 'default')).toEqual({ ...t, token_type: 'Bearer' });
     expect(await tokens.getToken('p1', 'none')).toBeNull();
     expect(await tokens.listProviders()).toEqual(['p1', 'p2@x']);
     expect(await tokens.listBuckets('p1')).toEqual(['default', 'work']);
@@ -60,7 +60,14 @@ describe.each(backends)('%s backend: TokenStore and KeyStore contract', (_name, 
   it('replaces a token on save (merging is the caller’s job)', async () => {
     await tokens.saveToken('rep', { access_token: 'a', expiry: 1, refresh_token: 'r', scope: 's' });
     await tokens.saveToken('rep', { access_token: 'b', expiry: 2 });
-    expect(await tokens.getToken('rep')).toEqual({ access_token: 'b', expiry: 2 });
+    expect(await tokens.getToken('rep')).toEqual({ access_token: 'b', expiry: 2, token_type: 'Bearer' });
+  });
+
+  it('reads a token without token_type as "Bearer" (SPEC §2) and keeps any other type', async () => {
+    await tokens.saveToken('tt', { access_token: 'a', expiry: 1 });
+    await tokens.saveToken('tt', { access_token: 'a', expiry: 1, token_type: 'DPoP' }, 'dpop');
+    expect((await tokens.getToken('tt'))?.token_type).toBe('Bearer');
+    expect((await tokens.getToken('tt', 'dpop'))?.token_type).toBe('DPoP');
   });
 
   it('rejects bad names and bad tokens before storing anything', async () => {
@@ -102,7 +109,7 @@ describe.each(backends)('%s backend: TokenStore and KeyStore contract', (_name, 
     expect(() => {
       t!.access_token = 'changed';
     }).toThrow(TypeError);
-    expect(await tokens.getToken('copy')).toEqual({ access_token: 'a', expiry: 1, extra: { nested: 'x' } });
+    expect(await tokens.getToken('copy')).toEqual({ access_token: 'a', expiry: 1, token_type: 'Bearer', extra: { nested: 'x' } });
   });
 
   it('stores keys', async () => {

@@ -100,11 +100,11 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     }
   }
 
-  policyFromFlags(flags, await ctx.config()); // bad rules are usage errors (2); past this point failures are run's own (125)
+  const policy = policyFromFlags(flags, await ctx.config()); // bad rules are usage errors (2); past this point failures are run's own (125)
   let proxy: RunningProxy;
   try {
     // The command owns the terminal: the proxy only speaks up for warnings (the audit log has the rest).
-    proxy = await startProxy(ctx, flags, { logLevel: 'warn' });
+    proxy = await startProxy(ctx, flags, { logLevel: 'warn', policy });
   } catch (err) {
     if (err instanceof CredproxyError) throw new CredproxyError(err.code === 'USAGE' ? 'INTERNAL_ERROR' : err.code, `the proxy could not start: ${err.message}`);
     throw err;
