@@ -147,6 +147,8 @@ export interface EncryptedFileBackendOptions {
   kdf?: Kdf;
 }
 
+const fileOf = (entry: string): string => `${entry}${ENTRY_SUFFIX}`;
+
 interface CacheEntry {
   ino: number;
   size: number;
@@ -174,10 +176,14 @@ export class EncryptedFileBackend implements SecretBackend {
   private readonly passphrase: string | undefined;
   private readonly kdf: Kdf;
   private keyPromise: Promise<Buffer> | undefined;
-  /** The key once loaded, for synchronous peeks. */
-  private keyValue: Buffer | undefined;
-  /** Lets peek skip its stat for entries unchanged since the last one (started with the key). */
-  private changes: ChangeWatch | null = null;
+  /** The store was opened (key loaded): only then may peek answer. */
+  private opened = false;
+  /**
+   * Lets peek skip its stat for entries unchanged since the last one. Started
+   * by the first peek (a serving process), never by one-shot commands; null
+   * once closed.
+   */
+  private changes: ChangeWatch | null | undefined;
   private readonly cache = new Map<string, CacheEntry>();
 
   constructor(options: EncryptedFileBackendOptions) {
@@ -191,8 +197,8 @@ export class EncryptedFileBackend implements SecretBackend {
   key(): Promise<Buffer> {
     this.keyPromise ??= this.loadKey().then(
       (key) => {
-        this.changes ??= new ChangeWatch(this.entriesDir);
-        return (this.keyValue = key);
+        this.opened = true;
+        return key;
       },
       (err: unknown) => {
         this.keyPromise = undefined;
@@ -292,7 +298,7 @@ export class EncryptedFileBackend implements SecretBackend {
   private pathOf(entry: string): string {
     // Entry names become file names: nothing that could leave the directory or hide as a dotfile.
     if (!ENTRY_NAME_RE.test(entry)) throw new CredproxyError('INVALID_REQUEST', 'invalid store entry name');
-    return join(this.entriesDir, `${entry}${ENTRY_SUFFIX}`);
+    return join(this.entriesDir, fileOf(entry));
   }
 
   /** The entry's stat, or undefined when there is no such file. */
@@ -316,9 +322,10 @@ export class EncryptedFileBackend implements SecretBackend {
   }
 
   peek(entry: string): string | null | undefined {
-    if (this.keyValue === undefined) return undefined;
+    if (!this.opened) return undefined;
+    if (this.changes === undefined) this.changes = new ChangeWatch(this.entriesDir);
     // Only names that passed pathOf ever get cached and verified, so a hit needs no path.
-    const file = `${entry}${ENTRY_SUFFIX}`;
+    const file = fileOf(entry);
     if (this.changes?.isVerified(file)) {
       const cached = this.cache.get(entry);
       if (cached !== undefined) return cached.value;
@@ -364,7 +371,7 @@ export class EncryptedFileBackend implements SecretBackend {
       throw new CredproxyError('CORRUPT_ENTRY', `stored entry ${entry} cannot be decrypted (${path}); it was left in place — remove or replace it`);
     }
     // Read after an await: a change event may have come and gone meanwhile, so peek checks it again.
-    this.changes?.forget(`${entry}${ENTRY_SUFFIX}`);
+    this.changes?.forget(fileOf(entry));
     this.cache.set(entry, { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, value });
     return value;
   }
@@ -374,14 +381,14 @@ export class EncryptedFileBackend implements SecretBackend {
     const key = await this.key();
     await atomicWrite(this.entriesDir, path, JSON.stringify(seal(key, value, entry)));
     this.cache.delete(entry);
-    this.changes?.forget(`${entry}${ENTRY_SUFFIX}`);
+    this.changes?.forget(fileOf(entry));
   }
 
   async delete(entry: string): Promise<boolean> {
     const path = this.pathOf(entry);
     await this.key();
     this.cache.delete(entry);
-    this.changes?.forget(`${entry}${ENTRY_SUFFIX}`);
+    this.changes?.forget(fileOf(entry));
     try {
       await unlink(path);
       return true;

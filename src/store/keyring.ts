@@ -70,8 +70,8 @@ export class KeyringBackend implements SecretBackend {
   private readonly stampPath: string | undefined;
   private readonly cacheMaxAgeMs: number;
   private readonly cache = new Map<string, Cached>();
-  /** Lets peek skip the stamp's stat while no change to it was reported. */
-  private readonly changes: ChangeWatch | null;
+  /** Lets peek skip the stamp's stat while no change to it was reported; started by the first peek, null once closed. */
+  private changes: ChangeWatch | null | undefined;
   private lastStamp: string | undefined;
 
   constructor(options: KeyringBackendOptions = {}) {
@@ -80,7 +80,6 @@ export class KeyringBackend implements SecretBackend {
     this.agent = new KeyringAgent(options.env ? { env: options.env } : {});
     this.stampPath = options.stampPath;
     this.cacheMaxAgeMs = options.cacheMaxAgeMs ?? DEFAULT_KEYRING_CACHE_MAX_AGE_MS;
-    this.changes = this.stampPath === undefined ? null : new ChangeWatch(dirname(this.stampPath));
   }
 
   /** pid of the helper process while one runs. */
@@ -105,6 +104,7 @@ export class KeyringBackend implements SecretBackend {
    */
   peek(entry: string): string | null | undefined {
     if (this.stampPath === undefined) return undefined;
+    if (this.changes === undefined) this.changes = new ChangeWatch(dirname(this.stampPath));
     const name = basename(this.stampPath);
     let stamp = this.lastStamp;
     if (stamp === undefined || !this.changes?.isVerified(name)) {
@@ -218,6 +218,7 @@ export class KeyringBackend implements SecretBackend {
   /** Stops the helper process. */
   close(): void {
     this.changes?.close();
+    this.changes = null;
     this.agent.close();
   }
 }

@@ -1,4 +1,4 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -10,8 +10,8 @@ import type { OAuthInitiateData } from '../../src/protocol/messages.js';
 import { openHostStores, type HostStores } from '../../src/store/open.js';
 import type { SanitizedToken } from '../../src/store/types.js';
 import { ScriptedBrowser } from '../support/browser.js';
-import { BIN, makeHostEnv, runCli, startServe, type HostEnv, type ServeProcess } from '../support/cli.js';
-import { NATIVE_CLIENT_ID, NATIVE_REDIRECT_URI, OidcTestServer } from '../support/oidc-server.js';
+import { BIN, makeHostEnv, runCli, startServe, waitForStderr, type HostEnv, type ServeProcess } from '../support/cli.js';
+import { loginProviders, NATIVE_REDIRECT_URI, OidcTestServer } from '../support/oidc-server.js';
 import { RecordingRelay } from '../login/support/recording-relay.js';
 
 /**
@@ -28,29 +28,7 @@ const hostOnly = new Set<string>();
 const neverLogged = new Set<string>();
 
 function configFor(oidc: OidcTestServer): object {
-  const common = { issuer: oidc.issuer, client_id: NATIVE_CLIENT_ID, scopes: ['openid', 'offline_access'], authorization_params: { prompt: 'consent' } };
-  return {
-    providers: {
-      dev: { ...common, flow: 'device_code', authorization_params: undefined },
-      paste: { ...common, flow: 'pkce_redirect', redirect_uri: NATIVE_REDIRECT_URI },
-      loop: { ...common, flow: 'browser_redirect' },
-    },
-  };
-}
-
-function waitFor(child: ChildProcess, pattern: RegExp, what: string, timeoutMs = 10_000): Promise<{ match: RegExpExecArray; text: () => string }> {
-  let text = '';
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`no ${what}; stderr so far: ${text}`)), timeoutMs);
-    child.stderr!.on('data', (d: Buffer) => {
-      text += d.toString();
-      const match = pattern.exec(text);
-      if (match) {
-        clearTimeout(t);
-        resolve({ match, text: () => text });
-      }
-    });
-  });
+  return { providers: loginProviders(oidc.issuer) };
 }
 
 async function until(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
@@ -273,7 +251,7 @@ describe('login from inside the sandbox, completed on the host', () => {
 
     const child = spawn(process.execPath, [BIN, 'login', 'paste', '--bucket', 'cli'], { env: sandboxEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
     const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
-    const { match, text } = await waitFor(child, /(http:\/\/127\.0\.0\.1:\d+\/auth\?\S+)\n[\s\S]*paste the code/, 'URL and prompt');
+    const { match, text } = await waitForStderr(child, /(http:\/\/127\.0\.0\.1:\d+\/auth\?\S+)\n[\s\S]*paste the code/, 'URL and prompt');
     const landed = await new ScriptedBrowser().authorize(match[1]!, NATIVE_REDIRECT_URI);
     hostOnly.add(landed.searchParams.get('code')!);
     child.stdin.end(`\n${landed.searchParams.get('code')}\n`); // an early Enter is skipped
@@ -291,7 +269,7 @@ describe('login from inside the sandbox, completed on the host', () => {
   it('Ctrl+C in the sandbox CLI mid-poll cancels the session: the host stops polling the provider', async () => {
     const child = spawn(process.execPath, [BIN, 'login', 'dev', '--bucket', 'interrupted'], { env: sandboxEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
     const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
-    const { text } = await waitFor(child, /enter the code: \S+\n[\s\S]*waiting for the login/, 'device prompt');
+    const { text } = await waitForStderr(child, /enter the code: \S+\n[\s\S]*waiting for the login/, 'device prompt');
     const before = oidc.tokenRequests;
     await until(() => oidc.tokenRequests > before, 10_000, 'the host to poll the device grant');
     child.kill('SIGINT');
@@ -308,7 +286,7 @@ describe('login from inside the sandbox, completed on the host', () => {
   it('on the host, `credproxy login` runs the device flow in-process and stores the token; logout removes it', async () => {
     const child = spawn(process.execPath, [BIN, 'login', 'dev', '--bucket', 'hostside', '--no-browser'], { env: host.env, stdio: ['ignore', 'pipe', 'pipe'] });
     const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
-    const { match, text } = await waitFor(child, /open (\S+) and enter the code: (\S+)\n/, 'device prompt');
+    const { match, text } = await waitForStderr(child, /open (\S+) and enter the code: (\S+)\n/, 'device prompt');
     await new ScriptedBrowser().completeDevice(match[1]!, match[2]!);
     expect(await exited).toBe(0);
     expect(text()).toMatch(/logged in to dev:hostside/);
@@ -324,7 +302,7 @@ describe('login from inside the sandbox, completed on the host', () => {
   it('on the host, a loopback-redirect login waits for the browser and stores the token', async () => {
     const child = spawn(process.execPath, [BIN, 'login', 'loop', '--bucket', 'hostloop', '--no-browser'], { env: host.env, stdio: ['ignore', 'pipe', 'pipe'] });
     const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
-    const { match } = await waitFor(child, /(http:\/\/127\.0\.0\.1:\d+\/auth\?\S+)\n/, 'URL');
+    const { match } = await waitForStderr(child, /(http:\/\/127\.0\.0\.1:\d+\/auth\?\S+)\n/, 'URL');
     await new Promise((r) => setTimeout(r, 500)); // the CLI must still be waiting, not exited
     expect(child.exitCode).toBeNull();
     const redirect = new URL(match[1]!).searchParams.get('redirect_uri')!;

@@ -14,7 +14,7 @@
  * session ids. Zero hits required; positive controls make sure the scan and
  * the captures are real.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -26,8 +26,8 @@ import { OPS, SESSION_ID_RE, type OAuthInitiateData } from '../../src/protocol/m
 import { openHostStores, type HostStores } from '../../src/store/open.js';
 import { RecordingRelay, type RelayedConnection } from '../login/support/recording-relay.js';
 import { ScriptedBrowser } from '../support/browser.js';
-import { BIN, makeHostEnv, runCli, startServe, type CliResult, type HostEnv, type ServeProcess } from '../support/cli.js';
-import { NATIVE_CLIENT_ID, NATIVE_REDIRECT_URI, OidcTestServer, type TokenSet } from '../support/oidc-server.js';
+import { BIN, makeHostEnv, runCli, startServe, waitForStderr, type CliResult, type HostEnv, type ServeProcess } from '../support/cli.js';
+import { loginProviders, NATIVE_REDIRECT_URI, OidcTestServer, type TokenSet } from '../support/oidc-server.js';
 import { RawClient, rawFrame, type Frame } from '../support/raw-client.js';
 
 // ---------------------------------------------------------------------------
@@ -224,21 +224,6 @@ const SESSION_LIKE = /(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])/g;
 // Helpers
 // ---------------------------------------------------------------------------
 
-function waitFor(child: ChildProcess, pattern: RegExp, what: string, timeoutMs = 10_000): Promise<{ match: RegExpExecArray; text: () => string }> {
-  let text = '';
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`no ${what}; stderr so far: ${text}`)), timeoutMs);
-    child.stderr!.on('data', (d: Buffer) => {
-      text += d.toString();
-      const match = pattern.exec(text);
-      if (match) {
-        clearTimeout(t);
-        resolve({ match, text: () => text });
-      }
-    });
-  });
-}
-
 interface CliCapture {
   label: string;
   stdout: string;
@@ -248,17 +233,9 @@ interface CliCapture {
 }
 
 function configFor(oidc: OidcTestServer): object {
-  const common = { issuer: oidc.issuer, client_id: NATIVE_CLIENT_ID, scopes: ['openid', 'offline_access'] };
-  const consent = { authorization_params: { prompt: 'consent' } };
-  return {
-    providers: {
-      dev: { ...common, flow: 'device_code' },
-      // Configured on the host but outside the serve policy: only the host CLI refreshes it.
-      hostonly: { ...common, flow: 'device_code' },
-      paste: { ...common, ...consent, flow: 'pkce_redirect', redirect_uri: NATIVE_REDIRECT_URI },
-      loop: { ...common, ...consent, flow: 'browser_redirect' },
-    },
-  };
+  const providers = loginProviders(oidc.issuer);
+  // Configured on the host but outside the serve policy: only the host CLI refreshes it.
+  return { providers: { ...providers, hostonly: providers.dev } };
 }
 
 // ---------------------------------------------------------------------------
@@ -515,7 +492,7 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
     let hostDevOut = '';
     hostDev.stdout!.on('data', (d: Buffer) => (hostDevOut += d.toString()));
     const hostDevExit = new Promise<number | null>((r) => hostDev.on('exit', (code) => r(code)));
-    const hostDevPrompt = waitFor(hostDev, /open (\S+) and enter the code: (\S+)\n/, 'host device prompt');
+    const hostDevPrompt = waitForStderr(hostDev, /open (\S+) and enter the code: (\S+)\n/, 'host device prompt');
 
     const remember = (info: OAuthInitiateData): void => {
       sessionIds.add(info.session_id);
@@ -654,7 +631,7 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
     let childOut = '';
     child.stdout!.on('data', (d: Buffer) => (childOut += d.toString()));
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-    const prompt = await waitFor(child, /(http:\/\/127\.0\.0\.1:\d+\/auth\?\S+)\n[\s\S]*paste the code/, 'sandbox CLI URL and prompt');
+    const prompt = await waitForStderr(child, /(http:\/\/127\.0\.0\.1:\d+\/auth\?\S+)\n[\s\S]*paste the code/, 'sandbox CLI URL and prompt');
     states.add(new URL(prompt.match[1]!).searchParams.get('state')!);
     const landed = await new ScriptedBrowser().authorize(prompt.match[1]!, NATIVE_REDIRECT_URI);
     pastedBySandbox.add(landed.searchParams.get('code')!);
@@ -701,7 +678,7 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
     let hpOut = '';
     hp.stdout!.on('data', (d: Buffer) => (hpOut += d.toString()));
     const hpExit = new Promise<number | null>((r) => hp.on('exit', (code) => r(code)));
-    const hpPrompt = await waitFor(hp, /(http:\/\/127\.0\.0\.1:\d+\/auth\?\S+)\n[\s\S]*paste the code/, 'host CLI URL and prompt');
+    const hpPrompt = await waitForStderr(hp, /(http:\/\/127\.0\.0\.1:\d+\/auth\?\S+)\n[\s\S]*paste the code/, 'host CLI URL and prompt');
     const hpLanded = await new ScriptedBrowser().authorize(hpPrompt.match[1]!, NATIVE_REDIRECT_URI);
     hp.stdin!.end(`${hpLanded.searchParams.get('code')}\n`);
     expect(await hpExit).toBe(0);

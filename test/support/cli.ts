@@ -109,3 +109,19 @@ export function startServe(args: string[], env: NodeJS.ProcessEnv, options: { ti
     });
   });
 }
+
+/** Wait until a child's stderr (accumulated) matches `pattern`; `text()` keeps growing afterwards. */
+export function waitForStderr(child: ChildProcess, pattern: RegExp, what: string, timeoutMs = 10_000): Promise<{ match: RegExpExecArray; text: () => string }> {
+  let text = '';
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no ${what}; stderr so far: ${text}`)), timeoutMs);
+    child.stderr!.on('data', (d: Buffer) => {
+      text += d.toString();
+      const match = pattern.exec(text);
+      if (match) {
+        clearTimeout(t);
+        resolve({ match, text: () => text });
+      }
+    });
+  });
+}

@@ -22,6 +22,20 @@ export const NATIVE_REDIRECT_URI = 'http://127.0.0.1/callback';
 export const CONFIDENTIAL_REDIRECT_URI = 'https://client.invalid/callback';
 export const DEFAULT_SCOPE = 'openid offline_access';
 
+/**
+ * config.json providers for this server, one per login flow (device code,
+ * code paste, loopback redirect); the code flows ask for consent each time.
+ */
+export function loginProviders(issuer: string): Record<string, object> {
+  const common = { issuer, client_id: NATIVE_CLIENT_ID, scopes: ['openid', 'offline_access'] };
+  const consent = { authorization_params: { prompt: 'consent' } };
+  return {
+    dev: { ...common, flow: 'device_code' },
+    paste: { ...common, ...consent, flow: 'pkce_redirect', redirect_uri: NATIVE_REDIRECT_URI },
+    loop: { ...common, ...consent, flow: 'browser_redirect' },
+  };
+}
+
 export interface OidcServerOptions {
   /** Lifetime of issued access tokens (default 3600 s). */
   accessTokenTtlSeconds?: number;
