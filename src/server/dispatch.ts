@@ -245,12 +245,9 @@ export class Dispatcher {
         bound: 'credential',
         audit: tokenFields,
         deny: (p, policy) => denyWrite(policy) ?? denyToken(p, policy),
+        // Idempotent (SPEC §8): removing what is already gone is the state the caller wanted.
         run: async (p) => {
-          const bucket = p.bucket ?? DEFAULT_BUCKET;
-          if (!(await this.tokenExists(p.provider, bucket))) {
-            throw new CredproxyError('NOT_FOUND', `no token stored for ${p.provider}:${bucket}`);
-          }
-          await credentials.remove(p.provider, bucket);
+          await credentials.remove(p.provider, p.bucket ?? DEFAULT_BUCKET);
           return {};
         },
       },
@@ -324,15 +321,6 @@ export class Dispatcher {
     };
   }
 
-  /** A corrupt entry still counts as present, so it can be removed. */
-  private async tokenExists(provider: string, bucket: string): Promise<boolean> {
-    try {
-      return (await this.o.tokens.getToken(provider, bucket)) !== null;
-    } catch (err) {
-      if (err instanceof CredproxyError && err.code === 'CORRUPT_ENTRY') return true;
-      throw err;
-    }
-  }
 }
 
 function notStored(provider: string, bucket: string): CredproxyError {
