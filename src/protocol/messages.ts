@@ -47,6 +47,8 @@ export const OP_PAYLOADS = {
   oauth_poll: z.object({ session_id: sessionId }),
   oauth_cancel: z.object({ session_id: sessionId }),
   cancel: z.object({ targetId: z.string().min(1).max(256) }),
+  get_bucket_stats: ProviderBucket,
+  has_api_key: z.object({ name: keyName }),
 } as const;
 
 export type Op = keyof typeof OP_PAYLOADS;
@@ -90,6 +92,16 @@ export interface OpData {
   oauth_poll: OAuthPollData;
   oauth_cancel: Record<string, never>;
   cancel: { cancelled: boolean };
+  get_bucket_stats: BucketStatsData;
+  has_api_key: { exists: boolean };
+}
+
+/** get_bucket_stats: the server's own counters since it started (lastUsed in ms since the epoch). */
+export interface BucketStatsData {
+  bucket: string;
+  requestCount: number;
+  percentage: number;
+  lastUsed?: number;
 }
 
 /** Envelope of every request after the handshake. Payload is validated per op. */

@@ -6,6 +6,7 @@ import { isOp, OP_PAYLOADS, PROTOCOL_VERSION, type Op, type OpData, type OpPaylo
 import type { CredentialService } from '../refresh/types.js';
 import { sanitizeToken } from '../store/sanitize.js';
 import type { KeyStore, TokenStore } from '../store/types.js';
+import { BucketUsage } from './bucket-stats.js';
 import type { LoginPort, RequestContext } from './context.js';
 import { Deadlines } from './deadlines.js';
 import type { Policy } from './policy.js';
@@ -128,6 +129,8 @@ export class Dispatcher {
   private readonly credentialOpTimeoutMs: number;
   private readonly table: OpTable;
   private readonly deadlines: Deadlines;
+  /** Served-token counters for get_bucket_stats. */
+  readonly usage = new BucketUsage();
 
   constructor(options: DispatcherOptions) {
     this.o = options;
@@ -221,13 +224,16 @@ export class Dispatcher {
           const bucket = p.bucket ?? DEFAULT_BUCKET;
           const token = await credentials.getToken(p.provider, bucket);
           if (token === null) throw notStored(p.provider, bucket);
+          this.usage.noteServed(p.provider, bucket);
           return sanitizeToken(token);
         },
         fast: (p) => {
           const bucket = p.bucket ?? DEFAULT_BUCKET;
           const token = credentials.peekToken?.(p.provider, bucket);
           if (token === null) throw notStored(p.provider, bucket);
-          return token === undefined ? undefined : sanitizeToken(token);
+          if (token === undefined) return undefined;
+          this.usage.noteServed(p.provider, bucket);
+          return sanitizeToken(token);
         },
       },
       save_token: {
@@ -247,7 +253,9 @@ export class Dispatcher {
         deny: (p, policy) => denyWrite(policy) ?? denyToken(p, policy),
         // Idempotent (SPEC §8): removing what is already gone is the state the caller wanted.
         run: async (p) => {
-          await credentials.remove(p.provider, p.bucket ?? DEFAULT_BUCKET);
+          const bucket = p.bucket ?? DEFAULT_BUCKET;
+          await credentials.remove(p.provider, bucket);
+          this.usage.forget(p.provider, bucket);
           return {};
         },
       },
@@ -267,7 +275,29 @@ export class Dispatcher {
         bound: 'credential',
         audit: tokenFields,
         deny: denyToken,
-        run: async (p) => sanitizeToken(await credentials.refresh(p.provider, p.bucket ?? DEFAULT_BUCKET)),
+        run: async (p) => {
+          const bucket = p.bucket ?? DEFAULT_BUCKET;
+          const token = await credentials.refresh(p.provider, bucket);
+          this.usage.noteServed(p.provider, bucket);
+          return sanitizeToken(token);
+        },
+      },
+      get_bucket_stats: {
+        bound: 'host',
+        audit: tokenFields,
+        deny: denyToken,
+        // Whether a token is stored comes from the store (a corrupt entry is an error, not "absent"); the numbers from the counters.
+        run: async (p) => {
+          const bucket = p.bucket ?? DEFAULT_BUCKET;
+          if ((await tokens.getToken(p.provider, bucket)) === null) throw notStored(p.provider, bucket);
+          return this.usage.stats(p.provider, bucket);
+        },
+        fast: (p) => {
+          const bucket = p.bucket ?? DEFAULT_BUCKET;
+          const token = tokens.peekToken?.(p.provider, bucket);
+          if (token === null) throw notStored(p.provider, bucket);
+          return token === undefined ? undefined : this.usage.stats(p.provider, bucket);
+        },
       },
       get_api_key: {
         bound: 'host',
@@ -278,6 +308,12 @@ export class Dispatcher {
           if (key === null) throw new CredproxyError('NOT_FOUND', `no API key named ${p.name}`);
           return { key };
         },
+      },
+      has_api_key: {
+        bound: 'host',
+        audit: (p) => ({ key: p.name }),
+        deny: (p, policy) => (policy.allowsKey(p.name) ? null : `key ${p.name} is not allowed by the policy`),
+        run: async (p) => ({ exists: await keys.hasKey(p.name) }),
       },
       list_api_keys: {
         bound: 'host',
