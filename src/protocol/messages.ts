@@ -4,8 +4,14 @@ import { sanitizeToken } from '../store/sanitize.js';
 import type { OAuthToken, SanitizedToken } from '../store/types.js';
 import type { WireErrorCode } from '../errors.js';
 
-/** SPEC §4: the only protocol version. */
+/** SPEC §4: the base protocol version; handshakes are always sent and answered in it. */
 export const PROTOCOL_VERSION = 1;
+/**
+ * SPEC §8: the highest version spoken, agreed when both sides offer it.
+ * Version 2 is version 1 with 4 MiB frames both ways (and the ops added
+ * with it, which the server also answers on version 1).
+ */
+export const MAX_PROTOCOL_VERSION = 2;
 
 const provider = z.string().regex(PROVIDER_NAME_RE, 'invalid provider name');
 const bucket = z.string().regex(BUCKET_NAME_RE, 'invalid bucket name').optional();
@@ -106,7 +112,7 @@ export interface BucketStatsData {
 
 /** Envelope of every request after the handshake. Payload is validated per op. */
 export const RequestEnvelopeSchema = z.object({
-  v: z.literal(PROTOCOL_VERSION),
+  v: z.int().min(PROTOCOL_VERSION).max(MAX_PROTOCOL_VERSION),
   id: z.string().min(1).max(256),
   op: z.string(),
   payload: z.record(z.string(), z.unknown()).optional(),
@@ -124,14 +130,14 @@ export const HandshakeSchema = z.object({
 export type Handshake = z.output<typeof HandshakeSchema>;
 
 export interface SuccessResponse<D = unknown> {
-  v: 1;
+  v: number;
   id?: string;
   op?: 'handshake';
   ok: true;
   data: D;
 }
 export interface ErrorResponse {
-  v: 1;
+  v: number;
   id?: string;
   op?: 'handshake';
   ok: false;

@@ -145,7 +145,10 @@ export class Dispatcher {
   dispatch(envelope: Record<string, unknown>, ctx: RequestContext): DispatchResult | Promise<DispatchResult> {
     const op = envelope.op;
     const knownOp = isOp(op) ? op : 'unknown';
-    if (envelope.v !== PROTOCOL_VERSION) return invalid(knownOp, `unsupported protocol version in v (expected ${PROTOCOL_VERSION})`);
+    const v = envelope.v;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < PROTOCOL_VERSION || v > ctx.version) {
+      return invalid(knownOp, `unsupported protocol version in v (expected ${PROTOCOL_VERSION}${ctx.version > PROTOCOL_VERSION ? ` to ${ctx.version}` : ''})`);
+    }
     if (!isOp(op)) return invalid('unknown', 'unknown op');
     const rawPayload = envelope.payload === undefined ? {} : envelope.payload;
     if (typeof rawPayload !== 'object' || rawPayload === null || Array.isArray(rawPayload)) {

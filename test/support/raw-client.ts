@@ -125,9 +125,9 @@ export class RawClient {
   }
 
   /** Send a request and wait for its answer. */
-  async request(op: string, payload?: Frame, id = `r${++this.nextId}`): Promise<Frame> {
+  async request(op: string, payload?: Frame, id = `r${++this.nextId}`, timeoutMs = 3000): Promise<Frame> {
     this.send(payload === undefined ? { v: this.v, id, op } : { v: this.v, id, op, payload });
-    return this.answerFor(id);
+    return this.answerFor(id, timeoutMs);
   }
 
   /** Send without waiting; returns the id. */
