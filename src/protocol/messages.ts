@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { BUCKET_NAME_RE, KEY_NAME_RE, PROVIDER_NAME_RE } from '../names.js';
+import { isBucketName, KEY_NAME_RE, PROVIDER_NAME_RE } from '../names.js';
 import { sanitizeToken } from '../store/sanitize.js';
 import type { OAuthToken, SanitizedToken } from '../store/types.js';
 import type { WireErrorCode } from '../errors.js';
@@ -14,7 +14,7 @@ export const PROTOCOL_VERSION = 1;
 export const MAX_PROTOCOL_VERSION = 2;
 
 const provider = z.string().regex(PROVIDER_NAME_RE, 'invalid provider name');
-const bucket = z.string().regex(BUCKET_NAME_RE, 'invalid bucket name').optional();
+const bucket = z.string().refine(isBucketName, 'invalid bucket name').optional();
 const keyName = z.string().regex(KEY_NAME_RE, 'invalid key name');
 /** Login session ids are 128-bit random values in lowercase hex. */
 export const SESSION_ID_RE = /^[0-9a-f]{32}$/;
