@@ -48,7 +48,9 @@ function hasRefreshToken(token: OAuthToken): boolean {
 }
 
 function loginHint(provider: string, bucket: string): string {
-  return bucket === DEFAULT_BUCKET ? `credproxy login ${provider}` : `credproxy login ${provider} --bucket ${bucket}`;
+  // Quoted when it has to be: bucket names may hold blanks and quotes.
+  const arg = /^[A-Za-z0-9._@+-]+$/.test(bucket) ? bucket : `'${bucket.replace(/'/g, `'\\''`)}'`;
+  return bucket === DEFAULT_BUCKET ? `credproxy login ${provider}` : `credproxy login ${provider} --bucket ${arg}`;
 }
 
 function where(provider: string, bucket: string): string {

@@ -1,3 +1,4 @@
+import { llxprtEnv } from './llxprt.js';
 import { SANDBOX_SOCKET_DIR, socketPathInside, type SandboxSpec } from './spec.js';
 
 function isUnder(path: string, dir: string): boolean {
@@ -46,10 +47,12 @@ export function bwrapArgs(spec: SandboxSpec, fds: { info: number; args: number }
   args.push('--unshare-all');
   if (spec.shareNet) args.push('--share-net');
   args.push('--cap-drop', 'ALL', '--die-with-parent', '--new-session', '--clearenv');
-  const env = { ...spec.env, HOME: spec.home, CREDPROXY_SOCKET: socketPathInside(spec) };
+  // llxprt: the token travels on fd 3 (inherited through bwrap), never in the environment.
+  const proxyEnv = spec.llxprt ? llxprtEnv(socketPathInside(spec)) : { CREDPROXY_SOCKET: socketPathInside(spec) };
+  const env = { ...spec.env, HOME: spec.home, ...proxyEnv };
   for (const [k, v] of Object.entries(env)) args.push('--setenv', k, v);
   args.push('--args', String(fds.args), '--info-fd', String(fds.info), '--', ...spec.command);
-  return { argv: args, fdArgs: ['--setenv', 'CREDPROXY_TOKEN', spec.capabilityToken] };
+  return { argv: args, fdArgs: spec.llxprt ? [] : ['--setenv', 'CREDPROXY_TOKEN', spec.capabilityToken] };
 }
 
 /** The `--args` stream: every argument NUL-terminated. */

@@ -1,3 +1,4 @@
+import { LLXPRT_SOCKET_ENV } from './llxprt.js';
 import { SANDBOX_SOCKET_DIR, socketPathInside, type SandboxSpec } from './spec.js';
 
 export interface ContainerOptions {
@@ -39,7 +40,8 @@ export function containerArgs(spec: SandboxSpec, o: ContainerOptions): string[] 
     args.push('-v', `${spec.socketDir}:${SANDBOX_SOCKET_DIR}:ro`);
   }
   if (spec.workdir !== null) args.push('-v', `${spec.workdir}:/work`, '-w', '/work');
-  args.push('--cidfile', o.cidFile, '--env-file', o.envFile, '-e', `CREDPROXY_SOCKET=${socket}`);
+  // llxprt images take the token from LLXPRT_CAPABILITY_TOKEN in the env file and put it on fd 3 themselves.
+  args.push('--cidfile', o.cidFile, '--env-file', o.envFile, '-e', `${spec.llxprt ? LLXPRT_SOCKET_ENV : 'CREDPROXY_SOCKET'}=${socket}`);
   for (const name of ['TERM', 'LANG', 'TZ']) if (spec.env[name] !== undefined) args.push('-e', `${name}=${spec.env[name]}`);
   args.push(...o.engineArgs, o.image, ...spec.command);
   return args;

@@ -24,6 +24,13 @@ export interface SandboxSpec {
   toolDirs: string[];
   /** The harmless environment (see sandboxEnv). */
   env: Record<string, string>;
+  /**
+   * llxprt-code's contract instead of credproxy's (sandbox/llxprt.ts):
+   * LLXPRT_* variables and the token on fd 3 (containers: in the env file),
+   * and no CREDPROXY_* variables, so the token never sits in the environment
+   * that llxprt hands to the tools it runs.
+   */
+  llxprt?: boolean;
 }
 
 /** The only host variables that cross into a sandbox; never CREDPROXY_PASSPHRASE or other secrets. */

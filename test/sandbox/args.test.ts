@@ -30,7 +30,7 @@ function singles(args: string[], flag: string): string[] {
   return args.flatMap((a, i) => (a === flag ? [args[i + 1]!] : []));
 }
 
-const argv = (s: SandboxSpec): string[] => bwrapArgs(s, { info: 3, args: 4 }).argv;
+const argv = (s: SandboxSpec): string[] => bwrapArgs(s, { info: 5, args: 6 }).argv;
 
 describe('bwrap arguments', () => {
   it('mounts the root read-only, masks home, /tmp, /var/tmp, /run and credproxy’s own dirs', () => {
@@ -40,7 +40,7 @@ describe('bwrap arguments', () => {
     for (const d of ['/tmp', '/var/tmp', '/run', '/home/u', '/srv/state/credproxy']) expect(tmpfs).toContain(d);
     // Dirs already under a masked path need no extra tmpfs.
     expect(tmpfs).not.toContain('/home/u/.config/credproxy');
-    expect(a).toEqual(expect.arrayContaining(['--unshare-all', '--die-with-parent', '--clearenv', '--info-fd', '3']));
+    expect(a).toEqual(expect.arrayContaining(['--unshare-all', '--die-with-parent', '--clearenv', '--info-fd', '5']));
     // No controlling terminal inside: TIOCSTI cannot type into the user's shell.
     expect(a).toContain('--new-session');
     // Every option comes before the command, so none of them can be mistaken for its arguments.
@@ -70,10 +70,10 @@ describe('bwrap arguments', () => {
   });
 
   it('sets exactly the socket, the token and harmless variables; the token only through --args', () => {
-    const { argv: a, fdArgs } = bwrapArgs(spec(), { info: 3, args: 4 });
+    const { argv: a, fdArgs } = bwrapArgs(spec(), { info: 5, args: 6 });
     // /proc/PID/cmdline is readable by every local user: the token must not be on it.
     expect(a.join('\0')).not.toContain('c'.repeat(64));
-    expect(singles(a, '--args')).toEqual(['4']);
+    expect(singles(a, '--args')).toEqual(['6']);
     expect(a.indexOf('--args')).toBeGreaterThan(a.indexOf('--clearenv')); // bwrap applies them in order
     expect(encodeFdArgs(fdArgs).toString('utf8')).toBe(`--setenv\0CREDPROXY_TOKEN\0${'c'.repeat(64)}\0`);
     const env = Object.fromEntries([...binds(a, '--setenv'), ...binds(fdArgs, '--setenv')]);

@@ -1,7 +1,9 @@
+import type { Writable } from 'node:stream';
 import type { Command } from 'commander';
 import { CredproxyError } from '../../errors.js';
 import { DEFAULT_BUCKET, isBucketName, isKeyName, isProviderName } from '../../names.js';
 import { SignalRelay, spawnChild } from '../../sandbox/child.js';
+import { capabilityFdBytes, llxprtEnv, llxprtMode, llxprtWanted } from '../../sandbox/llxprt.js';
 import type { CliContext } from '../context.js';
 import { UsageError } from '../io.js';
 
@@ -28,11 +30,25 @@ export function registerExecCommand(program: Command, ctx: CliContext): void {
     .command('exec')
     .description('run CMD with environment variables filled from the proxy (for tools that only read env vars)')
     .option('--env <VAR=SOURCE>', 'VAR=token:PROVIDER[:BUCKET] or VAR=key:NAME (repeatable)', collect, [])
+    .option('--llxprt', "hand CMD this proxy the llxprt-code way (LLXPRT_CREDENTIAL_SOCKET, the token on fd 3, no CREDPROXY_*); default when CMD is llxprt")
+    .option('--no-llxprt', 'never use the llxprt-code contract')
     .argument('<command...>', 'the command to run, after --')
     .passThroughOptions()
-    .action(async (command: string[], opts: { env: string[] }) => {
+    .action(async (command: string[], opts: { env: string[]; llxprt?: boolean }) => {
       const sources = opts.env.map(parseEnvSpec);
       if (!ctx.inSandbox) throw new CredproxyError('USAGE', 'exec runs inside a sandbox started by `credproxy run` (CREDPROXY_SOCKET is not set)');
+      const llxprt = llxprtWanted(llxprtMode(opts.llxprt), command);
+      const token = ctx.io.env.CREDPROXY_TOKEN ?? '';
+      // Checked before anything runs: a tcp:// proxy or a token of another shape cannot be handed on.
+      const childEnv: NodeJS.ProcessEnv = { ...ctx.io.env };
+      let fd3: Buffer | undefined;
+      if (llxprt) {
+        Object.assign(childEnv, llxprtEnv(ctx.io.env.CREDPROXY_SOCKET ?? ''));
+        fd3 = capabilityFdBytes(token);
+        // llxprt-code scrubs only its own names: ours would reach every tool it runs.
+        delete childEnv.CREDPROXY_TOKEN;
+        delete childEnv.CREDPROXY_SOCKET;
+      }
       const client = ctx.client();
       const values: Record<string, string> = {};
       for (const s of sources) {
@@ -43,7 +59,12 @@ export function registerExecCommand(program: Command, ctx: CliContext): void {
       }
       await client.close();
       // CMD stays in our process group and keeps our terminal, as if exec'd in our place.
-      const { child, status } = spawnChild(command[0]!, command.slice(1), { stdio: 'inherit', env: { ...ctx.io.env, ...values } });
+      const { child, status } = spawnChild(command[0]!, command.slice(1), { stdio: ['inherit', 'inherit', 'inherit', fd3 ? 'pipe' : 'ignore'], env: { ...childEnv, ...values } });
+      if (fd3) {
+        const pipe = child.stdio[3] as Writable | null;
+        pipe?.on('error', () => undefined);
+        pipe?.end(fd3);
+      }
       const relay = new SignalRelay({ target: () => child.pid ?? null, jobControl: false, sharesTerminal: true }).start();
       try {
         ctx.exitCode = await status;

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
-import type { Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { isatty } from 'node:tty';
 import { fileURLToPath } from 'node:url';
 import { Option, type Command } from 'commander';
@@ -10,6 +10,7 @@ import { CredproxyError } from '../../errors.js';
 import { bwrapArgs, encodeFdArgs } from '../../sandbox/bwrap.js';
 import { bwrapCommandPid, SignalRelay, spawnChild, type ChildRun } from '../../sandbox/child.js';
 import { containerArgs } from '../../sandbox/container.js';
+import { capabilityFdBytes, llxprtEnv, llxprtMode, llxprtWanted, LLXPRT_TOKEN_ENV } from '../../sandbox/llxprt.js';
 import { engineEnv, sandboxEnv, type SandboxKind, type SandboxSpec } from '../../sandbox/spec.js';
 import type { CliContext } from '../context.js';
 import { addPolicyOptions, policyFromFlags } from '../policy-flags.js';
@@ -22,7 +23,12 @@ interface RunFlags extends ProxyFlags {
   workdir: boolean;
   shareNet?: boolean;
   engineArg: string[];
+  llxprt?: boolean;
 }
+
+/** bwrap's own descriptors: fd 3 belongs to the command (llxprt-code), 4 stays free, 7 is for a seccomp filter. */
+const BWRAP_INFO_FD = 5;
+const BWRAP_ARGS_FD = 6;
 
 /** `run` failures of its own, as docker/podman do: never mistaken for the command's status. */
 export const RUN_FAILURE_EXIT = 125;
@@ -41,6 +47,8 @@ export function registerRunCommand(program: Command, ctx: CliContext): void {
     .option('--no-workdir', 'do not bind the current directory into the sandbox')
     .option('--share-net', 'keep network access inside the sandbox')
     .option('--no-peer-check', 'do not require SO_PEERCRED peer checks (Linux)')
+    .option('--llxprt', "give CMD llxprt-code's contract (LLXPRT_CREDENTIAL_SOCKET, the token on fd 3) instead of CREDPROXY_*; default when CMD is llxprt")
+    .option('--no-llxprt', 'never use the llxprt-code contract, even when CMD is llxprt')
     .argument('<command...>', 'the command to run, after --')
     .passThroughOptions();
   addPolicyOptions(cmd).action(async (command: string[], flags: RunFlags) => {
@@ -87,6 +95,8 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   if ((kind === 'docker' || kind === 'podman') && !flags.image) throw new CredproxyError('USAGE', `--sandbox ${kind} needs --image`);
   const tcp = parseTransport(flags.transport);
   if (tcp && kind === 'bwrap') throw new CredproxyError('USAGE', 'bwrap shares the Unix socket and has no network; --transport tcp is for docker, podman (VM-based engines) and none');
+  const llxprt = llxprtWanted(llxprtMode(flags.llxprt), command);
+  if (llxprt && tcp) throw new CredproxyError('USAGE', 'llxprt-code reaches the proxy only through a Unix socket: drop --transport tcp, or pass --no-llxprt');
   const dirs = ctx.dirs();
   const home = env.HOME || homedir();
   const cwd = process.cwd();
@@ -123,6 +133,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     hidden: [dirs.config, dirs.data, dirs.state, dirs.run],
     toolDirs: [root, nodeDir],
     env: sandboxEnv(env, [join(root, 'bin'), nodeDir]),
+    llxprt,
   };
   let envDir: string | undefined;
   let launched: ChildRun | undefined;
@@ -139,7 +150,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     if (kind === 'bwrap') {
       let infoPid: number | null = null;
       const info: Buffer[] = [];
-      child.stdio[3]?.on('data', (d: Buffer) => {
+      (child.stdio as unknown as Array<Readable | null>)[BWRAP_INFO_FD]?.on('data', (d: Buffer) => {
         info.push(d);
         try {
           infoPid = (JSON.parse(Buffer.concat(info).toString('utf8')) as { 'child-pid'?: number })['child-pid'] ?? null;
@@ -177,25 +188,35 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
  * would otherwise die of it and take the sandbox down with SIGKILL.
  */
 function launch(kind: SandboxKind, spec: SandboxSpec, proxy: RunningProxy, flags: RunFlags, runDir: string, setEnvDir: (d: string) => void): ChildRun {
+  // fd 3 is the command's (llxprt-code's capability descriptor), so bwrap's own descriptors start at 5.
+  const fd3 = spec.llxprt ? 'pipe' : 'ignore';
   if (kind === 'bwrap') {
-    const { argv, fdArgs } = bwrapArgs(spec, { info: 3, args: 4 });
-    const run = spawnChild('bwrap', argv, { stdio: ['inherit', 'inherit', 'inherit', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, detached: true });
-    const argsPipe = run.child.stdio[4] as Writable | null;
+    const { argv, fdArgs } = bwrapArgs(spec, { info: BWRAP_INFO_FD, args: BWRAP_ARGS_FD });
+    const run = spawnChild('bwrap', argv, {
+      stdio: ['inherit', 'inherit', 'inherit', fd3, 'ignore', 'pipe', 'pipe'],
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+      detached: true,
+    });
+    const argsPipe = (run.child.stdio as unknown as Array<Writable | null>)[BWRAP_ARGS_FD] ?? null;
     // bwrap closes its end on a failed start; the exit status reports that, not an EPIPE here.
     argsPipe?.on('error', () => undefined);
     argsPipe?.end(encodeFdArgs(fdArgs));
+    if (spec.llxprt) sendCapabilityFd(run, spec.capabilityToken);
     return run;
   }
   if (kind === 'none') {
-    const env = { ...spec.env, HOME: spec.home, CREDPROXY_SOCKET: proxy.socketPath, CREDPROXY_TOKEN: spec.capabilityToken };
-    return spawnChild(spec.command[0]!, spec.command.slice(1), { stdio: 'inherit', env, cwd: spec.workdir ?? spec.home, detached: true });
+    const proxyEnv = spec.llxprt ? llxprtEnv(proxy.socketPath) : { CREDPROXY_SOCKET: proxy.socketPath, CREDPROXY_TOKEN: spec.capabilityToken };
+    const env = { ...spec.env, HOME: spec.home, ...proxyEnv };
+    const run = spawnChild(spec.command[0]!, spec.command.slice(1), { stdio: ['inherit', 'inherit', 'inherit', fd3], env, cwd: spec.workdir ?? spec.home, detached: true });
+    if (spec.llxprt) sendCapabilityFd(run, spec.capabilityToken);
+    return run;
   }
   // docker/podman: the token goes through a 0600 env file in a private directory (swept like a socket dir if we are killed), never argv.
   const envDir = createSocketDir(runDir);
   setEnvDir(envDir);
   const envFile = join(envDir, 'env');
   const cidFile = join(envDir, 'cid');
-  writeFileSync(envFile, `CREDPROXY_TOKEN=${spec.capabilityToken}\n`, { mode: 0o600 });
+  writeFileSync(envFile, `${spec.llxprt ? LLXPRT_TOKEN_ENV : 'CREDPROXY_TOKEN'}=${spec.capabilityToken}\n`, { mode: 0o600 });
   const args = containerArgs(spec, {
     engine: kind,
     image: flags.image!,
@@ -209,6 +230,14 @@ function launch(kind: SandboxKind, spec: SandboxSpec, proxy: RunningProxy, flags
   const run = spawnChild(kind, args, { stdio: 'inherit', env: engineEnv(process.env), detached: true });
   removeOnceCreated(envFile, cidFile, run);
   return run;
+}
+
+/** The token, a newline, then EOF on the child's fd 3 (llxprt-code reads it once, to the end). */
+function sendCapabilityFd(run: ChildRun, token: string): void {
+  const pipe = run.child.stdio[3] as Writable | null;
+  // A command that never reads fd 3 and exits is not an error of ours.
+  pipe?.on('error', () => undefined);
+  pipe?.end(capabilityFdBytes(token));
 }
 
 /**

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { installSignalHandlers } from '../../server/server.js';
 import type { CliContext } from '../context.js';
 import { writeLine } from '../io.js';
+import { LLXPRT_SOCKET_ENV } from '../../sandbox/llxprt.js';
 import { addPolicyOptions } from '../policy-flags.js';
 import { startProxy, type ProxyFlags } from '../proxy.js';
 
@@ -35,6 +36,16 @@ async function serve(ctx: CliContext, flags: ServeFlags): Promise<number> {
   const line = (name: string, value: string): string => (flags.shell ? `export ${name}=${shellQuote(value)}` : `${name}=${value}`);
   writeLine(ctx.io.stdout, line('CREDPROXY_SOCKET', proxy.socketPath));
   writeLine(ctx.io.stdout, line('CREDPROXY_TOKEN', proxy.capabilityToken));
+  // llxprt-code's contract (SPEC §8): the socket path here; the token it takes only on fd 3.
+  if (!proxy.socketPath.startsWith('tcp://')) {
+    writeLine(ctx.io.stdout, line(LLXPRT_SOCKET_ENV, proxy.socketPath));
+    if (flags.shell) {
+      writeLine(
+        ctx.io.stdout,
+        `# llxprt-code takes the token only on fd 3: LLXPRT_CAPABILITY_FD=3 llxprt 3<<<"$CREDPROXY_TOKEN" (bash), or inside a sandbox that has the CREDPROXY_* variables: credproxy exec --llxprt -- llxprt`,
+      );
+    }
+  }
 
   // Runs until SIGINT/SIGTERM; the server is stopped (socket removed) before `exit` is called.
   const code = await new Promise<number>((resolve) => {
