@@ -48,7 +48,7 @@ function parse(stdout: string): ClientReport {
   return JSON.parse(stdout) as ClientReport;
 }
 
-function expectFullContract(r: { code: number; stdout: string; stderr: string }): void {
+function expectFullContract(r: { code: number | null; stdout: string; stderr: string }): void {
   expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(0);
   const report = parse(r.stdout);
   expect(report.error).toBeUndefined();
