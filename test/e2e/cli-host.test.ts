@@ -76,7 +76,7 @@ describe('host CLI (file store)', () => {
     expect(noAccess.stderr).toMatch(/access_token/);
     expect(noAccess.stderr).not.toContain(RT);
     expect((await cli(['key', 'set', 'a/b'], 'v')).code).toBe(2);
-    expect((await cli(['token', 'get', 'acme', '--bucket', 'bad bucket'])).code).toBe(2);
+    expect((await cli(['token', 'get', 'acme', '--bucket', 'bad/bucket'])).code).toBe(2);
     expect((await cli(['key', 'frobnicate'])).code).toBe(2);
     expect((await cli(['--no-such-flag'])).code).toBe(2);
     expect((await cli(['key', 'get'])).code).toBe(2);

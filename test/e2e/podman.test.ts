@@ -80,6 +80,33 @@ describe('credproxy run --sandbox podman', () => {
     }
   }, 90_000);
 
+  it('--llxprt: LLXPRT_CREDENTIAL_SOCKET and LLXPRT_CAPABILITY_TOKEN (env file) as llxprt-code images expect; their entrypoint puts the token on fd 3', async () => {
+    const work = mkdtempSync('/tmp/cpw-');
+    try {
+      expect((await runCli(['token', 'import', 'acme', '--bucket', 'my work'], { env, input: JSON.stringify({ access_token: `${TOKEN}-w`, expiry: 4102444800 }) })).code).toBe(0);
+      const steps = [['get_token', { provider: 'acme', bucket: 'my work' }], ['get_bucket_stats', { provider: 'acme', bucket: 'my work' }], ['has_api_key', { name: 'openai' }]];
+      // What an llxprt image's entrypoint does with the variable before it starts llxprt.
+      const entrypoint = 'exec 3<<<"$LLXPRT_CAPABILITY_TOKEN"; unset LLXPRT_CAPABILITY_TOKEN; export LLXPRT_CAPABILITY_FD=3; exec node /opt/credproxy/test/e2e/fixtures/llxprt-style-client.mjs "$1"';
+      const r = await runCli(
+        [
+          'run', '--sandbox', 'podman', '--image', IMAGE, '--llxprt', '--allow', 'acme:*', '--allow-key', 'openai',
+          '--engine-arg=-v', '--engine-arg=/usr:/usr:ro', '--engine-arg=-v', `--engine-arg=${ROOT}:/opt/credproxy:ro`,
+          '--', 'bash', '-c', entrypoint, 'entry', JSON.stringify(steps),
+        ],
+        { env, cwd: work, timeoutMs: 60_000 },
+      );
+      expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(0);
+      const report = JSON.parse(r.stdout) as { env: Record<string, string | null>; handshake: { data: { version: number } }; results: Array<Record<string, unknown>> };
+      expect(report.env).toMatchObject({ LLXPRT_CREDENTIAL_SOCKET: expect.stringMatching(/^\/run\/credproxy\/.*\.sock$/), CREDPROXY_SOCKET: null, CREDPROXY_TOKEN: null });
+      expect(report.handshake.data.version).toBe(2);
+      expect(report.results[0]).toMatchObject({ ok: true, data: { access_token: `${TOKEN}-w` } });
+      expect(report.results[1]).toMatchObject({ ok: true, data: { bucket: 'my work', requestCount: 1 } });
+      expect(report.results[2]).toMatchObject({ ok: true, data: { exists: true } });
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  }, 90_000);
+
   it('removes the token’s env file once the container exists, and keeps the token off every command line', async () => {
     const work = mkdtempSync('/tmp/cpw-');
     const child = spawn(

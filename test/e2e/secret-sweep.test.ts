@@ -363,7 +363,7 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
     expect(await none.handshake({ minVersion: 1, maxVersion: 1 })).toMatchObject({ ok: false, code: 'UNAUTHORIZED' });
     await none.closed;
     const version = await raw();
-    expect(await version.handshake({ minVersion: 2, maxVersion: 3, capabilityToken: serve.token })).toMatchObject({ ok: false, code: 'UNKNOWN_VERSION' });
+    expect(await version.handshake({ minVersion: 3, maxVersion: 4, capabilityToken: serve.token })).toMatchObject({ ok: false, code: 'UNKNOWN_VERSION' });
     await version.closed;
     const noHandshake = await raw();
     noHandshake.send({ v: 1, id: 'first', op: 'get_token', payload: { provider: 'dev', bucket: 'canary' } });
@@ -438,6 +438,8 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
     expect(await c.request('get_api_key', { name: 'openai' })).toMatchObject({ ok: true, data: { key: KEY_VALUE } });
     expect(await c.request('get_api_key', { name: 'absent' })).toMatchObject({ ok: false, code: 'UNAUTHORIZED' });
     expect(await c.request('list_api_keys', {})).toMatchObject({ ok: true, data: { keys: ['openai'] } });
+    expect(await c.request('has_api_key', { name: 'openai' })).toMatchObject({ ok: true, data: { exists: true } });
+    expect(await c.request('get_bucket_stats', { provider: 'dev', bucket: 'canary' })).toMatchObject({ ok: true, data: { bucket: 'canary' } });
 
     // Malformed requests: schema errors never echo the offending value.
     expect(await c.request(ECHO_OP, {})).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
@@ -448,7 +450,7 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
     expect(await c.request('oauth_exchange', { session_id: ECHO_SESSION, code: 'x' })).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
     expect(await c.request('oauth_poll', { session_id: ECHO_SESSION })).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
     expect(await c.request('oauth_cancel', {})).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
-    expect(await c.request('oauth_exchange', { session_id: 'a'.repeat(32), code: ECHO_CODE.repeat(300) })).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
+    expect(await c.request('oauth_exchange', { session_id: 'a'.repeat(32), code: ECHO_CODE.repeat(400) })).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
     expect(await c.request('cancel', { targetId: ECHO_TARGET.repeat(20) })).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
     c.send({ v: 1, id: 'payload-array', op: 'list_api_keys', payload: [ECHO_JUNK] });
     expect(await c.answerFor('payload-array')).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });

@@ -139,9 +139,9 @@ describe('credproxy serve end to end (file store)', () => {
 
   it('negotiates versions and checks the capability token first', async () => {
     const a = await raw();
-    expect(await a.handshake({ minVersion: 1, maxVersion: 2, capabilityToken: serve.token })).toMatchObject({ ok: true, data: { version: 1 } });
+    expect(await a.handshake({ minVersion: 1, maxVersion: 2, capabilityToken: serve.token })).toMatchObject({ ok: true, data: { version: 2 } });
     const b = await raw();
-    expect(await b.handshake({ minVersion: 2, maxVersion: 3, capabilityToken: serve.token })).toMatchObject({ ok: false, code: 'UNKNOWN_VERSION' });
+    expect(await b.handshake({ minVersion: 3, maxVersion: 4, capabilityToken: serve.token })).toMatchObject({ ok: false, code: 'UNKNOWN_VERSION' });
     await b.closed;
     const d = await raw();
     // Wrong token AND unsupported version: the token is checked first.
