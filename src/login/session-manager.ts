@@ -7,7 +7,7 @@ import type { OAuthProvider } from '../oauth/types.js';
 import type { FlowType, OAuthInitiateData, OAuthPollData } from '../protocol/messages.js';
 import type { LoginPort, PeerIdentity } from '../server/context.js';
 import type { OAuthToken, TokenStore } from '../store/types.js';
-import { startFlow, type FlowOutcome, type FlowStarter, type FlowTiming, type RunningFlow } from './flows/index.js';
+import type { FlowOutcome, FlowStarter, FlowTiming, RunningFlow } from './flows/index.js';
 import { ownerKey, procStartTime, type ProcessStartTime } from './owner.js';
 import { loginAnswer, type LoginAnswer } from './renewal.js';
 
@@ -79,6 +79,9 @@ function answerFields(flow: RunningFlow): Omit<OAuthInitiateData, 'session_id'> 
   };
 }
 
+/** The real flows, loaded with the first login (they bring openid-client; an idle proxy needs neither). */
+const startFlowLazily: FlowStarter = async (provider, ctx) => (await import('./flows/index.js')).startFlow(provider, ctx);
+
 /** CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS as ms; undefined when unset. */
 export function sessionTimeoutFromEnv(env: NodeJS.ProcessEnv): number | undefined {
   const raw = env.CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS;
@@ -141,7 +144,7 @@ export class LoginSessionManager implements LoginPort {
     this.now = options.now ?? Date.now;
     this.afterBulkSweep = options.afterBulkSweep ?? collectGarbage;
     this.flowTiming = { now: this.now, ...options.flowTiming };
-    this.start = options.startFlow ?? startFlow;
+    this.start = options.startFlow ?? startFlowLazily;
     this.startTimeOf = options.processStartTime ?? procStartTime;
     this.logger = options.logger ?? pino({ level: 'silent' });
   }
