@@ -1,6 +1,7 @@
 import type { z } from 'zod';
 import { CredproxyError, isWireErrorCode, type WireErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
+import { noTokenMessage } from '../login/hints.js';
 import { DEFAULT_BUCKET } from '../names.js';
 import { isOp, OP_PAYLOADS, PROTOCOL_VERSION, type Op, type OpData, type OpPayload } from '../protocol/messages.js';
 import type { CredentialService } from '../refresh/types.js';
@@ -363,7 +364,7 @@ export class Dispatcher {
 }
 
 function notStored(provider: string, bucket: string): CredproxyError {
-  return new CredproxyError('NOT_FOUND', `no token stored for ${provider}:${bucket}`);
+  return new CredproxyError('NOT_FOUND', noTokenMessage(provider, bucket));
 }
 
 function invalid(op: Op | 'unknown', reason: string): DispatchResult {
