@@ -26,6 +26,7 @@ interface ClientReport {
   handshake: { ok: boolean; data?: { version: number } } | null;
   results: Array<{ op: string; ok?: boolean; code?: string; data?: Record<string, unknown>; lost?: boolean }>;
   alive: boolean | null;
+  tokenVisible?: string[];
   error?: string;
 }
 
@@ -48,11 +49,13 @@ function parse(stdout: string): ClientReport {
   return JSON.parse(stdout) as ClientReport;
 }
 
-function expectFullContract(r: { code: number | null; stdout: string; stderr: string }): void {
+/** `tokenHidden`: nothing the command can read shows the token (false where its parent holds it by design). */
+function expectFullContract(r: { code: number | null; stdout: string; stderr: string }, tokenHidden = true): void {
   expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(0);
   const report = parse(r.stdout);
   expect(report.error).toBeUndefined();
   expect(report.fd3).toBe('ok');
+  if (tokenHidden) expect(report.tokenVisible).toEqual([]);
   // Only llxprt's names: no CREDPROXY_* for llxprt to hand on to the tools it runs, no token in any variable.
   expect(report.env).toMatchObject({ LLXPRT_CAPABILITY_FD: '3', CREDPROXY_SOCKET: null, CREDPROXY_TOKEN: null, LLXPRT_CAPABILITY_TOKEN: null });
   expect(report.env.LLXPRT_CREDENTIAL_SOCKET).toMatch(/\.sock$/);
@@ -125,10 +128,12 @@ describe('llxprt-code contract through credproxy run', () => {
   });
 
   it('credproxy exec --llxprt inside a sandbox started with the CREDPROXY_* contract sets llxprt up for its child only', async () => {
-    const script = `credproxy exec -- ${llxprt} '${JSON.stringify(STEPS)}'; echo; echo "after=\${CREDPROXY_TOKEN:+still-set}"`;
+    const script = `credproxy exec --llxprt -- node ${CLIENT} '${JSON.stringify(STEPS)}'; echo; echo "after=\${CREDPROXY_TOKEN:+still-set}"`;
     const r = await run(['--sandbox', 'bwrap', '--no-llxprt'], ['sh', '-c', script]);
     const [json, after] = r.stdout.trim().split('\n');
-    expectFullContract({ code: r.code, stdout: json!, stderr: r.stderr });
+    // The shell and `credproxy exec` were started with CREDPROXY_TOKEN: only llxprt's own environment is clean here.
+    expectFullContract({ code: r.code, stdout: json!, stderr: r.stderr }, false);
+    expect(parse(json!).tokenVisible).not.toContain('environ');
     expect(after).toBe('after=still-set');
   });
 

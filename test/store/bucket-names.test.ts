@@ -114,6 +114,8 @@ describe.each(backends)('%s store: wide bucket names round-trip', (kind, make) =
     await backend.set('token:anthropic:legacy.bucket', JSON.stringify({ access_token: 'old', expiry: 5 }));
     expect(await tokens.getToken('anthropic', 'legacy.bucket')).toMatchObject({ access_token: 'old' });
     expect(await tokens.listBuckets('anthropic')).toContain('legacy.bucket');
+    // A name that looks like an encoded one is a different name: it cannot reach 'my work'.
+    expect(await tokens.getToken('anthropic', encodeBucket('my work'))).toBeNull();
     for (const name of names) await tokens.removeToken('anthropic', name);
     expect(await tokens.listBuckets('anthropic')).toEqual(['legacy.bucket']);
     if (kind === 'file') {
