@@ -99,7 +99,12 @@ export const ProfileConfigSchema = z.strictObject({
   /** PROVIDER (its default bucket), PROVIDER:BUCKET, or PROVIDER:* (SPEC §5 policy). */
   allow: z.array(z.string().regex(ALLOW_ENTRY_RE, 'must be PROVIDER, PROVIDER:BUCKET or PROVIDER:*')).default([]),
   keys: z.array(z.string().regex(KEY_NAME_RE, 'invalid key name')).default([]),
+  /** Neither token writes nor logins from the sandbox. */
   readOnly: z.boolean().default(false),
+  /** save_token / remove_token from the sandbox (off unless set). */
+  allowWrite: z.boolean().default(false),
+  /** Logins from the sandbox (on unless set to false). */
+  login: z.boolean().default(true),
 });
 export type ProfileConfig = z.output<typeof ProfileConfigSchema>;
 

@@ -16,6 +16,11 @@ export interface AuditEntry {
   provider?: string;
   bucket?: string;
   key?: string;
+  /** TCP transport: the client's address and port. */
+  remote?: string;
+  /** op 'login': the flow, and the account (id_token email or sub) of a completed login. */
+  flow?: string;
+  account?: string;
   /** 'OK' or the error code answered; CANCELLED / DISCONNECTED when no answer went out. */
   result: string;
   durationMs: number;

@@ -5,6 +5,7 @@ import { DEFAULT_BUCKET } from '../names.js';
 import { isOp, OP_PAYLOADS, PROTOCOL_VERSION, type Op, type OpData, type OpPayload } from '../protocol/messages.js';
 import type { CredentialService } from '../refresh/types.js';
 import { sanitizeToken } from '../store/sanitize.js';
+import { mergeSandboxSave, sandboxToken } from '../store/sandbox-token.js';
 import type { KeyStore, TokenStore } from '../store/types.js';
 import type { LoginPort, RequestContext } from './context.js';
 import { Deadlines } from './deadlines.js';
@@ -111,7 +112,13 @@ function denyToken(p: { provider: string; bucket?: string | undefined }, policy:
 }
 
 function denyWrite(policy: Policy): string | null {
-  return policy.allowsWrite ? null : 'the policy is read-only';
+  if (policy.allowsWrite) return null;
+  return policy.readOnlyFlag ? 'the policy is read-only' : 'token writes from the sandbox are off (start the proxy with --allow-write)';
+}
+
+function denyLogin(policy: Policy): string | null {
+  if (policy.allowsLogin) return null;
+  return policy.readOnlyFlag ? 'the policy is read-only' : 'logins from the sandbox are off (--no-login)';
 }
 
 const NO_AUDIT = (): AuditFields => ({});
@@ -235,9 +242,10 @@ export class Dispatcher {
         audit: tokenFields,
         deny: (p, policy) => denyWrite(policy) ?? denyToken(p, policy),
         run: async (p) => {
-          // The schema already dropped any refresh_token from the payload; the
-          // merge keeps the stored one.
-          await credentials.save(p.provider, p.bucket ?? DEFAULT_BUCKET, p.token);
+          // The schema already dropped any refresh_token; sandboxToken keeps
+          // only bounded §2 fields, and the merge keeps the host's own fields.
+          const token = sandboxToken(p.token, Date.now() / 1000);
+          await credentials.save(p.provider, p.bucket ?? DEFAULT_BUCKET, token, mergeSandboxSave);
           return {};
         },
       },
@@ -250,8 +258,8 @@ export class Dispatcher {
           if (!(await this.tokenExists(p.provider, bucket))) {
             throw new CredproxyError('NOT_FOUND', `no token stored for ${p.provider}:${bucket}`);
           }
-          await credentials.remove(p.provider, bucket);
-          return {};
+          const removed = await credentials.remove(p.provider, bucket, { keepRefreshToken: true });
+          return { removed };
         },
       },
       list_providers: {
@@ -291,25 +299,25 @@ export class Dispatcher {
       oauth_initiate: {
         bound: 'credential',
         audit: tokenFields,
-        deny: (p, policy) => denyWrite(policy) ?? denyToken(p, policy),
+        deny: (p, policy) => denyLogin(policy) ?? denyToken(p, policy),
         run: async (p, ctx) => login().initiate(p.provider, p.bucket ?? DEFAULT_BUCKET, ctx.peer, ctx.signal),
       },
       oauth_exchange: {
         bound: 'credential',
         audit: NO_AUDIT,
-        deny: (_p, policy) => denyWrite(policy),
+        deny: (_p, policy) => denyLogin(policy),
         run: async (p, ctx) => login().exchange(p.session_id, p.code, ctx.peer, ctx.signal),
       },
       oauth_poll: {
         bound: 'credential',
         audit: NO_AUDIT,
-        deny: (_p, policy) => denyWrite(policy),
+        deny: (_p, policy) => denyLogin(policy),
         run: async (p, ctx) => login().poll(p.session_id, ctx.peer, ctx.signal),
       },
       oauth_cancel: {
         bound: 'credential',
         audit: NO_AUDIT,
-        deny: (_p, policy) => denyWrite(policy),
+        deny: (_p, policy) => denyLogin(policy),
         run: async (p, ctx) => {
           await login().cancel(p.session_id, ctx.peer);
           return {};

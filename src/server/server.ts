@@ -7,6 +7,7 @@ import { createLogger, type Logger } from '../log.js';
 import { FRAME_TIMEOUT_MS } from '../protocol/frame.js';
 import type { CredentialService } from '../refresh/types.js';
 import type { KeyStore, TokenStore } from '../store/types.js';
+import type { LoginEvent } from '../login/session-manager.js';
 import { AuditLog } from './audit.js';
 import { CapabilityCheck } from './capability.js';
 import { Connection } from './connection.js';
@@ -319,6 +320,23 @@ export class ProxyServer {
     });
     this.connections.add(conn);
     conn.start();
+  }
+
+  /** A login from the sandbox reached a milestone: one audit line (the launcher also says it on stderr). */
+  recordLogin(event: LoginEvent): void {
+    this.audit?.record({
+      time: new Date().toISOString(),
+      conn: event.peer.connectionId,
+      peerPid: event.peer.pid,
+      peerUid: event.peer.uid,
+      op: `login_${event.phase}`,
+      provider: event.provider,
+      bucket: event.bucket,
+      flow: event.flow,
+      ...(event.account !== undefined ? { account: event.account } : {}),
+      result: event.code ?? 'OK',
+      durationMs: 0,
+    });
   }
 
   private auditConnectRefused(peer: PeerIdentity, result: string): void {

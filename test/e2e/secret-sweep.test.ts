@@ -341,7 +341,7 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
       importToken('default', sets[3]!, now() - 10, 'hostonly'),
     ]);
 
-    serve = await startServe(['--allow', 'dev:*', '--allow', 'paste:*', '--allow', 'loop:*', '--allow', 'acme', '--allow-key', 'openai'], host.env);
+    serve = await startServe(['--allow', 'dev:*', '--allow', 'paste:*', '--allow', 'loop:*', '--allow', 'acme', '--allow-key', 'openai', '--allow-write'], host.env);
     tap = await RecordingRelay.start(serve.socket);
   });
 
@@ -422,16 +422,17 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
     expect(await c.request('oauth_initiate', { provider: 'secret' })).toMatchObject({ ok: false, code: 'UNAUTHORIZED' });
     expect(await c.request('get_token', { provider: 'dev', bucket: 'nothing-here' })).toMatchObject({ ok: false, code: 'NOT_FOUND' });
 
-    // save_token with a forged refresh token: dropped; the host's refresh token is kept.
+    // save_token with a forged refresh token: dropped; the host's refresh token is kept, unknown extras are not stored.
     const rotateRt = (await stores.tokens.getToken('dev', 'rotate'))!.refresh_token;
     expect(await c.request('save_token', { provider: 'dev', bucket: 'rotate', token: { access_token: `at-saved-${tag}`, expiry: farFuture, refresh_token: FORGED_RT, extra: 'x' } })).toMatchObject({ ok: true, data: {} });
-    expect(await stores.tokens.getToken('dev', 'rotate')).toMatchObject({ access_token: `at-saved-${tag}`, refresh_token: rotateRt, extra: 'x' });
+    expect(await stores.tokens.getToken('dev', 'rotate')).toMatchObject({ access_token: `at-saved-${tag}`, refresh_token: rotateRt });
+    expect((await stores.tokens.getToken('dev', 'rotate'))?.extra).toBeUndefined();
     expect(await c.request('save_token', { provider: 'dev', bucket: 'saved', token: { access_token: `at-new-${tag}`, expiry: farFuture, refresh_token: FORGED_RT } })).toMatchObject({ ok: true });
     expect((await stores.tokens.getToken('dev', 'saved'))?.refresh_token).toBeUndefined();
     expect(await c.request('list_providers', {})).toMatchObject({ ok: true, data: { providers: expect.arrayContaining(['dev', 'acme']) } });
     expect((await c.request('list_providers', {})).data).not.toMatchObject({ providers: expect.arrayContaining(['secret']) });
     expect(await c.request('list_buckets', { provider: 'dev' })).toMatchObject({ ok: true, data: { buckets: expect.arrayContaining(['canary', 'rotate', 'saved']) } });
-    expect(await c.request('remove_token', { provider: 'dev', bucket: 'saved' })).toMatchObject({ ok: true, data: {} });
+    expect(await c.request('remove_token', { provider: 'dev', bucket: 'saved' })).toMatchObject({ ok: true, data: { removed: 'entry' } });
     expect(await c.request('remove_token', { provider: 'dev', bucket: 'saved' })).toMatchObject({ ok: false, code: 'NOT_FOUND' });
 
     // Keys.
@@ -642,7 +643,10 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
     expect(typeof (await storedRt('paste', 'clipaste'))).toBe('string');
     const logout = await sandboxCli('logout paste clipaste', ['logout', 'paste', '--bucket', 'clipaste']);
     expect(logout.code, logout.stderr).toBe(0);
-    expect(await stores.tokens.getToken('paste', 'clipaste')).toBeNull();
+    // The sandbox removes what it can see: the access token; the host keeps the refresh token.
+    expect(logout.stderr).toContain('the host keeps its refresh token');
+    expect(await stores.tokens.getToken('paste', 'clipaste')).toMatchObject({ expiry: 0 });
+    expect(typeof (await storedRt('paste', 'clipaste'))).toBe('string');
 
     // Host CLI.
     const grantsBefore = oidc.refreshSuccesses;
@@ -821,7 +825,7 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
     expect(auditFiles).toContain('audit.jsonl');
     const auditLines = audit.split('\n').filter((l) => l.trim() !== '');
     expect(auditLines.length).toBeGreaterThan(100);
-    const allowedKeys = new Set(['time', 'conn', 'peerPid', 'peerUid', 'op', 'provider', 'bucket', 'key', 'result', 'durationMs']);
+    const allowedKeys = new Set(['time', 'conn', 'peerPid', 'peerUid', 'op', 'provider', 'bucket', 'key', 'flow', 'account', 'result', 'durationMs']);
     const auditOps = new Set<string>();
     for (const line of auditLines) {
       const entry = JSON.parse(line) as Record<string, unknown>;

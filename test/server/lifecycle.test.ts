@@ -28,7 +28,7 @@ function bareServer(over: Partial<ProxyServerOptions>): ProxyServer {
     tokens,
     keys: new MemoryKeyStore(),
     credentials: new SimpleCredentials(tokens),
-    policy: Policy.from({ allow: [], keys: [], allowAll: true, readOnly: false }),
+    policy: Policy.from({ allow: [], keys: [], allowAll: true, readOnly: false, allowWrite: true }),
     logger: captureLogs().logger,
     ...over,
   });

@@ -57,10 +57,23 @@ describe('Policy', () => {
     );
   });
 
-  it('read-only forbids writes only', () => {
+  it('read-only forbids writes and logins only', () => {
     expect(policy(['a'], [], false, true).allowsWrite).toBe(false);
-    expect(policy(['a']).allowsWrite).toBe(true);
+    expect(policy(['a'], [], false, true).allowsLogin).toBe(false);
     expect(policy(['a'], [], false, true).allowsToken('a')).toBe(true);
+  });
+
+  it('token writes are off unless allowed, logins on unless turned off, read-only wins over both', () => {
+    expect(policy(['a']).allowsWrite).toBe(false);
+    expect(policy(['a']).allowsLogin).toBe(true);
+    expect(policy(['a']).readOnly).toBe(false);
+    const writes = Policy.from({ allow: ['a'], keys: [], allowAll: false, readOnly: false, allowWrite: true });
+    expect(writes.allowsWrite).toBe(true);
+    const noLogin = Policy.from({ allow: ['a'], keys: [], allowAll: false, readOnly: false, login: false });
+    expect(noLogin.allowsLogin).toBe(false);
+    expect(noLogin.readOnly).toBe(true);
+    const ro = Policy.from({ allow: ['a'], keys: [], allowAll: false, readOnly: true, allowWrite: true, login: true });
+    expect([ro.allowsWrite, ro.allowsLogin]).toEqual([false, false]);
   });
 
   it('names the bad rule', () => {
@@ -74,7 +87,7 @@ describe('Policy', () => {
   });
 
   it('describes itself by names only', () => {
-    expect(policy(['a', 'b:*'], ['k'], false, true).describe()).toEqual({ allowAll: false, readOnly: true, allow: ['a:default', 'b:*'], keys: ['k'] });
+    expect(policy(['a', 'b:*'], ['k'], false, true).describe()).toEqual({ allowAll: false, readOnly: true, write: false, login: false, allow: ['a:default', 'b:*'], keys: ['k'] });
   });
 });
 
