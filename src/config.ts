@@ -110,9 +110,16 @@ export type ProfileConfig = z.output<typeof ProfileConfigSchema>;
 
 const NAME_HINT = 'invalid name (1-64 of letters, digits, . _ @ -)';
 
+/** The audit file's size cap and retention (SPEC §8: it rotates at a cap). */
+export const AuditConfigSchema = z.strictObject({
+  maxFileBytes: z.int().min(4096).max(2 ** 40).optional(),
+  keepFiles: z.int().min(1).max(100).optional(),
+});
+
 export const ConfigSchema = z.strictObject({
   providers: z.record(z.string().regex(PROVIDER_NAME_RE), ProviderConfigSchema).default({}),
   profiles: z.record(z.string().regex(PROVIDER_NAME_RE), ProfileConfigSchema).default({}),
+  audit: AuditConfigSchema.optional(),
 });
 export type CredproxyConfig = z.output<typeof ConfigSchema>;
 

@@ -74,7 +74,8 @@ export function parseTransport(spec: string | undefined): { host: string; port: 
  * token. Any failure leaves nothing behind.
  */
 export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string; policy?: Policy } = {}): Promise<RunningProxy> {
-  const policy = options.policy ?? policyFromFlags(flags, await ctx.config());
+  const config = await ctx.config();
+  const policy = options.policy ?? policyFromFlags(flags, config);
   if (flags.allowAll) ctx.notice('serving every provider, bucket and key (--allow-all)');
   else if (policy.isEmpty) ctx.notice('no --allow, --allow-key or --profile given: every request will be refused');
 
@@ -110,6 +111,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     peerCheck: flags.peerCheck ? 'required' : 'off',
     allowRoot: Boolean(flags.allowRoot),
     auditPath: join(ensurePrivateDir(host.dirs.state), 'audit.jsonl'),
+    ...(config.audit ? { auditRotation: { ...config.audit } } : {}),
     logger,
     login,
     ...(rateLimit === undefined ? {} : { limits: { requestsPerWindow: rateLimit } }),

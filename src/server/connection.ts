@@ -8,6 +8,7 @@ import type { CapabilityCheck } from './capability.js';
 import type { PeerIdentity, RequestContext } from './context.js';
 import type { AuditFields, DispatchResult, Dispatcher, Outcome } from './dispatch.js';
 import { ConnectionLimiter, type LimitOptions } from './limits.js';
+import { RefusalMeter } from './refusals.js';
 
 export interface ConnectionOptions {
   id: number;
@@ -25,10 +26,27 @@ export interface ConnectionOptions {
   maxOutputBytes: number;
   audit: AuditSink | null;
   logger: Logger;
+  /** TCP: the client's address:port, recorded on its audit lines. */
+  remote?: string | null;
+  /** Close the connection after this long with nothing in flight and nothing received (default: never). */
+  idleTimeoutMs?: number;
+  /** Rate-limited refusals per second that count as flooding, and how many such seconds in a row end the connection. */
+  flood?: { perSecond?: number; disconnectAfter?: number };
   onClose(conn: Connection): void;
   /** A handshake was refused or timed out (the TCP transport rate-limits these per address). */
   onHandshakeFailed?(): void;
+  /**
+   * Decides a failed handshake's fate (TCP tarpit): the answer and close are
+   * delayed by the returned ms; undefined = answer at once.
+   */
+  handshakeFailureDelayMs?(): number | undefined;
+  /** The handshake succeeded (the server counts connections per peer from here). */
+  onReady?(conn: Connection): void;
+  /** Handshake failures are audited in aggregate by the server. */
+  onHandshakeRefused?(code: string): void;
 }
+
+type PauseReason = 'output' | 'audit' | 'tarpit';
 
 type State = 'handshake' | 'ready' | 'closing' | 'closed';
 
@@ -81,21 +99,52 @@ export class Connection {
   /** Handlers still running, cancelled ones included: their host work is real. */
   private running = 0;
   private idleWaiters: Array<() => void> = [];
+  /** Why reading is paused; it resumes when this is empty. */
+  private readonly pauses = new Set<PauseReason>();
+  /** Complete frames read but not yet handled (reading paused between them). */
+  private backlog: Buffer[] = [];
+  private readonly refusals: RefusalMeter;
+  private idleTimer: NodeJS.Timeout | null = null;
+  /** performance.now() of the last byte received or answer finished. */
+  private lastActive = performance.now();
 
   constructor(options: ConnectionOptions) {
     this.o = options;
     this.id = options.id;
     this.socket = options.socket;
     this.limiter = new ConnectionLimiter(options.limits);
+    this.refusals = new RefusalMeter({
+      audit: options.audit,
+      peer: options.peer,
+      remote: options.remote ?? null,
+      ...(options.flood?.perSecond !== undefined ? { floodPerSecond: options.flood.perSecond } : {}),
+      ...(options.flood?.disconnectAfter !== undefined ? { disconnectAfter: options.flood.disconnectAfter } : {}),
+    });
+  }
+
+  get peer(): PeerIdentity {
+    return this.o.peer;
+  }
+
+  /** Requests running now (cancelled ones included until their work ends). */
+  get busy(): boolean {
+    return this.running > 0 || this.backlog.length > 0;
+  }
+
+  /** ms since the last byte received or answer finished. */
+  get idleForMs(): number {
+    return this.busy ? 0 : performance.now() - this.lastActive;
+  }
+
+  get isReady(): boolean {
+    return this.state === 'ready';
   }
 
   start(): void {
     const s = this.socket;
     s.on('data', (chunk: Buffer) => this.onData(chunk));
     s.on('end', () => this.onEnd());
-    s.on('drain', () => {
-      if (!this.draining && (this.state === 'ready' || this.state === 'handshake')) s.resume();
-    });
+    s.on('drain', () => this.unpause('output'));
     s.on('error', (err: NodeJS.ErrnoException) => this.o.logger.debug({ conn: this.id, code: err.code }, 'connection error'));
     s.on('close', () => this.onSocketClose());
     this.handshakeTimer = setTimeout(() => {
@@ -103,6 +152,24 @@ export class Connection {
       this.abort('handshake timeout');
     }, this.o.handshakeTimeoutMs);
     this.handshakeTimer.unref();
+    this.armIdle();
+  }
+
+  private armIdle(): void {
+    const ms = this.o.idleTimeoutMs;
+    if (ms === undefined || this.idleTimer !== null) return;
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = null;
+      if (this.state === 'closed') return;
+      const idle = this.idleForMs;
+      if (idle >= ms) {
+        this.o.logger.debug({ conn: this.id }, 'closing an idle connection');
+        this.abort('idle');
+        return;
+      }
+      this.armIdle();
+    }, Math.max(10, ms - this.idleForMs));
+    this.idleTimer.unref();
   }
 
   get isClosed(): boolean {
@@ -112,6 +179,8 @@ export class Connection {
   /** Stop reading new requests; resolves when every running handler has finished. */
   beginShutdown(): Promise<void> {
     this.draining = true;
+    // Frames read but not yet handled are dropped unanswered, like bytes never read.
+    this.backlog = [];
     this.clearFrameTimer();
     if (this.state === 'handshake') this.abort('server stopping');
     else this.socket.pause();
@@ -119,7 +188,7 @@ export class Connection {
   }
 
   whenIdle(): Promise<void> {
-    if (this.running === 0) return Promise.resolve();
+    if (this.running === 0 && (this.backlog.length === 0 || this.draining || this.state === 'closed')) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
@@ -130,6 +199,7 @@ export class Connection {
 
   private onData(chunk: Buffer): void {
     if (this.draining || (this.state !== 'handshake' && this.state !== 'ready')) return;
+    this.lastActive = performance.now();
     let payloads: Buffer[];
     try {
       payloads = this.decoder.push(chunk);
@@ -137,8 +207,31 @@ export class Connection {
       this.abort(err instanceof FrameError ? err.reason : 'framing error');
       return;
     }
-    for (const payload of payloads) {
+    // The timer runs from the first byte of each frame: a completed frame
+    // ends it, a frame started in this chunk starts a new one.
+    if (payloads.length > 0) this.clearFrameTimer();
+    if (this.decoder.hasPartialFrame && this.frameTimer === null) {
+      this.frameTimer = setTimeout(() => this.abort('partial frame timeout'), this.o.frameTimeoutMs);
+      this.frameTimer.unref();
+    }
+    if (payloads.length === 0) return;
+    if (this.backlog.length === 0) this.backlog = payloads;
+    else this.backlog.push(...payloads);
+    this.handleBacklog();
+  }
+
+  /**
+   * Handle the frames read so far, one by one, stopping as soon as reading
+   * is paused (the client does not read its answers, the audit writer is
+   * behind, or the client is being slowed): what is left waits for the
+   * pause to end, so neither answers nor audit lines pile up in memory.
+   */
+  private handleBacklog(): void {
+    let i = 0;
+    const frames = this.backlog;
+    while (i < frames.length && this.pauses.size === 0 && !this.draining) {
       if (this.state !== 'handshake' && this.state !== 'ready') return;
+      const payload = frames[i++]!;
       let message: Record<string, unknown>;
       try {
         message = parsePayload(payload);
@@ -148,14 +241,46 @@ export class Connection {
       }
       if (this.state === 'handshake') this.onHandshake(message);
       else this.onRequest(message);
+      if (this.o.audit?.congested === true) this.pauseForAudit();
     }
-    // The timer runs from the first byte of each frame: a completed frame
-    // ends it, a frame started in this chunk starts a new one.
-    if (payloads.length > 0) this.clearFrameTimer();
-    if (this.decoder.hasPartialFrame && this.frameTimer === null && (this.state === 'handshake' || this.state === 'ready')) {
-      this.frameTimer = setTimeout(() => this.abort('partial frame timeout'), this.o.frameTimeoutMs);
-      this.frameTimer.unref();
+    this.backlog = i >= frames.length ? [] : frames.slice(i);
+    if (this.backlog.length > 0 && this.pauses.size === 0) this.socket.pause();
+    if (this.backlog.length === 0 && this.running === 0) this.wakeIdle();
+  }
+
+  private pause(reason: PauseReason): void {
+    this.pauses.add(reason);
+    this.socket.pause();
+  }
+
+  private unpause(reason: PauseReason): void {
+    if (!this.pauses.delete(reason) || this.pauses.size > 0) return;
+    if (this.draining || (this.state !== 'handshake' && this.state !== 'ready')) return;
+    this.handleBacklog();
+    if (this.pauses.size === 0 && this.backlog.length === 0) this.socket.resume();
+  }
+
+  private pauseForAudit(): void {
+    if (this.pauses.has('audit')) return;
+    this.pause('audit');
+    void this.o.audit!.whenDrained!().then(() => this.unpause('audit'));
+  }
+
+  /** A request refused before any store (schema, policy, rate limit): counted, audited per second, floods slowed then cut. */
+  private refuse(op: string, code: string): void {
+    const action = this.refusals.note(op, code);
+    if (action.kind === 'none') return;
+    if (action.kind === 'disconnect') {
+      this.refusals.flush();
+      this.record({ time: Date.now(), op: 'disconnect', result: 'RATE_LIMITED', started: performance.now() });
+      this.o.logger.warn({ conn: this.id, peerPid: this.o.peer.pid }, 'disconnected a client that kept exceeding the rate limit');
+      this.abort('kept exceeding the rate limit');
+      return;
     }
+    if (this.pauses.has('tarpit')) return;
+    this.pause('tarpit');
+    const t = setTimeout(() => this.unpause('tarpit'), action.pauseMs);
+    t.unref();
   }
 
   private onHandshake(msg: Record<string, unknown>): void {
@@ -163,8 +288,21 @@ export class Connection {
     const time = Date.now();
     const reject = (code: WireErrorCode, error: string): void => {
       this.o.onHandshakeFailed?.();
-      this.record({ time, op: 'handshake', result: code, started });
-      this.closeAfter({ v: PROTOCOL_VERSION, op: 'handshake', ok: false, code, error });
+      if (this.o.onHandshakeRefused !== undefined) this.o.onHandshakeRefused(code);
+      else this.record({ time, op: 'handshake', result: code, started });
+      const answer = { v: PROTOCOL_VERSION, op: 'handshake', ok: false, code, error };
+      const delay = this.o.handshakeFailureDelayMs?.();
+      if (delay === undefined || delay <= 0) {
+        this.closeAfter(answer);
+        return;
+      }
+      // Tarpit: the failed peer waits, reading nothing more, before it learns the answer.
+      this.state = 'closing';
+      this.clearTimers();
+      this.socket.pause();
+      const t = setTimeout(() => this.closeAfter(answer), delay);
+      t.unref();
+      this.socket.once('close', () => clearTimeout(t));
     };
     if (msg.op !== 'handshake' || msg.id !== undefined) {
       reject('INVALID_REQUEST', 'the first frame must be a handshake without an id');
@@ -198,6 +336,7 @@ export class Connection {
     this.handshakeTimer = null;
     this.record({ time, op: 'handshake', result: 'OK', started });
     this.write({ v: PROTOCOL_VERSION, op: 'handshake', ok: true, data: { version: PROTOCOL_VERSION } });
+    this.o.onReady?.(this);
   }
 
   private onRequest(msg: Record<string, unknown>): void {
@@ -216,8 +355,8 @@ export class Connection {
     const isCancel = msg.op === 'cancel';
     const admission = this.limiter.admit(!isCancel);
     if (!admission.ok) {
-      this.record({ time, op: auditOp, result: 'RATE_LIMITED', started });
       this.write({ v: PROTOCOL_VERSION, id, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
+      this.refuse(auditOp, 'RATE_LIMITED');
       return;
     }
     const entry = new InFlight();
@@ -238,8 +377,10 @@ export class Connection {
       if (entry.cancelled) resultCode = 'CANCELLED';
       else if (this.state === 'closed') resultCode = 'DISCONNECTED';
       else resultCode = this.answer(id, result.outcome);
-      this.record({ time, op: result.op, fields: result.audit, result: resultCode, started });
-      if (this.running === 0) this.wakeIdle();
+      this.lastActive = performance.now();
+      if (result.refused === true && !entry.cancelled) this.refuse(result.op, resultCode);
+      else this.record({ time, op: result.op, fields: result.audit, result: resultCode, started });
+      if (this.running === 0 && this.backlog.length === 0) this.wakeIdle();
     };
     // Answered in this tick when the dispatcher knows the answer at once (a cached token).
     const result = this.o.dispatcher.dispatch(msg, ctx);
@@ -252,12 +393,12 @@ export class Connection {
     const admission = this.limiter.admit(false);
     const base = id === undefined ? { v: PROTOCOL_VERSION } : { v: PROTOCOL_VERSION, id };
     if (!admission.ok) {
-      this.record({ time, op, result: 'RATE_LIMITED', started });
       this.write({ ...base, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
+      this.refuse(op, 'RATE_LIMITED');
       return;
     }
-    this.record({ time, op, result: 'INVALID_REQUEST', started });
     this.write({ ...base, ok: false, code: 'INVALID_REQUEST', error: reason });
+    this.refuse(op, 'INVALID_REQUEST');
   }
 
   private cancelRequest(targetId: string, cancelId: string): boolean {
@@ -304,7 +445,7 @@ export class Connection {
       this.abort('client does not read its answers');
       return;
     }
-    if (!flushed) this.socket.pause();
+    if (!flushed) this.pause('output');
   }
 
   /** Send a last frame, then close (rejected handshakes). */
@@ -343,8 +484,13 @@ export class Connection {
   }
 
   private markClosed(): void {
+    if (this.state !== 'closed') this.refusals.flush();
     this.state = 'closed';
+    this.backlog = [];
+    if (this.idleTimer !== null) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
     this.clearTimers();
+    if (this.running === 0) this.wakeIdle();
     for (const entry of this.inFlight.values()) entry.abort();
     this.inFlight.clear();
   }
@@ -374,6 +520,7 @@ export class Connection {
       conn: this.id,
       peerPid: this.o.peer.pid,
       peerUid: this.o.peer.uid,
+      ...(this.o.remote ? { remote: this.o.remote } : {}),
       op: e.op,
       ...e.fields,
       result: e.result,

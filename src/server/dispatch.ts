@@ -46,6 +46,8 @@ export interface DispatchResult {
   op: Op | 'unknown';
   outcome: Outcome;
   audit: AuditFields;
+  /** Refused by the schema or the policy, before any store: audited in aggregate, not line by line. */
+  refused?: true;
 }
 
 type Bound = 'host' | 'credential' | 'none';
@@ -168,7 +170,7 @@ export class Dispatcher {
     const spec = this.table[op] as OpSpec<O>;
     const audit = spec.audit(payload);
     const denied = spec.deny(payload, this.o.policy);
-    if (denied !== null) return { op, audit, outcome: { ok: false, code: 'UNAUTHORIZED', error: denied } };
+    if (denied !== null) return { op, audit, outcome: { ok: false, code: 'UNAUTHORIZED', error: denied }, refused: true };
     if (spec.fast !== undefined) {
       try {
         const data = spec.fast(payload);
@@ -348,5 +350,5 @@ function notStored(provider: string, bucket: string): CredproxyError {
 }
 
 function invalid(op: Op | 'unknown', reason: string): DispatchResult {
-  return { op, audit: {}, outcome: { ok: false, code: 'INVALID_REQUEST', error: reason } };
+  return { op, audit: {}, outcome: { ok: false, code: 'INVALID_REQUEST', error: reason }, refused: true };
 }

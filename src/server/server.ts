@@ -9,8 +9,10 @@ import type { CredentialService } from '../refresh/types.js';
 import type { KeyStore, TokenStore } from '../store/types.js';
 import type { LoginEvent } from '../login/session-manager.js';
 import { AuditLog } from './audit.js';
+import type { AuditRotation } from './audit-rotate.js';
 import { CapabilityCheck } from './capability.js';
 import { Connection } from './connection.js';
+import { RefusalMeter } from './refusals.js';
 import type { LoginPort, PeerIdentity } from './context.js';
 import { CREDENTIAL_OP_TIMEOUT_MS, Dispatcher, HOST_OP_TIMEOUT_MS } from './dispatch.js';
 import { resolveLimits, type LimitOptions } from './limits.js';
@@ -65,6 +67,8 @@ export interface ProxyServerOptions {
   allowRoot?: boolean;
   /** audit.jsonl; no audit file when absent. */
   auditPath?: string;
+  /** Size cap and retention of the audit file (default 10 MiB, 5 rotated files). */
+  auditRotation?: Partial<AuditRotation>;
   logger?: Logger;
   /** Per-connection limits; the benchmark raises requestsPerWindow here. */
   limits?: Partial<LimitOptions>;
@@ -107,6 +111,8 @@ export class ProxyServer {
   private startPromise: Promise<void> | null = null;
   private stopPromise: Promise<void> | null = null;
   private readonly ownUid: number;
+  /** Failed handshakes of every connection: one audit line per second with counts. */
+  private handshakeRefusals: RefusalMeter | null = null;
 
   constructor(options: ProxyServerOptions) {
     if ([options.socketDir, options.socketPath, options.tcp].filter((x) => x !== undefined).length !== 1) {
@@ -197,10 +203,11 @@ export class ProxyServer {
   /** What both transports share: the audit writer and the net.Server owned by this object. */
   private async openAuditAndServer(): Promise<Server> {
     if (this.o.auditPath !== undefined) {
-      const audit = new AuditLog({ path: this.o.auditPath, logger: this.logger });
+      const audit = new AuditLog({ path: this.o.auditPath, logger: this.logger, ...(this.o.auditRotation ? { rotation: this.o.auditRotation } : {}) });
       await audit.open();
       this.audit = audit;
     }
+    this.handshakeRefusals = new RefusalMeter({ audit: this.audit, peer: { connectionId: 0, pid: null, uid: null }, remote: null });
     const server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
     server.maxConnections = this.o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     this.server = server;
@@ -307,6 +314,8 @@ export class ProxyServer {
       id,
       socket,
       peer,
+      remote: remote === null ? null : `${remote}:${socket.remotePort ?? 0}`,
+      onHandshakeRefused: (code) => this.handshakeRefusals?.note('handshake', code),
       capability: this.capability,
       dispatcher: this.dispatcher,
       limits: this.limits,
@@ -384,6 +393,7 @@ export class ProxyServer {
     for (const c of this.connections) c.destroy();
     await closed;
     this.removeSocketFile();
+    this.handshakeRefusals?.flush();
     await this.audit?.close();
     this.audit = null;
     this.server = null;

@@ -825,12 +825,14 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
     expect(auditFiles).toContain('audit.jsonl');
     const auditLines = audit.split('\n').filter((l) => l.trim() !== '');
     expect(auditLines.length).toBeGreaterThan(100);
-    const allowedKeys = new Set(['time', 'conn', 'peerPid', 'peerUid', 'op', 'provider', 'bucket', 'key', 'flow', 'account', 'result', 'durationMs']);
+    const allowedKeys = new Set(['time', 'conn', 'peerPid', 'peerUid', 'remote', 'op', 'provider', 'bucket', 'key', 'flow', 'account', 'refused', 'ops', 'result', 'durationMs']);
     const auditOps = new Set<string>();
     for (const line of auditLines) {
       const entry = JSON.parse(line) as Record<string, unknown>;
       for (const k of Object.keys(entry)) expect(allowedKeys, `audit field ${k}`).toContain(k);
       auditOps.add(String(entry.op));
+      // Refused requests are counted per op in one line per connection and second.
+      for (const op of Object.keys((entry.ops ?? {}) as object)) auditOps.add(op);
     }
     for (const op of OPS) expect(auditOps, `audit line for ${op}`).toContain(op);
     expect(auditOps).toContain('unknown');

@@ -1,5 +1,5 @@
 import { createServer, connect, type Socket } from 'node:net';
-import { chmodSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
@@ -330,16 +330,37 @@ describe('AuditLog', () => {
     expect(statSync(path).mode & 0o777).toBe(0o600);
   });
 
-  it('drops and counts entries beyond its buffer instead of growing without bound', async () => {
+  it('never drops an entry: past its high-water mark it reports congestion until the queue drains', async () => {
     const dir = tempDir();
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const path = join(dir, 'audit.jsonl');
-    const logs = captureLogs();
-    const log = new AuditLog({ path, logger: logs.logger, flushDelayMs: 60_000, maxBuffered: 3 });
+    const log = new AuditLog({ path, logger: captureLogs().logger, flushDelayMs: 60_000, highWater: 3 });
     await log.open();
     for (let i = 0; i < 10; i++) log.record(entry(i));
+    expect(log.congested).toBe(true);
+    const drained = log.whenDrained();
+    void log.flush();
+    await drained;
+    expect(log.congested).toBe(false);
     await log.close();
-    expect(readFileSync(path, 'utf8').trim().split('\n')).toHaveLength(3);
-    expect(logs.text()).toMatch(/"dropped":7/);
+    expect(readFileSync(path, 'utf8').trim().split('\n')).toHaveLength(10);
+  });
+
+  it('rotates at the size cap and keeps only the newest N files', async () => {
+    const dir = tempDir();
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const path = join(dir, 'audit.jsonl');
+    const log = new AuditLog({ path, logger: captureLogs().logger, flushDelayMs: 60_000, rotation: { maxFileBytes: 4096, keepFiles: 2 } });
+    await log.open();
+    for (let i = 0; i < 400; i++) {
+      log.record(entry(i));
+      if (i % 20 === 19) await log.flush();
+    }
+    await log.close();
+    expect(readdirSync(dir).sort()).toEqual(['audit.jsonl', 'audit.jsonl.1', 'audit.jsonl.2']);
+    for (const f of readdirSync(dir)) expect(statSync(join(dir, f)).size).toBeLessThanOrEqual(4096);
+    // The newest entry is in the live file; nothing is half-written.
+    const live = readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { conn: number });
+    expect(live[live.length - 1]!.conn).toBe(399);
   });
 });
