@@ -13,6 +13,7 @@ import type { AuditRotation } from './audit-rotate.js';
 import { CapabilityCheck } from './capability.js';
 import { Connection } from './connection.js';
 import { RefusalMeter } from './refusals.js';
+import { TcpThrottle, type TcpThrottleOptions } from './tcp-throttle.js';
 import type { LoginPort, PeerIdentity } from './context.js';
 import { CREDENTIAL_OP_TIMEOUT_MS, Dispatcher, HOST_OP_TIMEOUT_MS } from './dispatch.js';
 import { resolveLimits, type LimitOptions } from './limits.js';
@@ -75,6 +76,8 @@ export interface ProxyServerOptions {
   timeouts?: Partial<ServerTimeouts>;
   /** Output queued for one client before it is dropped (default 2 MiB). */
   maxOutputBytes?: number;
+  /** TCP transport: how failed handshakes are delayed. */
+  tcpThrottle?: TcpThrottleOptions;
   /** Simultaneous connections (default 1024). */
   maxConnections?: number;
   /** Login sessions; oauth_* answer INTERNAL_ERROR without it. */
@@ -86,9 +89,6 @@ type ServerState = 'new' | 'starting' | 'listening' | 'stopping' | 'stopped';
 const DEFAULT_MAX_OUTPUT_BYTES = 2 * 1024 * 1024;
 /** Enough for many agents and tools sharing one proxy; each idle connection costs a few KiB. */
 const DEFAULT_MAX_CONNECTIONS = 1024;
-/** TCP: after this many failed handshakes from one address in the window, its connections are dropped. */
-export const FAILED_HANDSHAKE_LIMIT = 5;
-export const FAILED_HANDSHAKE_WINDOW_MS = 60_000;
 
 /**
  * The proxy server (SPEC §4, §5). Owns the listening socket and its file,
@@ -113,6 +113,8 @@ export class ProxyServer {
   private readonly ownUid: number;
   /** Failed handshakes of every connection: one audit line per second with counts. */
   private handshakeRefusals: RefusalMeter | null = null;
+  /** TCP transport: failed handshakes are delayed, never valid ones. */
+  private readonly tcpThrottle: TcpThrottle;
 
   constructor(options: ProxyServerOptions) {
     if ([options.socketDir, options.socketPath, options.tcp].filter((x) => x !== undefined).length !== 1) {
@@ -130,6 +132,7 @@ export class ProxyServer {
       if (!Number.isFinite(value) || value <= 0) throw new CredproxyError('USAGE', `timeout ${name} must be a positive number`);
     }
     this.limits = resolveLimits(options.limits);
+    this.tcpThrottle = new TcpThrottle(options.tcpThrottle);
     this.capability = options.capabilityToken === undefined ? null : new CapabilityCheck(options.capabilityToken);
     this.ownUid = typeof process.getuid === 'function' ? process.getuid() : -1;
     const dispatcherOptions: ConstructorParameters<typeof Dispatcher>[0] = {
@@ -228,26 +231,6 @@ export class ProxyServer {
     this.logger.info({ socket: this.path, peerCheck: false, policy: this.o.policy.describe() }, 'credproxy server listening (TCP: capability token required, no peer check)');
   }
 
-  /** Failed handshakes per remote address in the current window (TCP only). */
-  private readonly handshakeFailures = new Map<string, { count: number; since: number }>();
-
-  private tcpBlocked(address: string): boolean {
-    const f = this.handshakeFailures.get(address);
-    if (!f) return false;
-    if (Date.now() - f.since > FAILED_HANDSHAKE_WINDOW_MS) {
-      this.handshakeFailures.delete(address);
-      return false;
-    }
-    return f.count >= FAILED_HANDSHAKE_LIMIT;
-  }
-
-  private noteHandshakeFailure(address: string): void {
-    const now = Date.now();
-    const f = this.handshakeFailures.get(address);
-    if (!f || now - f.since > FAILED_HANDSHAKE_WINDOW_MS) this.handshakeFailures.set(address, { count: 1, since: now });
-    else f.count++;
-  }
-
   /** Only a Unix socket leaves a file behind. */
   private removeSocketFile(): void {
     if (this.path !== null && this.o.tcp === undefined) unlinkSocket(this.path);
@@ -286,12 +269,6 @@ export class ProxyServer {
     }
     const peer: PeerIdentity = { connectionId: id, pid: null, uid: null };
     const remote = this.o.tcp !== undefined ? (socket.remoteAddress ?? 'unknown') : null;
-    if (remote !== null && this.tcpBlocked(remote)) {
-      this.logger.warn({ conn: id }, 'refused a TCP connection: too many failed handshakes from its address');
-      this.auditConnectRefused(peer, 'RATE_LIMITED');
-      socket.destroy();
-      return;
-    }
     if (this.peerReader !== null) {
       try {
         const cred = this.peerReader.read(socket);
@@ -325,7 +302,7 @@ export class ProxyServer {
       audit: this.audit,
       logger: this.logger,
       onClose: (c) => this.connections.delete(c),
-      ...(remote !== null ? { onHandshakeFailed: () => this.noteHandshakeFailure(remote) } : {}),
+      ...(remote !== null ? { handshakeFailureDelayMs: () => this.tarpit(remote, socket) } : {}),
     });
     this.connections.add(conn);
     conn.start();
@@ -346,6 +323,13 @@ export class ProxyServer {
       result: event.code ?? 'OK',
       durationMs: 0,
     });
+  }
+
+  /** TCP: a failed handshake's answer waits this long (the socket's tarpit slot is freed when it closes). */
+  private tarpit(remote: string, socket: Socket): number {
+    const delay = this.tcpThrottle.failure(remote);
+    if (delay > 0) socket.once('close', () => this.tcpThrottle.release());
+    return delay;
   }
 
   private auditConnectRefused(peer: PeerIdentity, result: string): void {

@@ -1,3 +1,4 @@
+import { sourceKey, TcpThrottle } from '../../src/server/tcp-throttle.js';
 import { createServer, connect, type Socket } from 'node:net';
 import { chmodSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -362,5 +363,39 @@ describe('AuditLog', () => {
     // The newest entry is in the live file; nothing is half-written.
     const live = readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { conn: number });
     expect(live[live.length - 1]!.conn).toBe(399);
+  });
+});
+
+describe('TcpThrottle', () => {
+  it('groups 127/8 and ::1 as one source, IPv4 by /24 and IPv6 by /64', () => {
+    expect(sourceKey('127.0.0.1')).toBe('loopback');
+    expect(sourceKey('127.200.3.4')).toBe('loopback');
+    expect(sourceKey('::ffff:127.0.0.5')).toBe('loopback');
+    expect(sourceKey('::1')).toBe('loopback');
+    expect(sourceKey('10.1.2.3')).toBe(sourceKey('10.1.2.200'));
+    expect(sourceKey('10.1.2.3')).not.toBe(sourceKey('10.1.3.3'));
+    expect(sourceKey('fd00:1:2:3::1')).toBe(sourceKey('fd00:1:2:3:ffff::9'));
+  });
+
+  it('delays only failures past the free ones, doubling to a cap, and the global budget slows everyone failing', () => {
+    let now = 0;
+    const t = new TcpThrottle({ freePerSource: 2, baseDelayMs: 100, maxDelayMs: 400, globalBudget: 10, now: () => now });
+    expect([t.failure('127.0.0.1'), t.failure('127.0.0.2'), t.failure('127.0.0.3'), t.failure('127.9.9.9'), t.failure('127.1.1.1'), t.failure('127.1.1.2')]).toEqual([0, 0, 100, 200, 400, 400]);
+    for (let i = 0; i < 4; i++) t.release();
+    // Eleven failures server-wide in the window: a fresh source starts at the longest delay.
+    for (let i = 0; i < 4; i++) t.failure(`10.0.${i}.1`);
+    expect(t.failure('10.9.9.9')).toBe(400);
+    now += 61_000;
+    expect(t.failure('127.0.0.1')).toBe(0);
+  });
+
+  it('remembers a bounded number of sources and forgets them after the window', () => {
+    let now = 0;
+    const t = new TcpThrottle({ maxSources: 100, globalBudget: 1e9, now: () => now });
+    for (let i = 0; i < 180_000; i++) t.failure(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`);
+    expect(t.size).toBeLessThanOrEqual(100);
+    now += 120_000;
+    t.sweep();
+    expect(t.size).toBe(0);
   });
 });
