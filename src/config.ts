@@ -106,15 +106,27 @@ export const ProfileConfigSchema = z.strictObject({
   /** PROVIDER (its default bucket), PROVIDER:BUCKET, or PROVIDER:* (SPEC §5 policy). */
   allow: z.array(z.string().regex(ALLOW_ENTRY_RE, 'must be PROVIDER, PROVIDER:BUCKET or PROVIDER:*')).default([]),
   keys: z.array(z.string().regex(KEY_NAME_RE, 'invalid key name')).default([]),
+  /** Neither token writes nor logins from the sandbox. */
   readOnly: z.boolean().default(false),
+  /** save_token / remove_token from the sandbox (off unless set). */
+  allowWrite: z.boolean().default(false),
+  /** Logins from the sandbox (on unless set to false). */
+  login: z.boolean().default(true),
 });
 export type ProfileConfig = z.output<typeof ProfileConfigSchema>;
 
 const NAME_HINT = 'invalid name (1-64 of letters, digits, . _ @ -)';
 
+/** The audit file's size cap and retention (SPEC §8: it rotates at a cap). */
+export const AuditConfigSchema = z.strictObject({
+  maxFileBytes: z.int().min(4096).max(2 ** 40).optional(),
+  keepFiles: z.int().min(1).max(100).optional(),
+});
+
 export const ConfigSchema = z.strictObject({
   providers: z.record(z.string().regex(PROVIDER_NAME_RE), ProviderConfigSchema).default({}),
   profiles: z.record(z.string().regex(PROVIDER_NAME_RE), ProfileConfigSchema).default({}),
+  audit: AuditConfigSchema.optional(),
 });
 export type CredproxyConfig = z.output<typeof ConfigSchema>;
 

@@ -5,9 +5,9 @@ import { ensurePrivateDir } from '../paths.js';
 import { generateCapabilityToken } from '../server/capability.js';
 import type { Policy } from '../server/policy.js';
 import { ProxyServer } from '../server/server.js';
-import { LoginSessionManager, sessionTimeoutFromEnv } from '../login/session-manager.js';
 import { howToStore } from '../login/hints.js';
 import type { CliContext, HostContext } from './context.js';
+import { LoginSessionManager, sessionTimeoutFromEnv, type LoginEvent } from '../login/session-manager.js';
 import { policyFromFlags, type PolicyFlags } from './policy-flags.js';
 import { createSocketDir, removeSocketDir } from './socket-dir.js';
 import { UsageError } from './io.js';
@@ -51,6 +51,15 @@ function isLoopback(host: string): boolean {
 }
 
 /** `tcp`, `tcp:HOST`, `tcp:HOST:PORT`, `tcp:[V6]:PORT`; undefined for the Unix socket. */
+/** The host-side line for a login started from the sandbox. */
+export function describeLoginEvent(e: LoginEvent): string {
+  const who = e.peer.pid === null ? `connection ${e.peer.connectionId}` : `pid ${e.peer.pid}`;
+  const what = `login from the sandbox (${who}) for ${e.provider}:${e.bucket}`;
+  if (e.phase === 'started') return `${what} started (${e.flow})`;
+  if (e.phase === 'failed') return `${what} failed (${e.code ?? 'error'})`;
+  return `${what} completed: account ${e.account ?? 'unknown (the provider returned no id_token)'}`;
+}
+
 export function parseTransport(spec: string | undefined): { host: string; port: number } | undefined {
   if (spec === undefined || spec === 'unix') return undefined;
   if (spec === 'tcp') return { host: '127.0.0.1', port: 0 };
@@ -97,7 +106,8 @@ async function warnAboutEmptyEntries(ctx: CliContext, host: HostContext, policy:
  * token. Any failure leaves nothing behind.
  */
 export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string; policy?: Policy } = {}): Promise<RunningProxy> {
-  const policy = options.policy ?? policyFromFlags(flags, await ctx.config());
+  const config = await ctx.config();
+  const policy = options.policy ?? policyFromFlags(flags, config);
   if (flags.allowAll) ctx.notice('serving every provider, bucket and key (--allow-all)');
   else if (policy.isEmpty) ctx.notice('no --allow, --allow-key or --profile given: every request will be refused');
 
@@ -111,13 +121,19 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
   if (tcp && !isLoopback(tcp.host)) ctx.notice(`listening on ${tcp.host}, which is not a loopback address: anyone who can reach it and holds the token gets the policy's credentials`);
   const ownDir = flags.socketDir === undefined && !tcp ? createSocketDir(host.dirs.run) : undefined;
   const capabilityToken = generateCapabilityToken();
+  let server: ProxyServer | null = null;
   const login = new LoginSessionManager({
     tokens: host.stores.tokens,
     providers: host.providers,
     timeoutMs: sessionTimeoutFromEnv(ctx.io.env),
     logger,
+    onLogin: (event) => {
+      // An account swapped by a hostile sandbox must be visible to the person at the host.
+      ctx.notice(describeLoginEvent(event));
+      server?.recordLogin(event);
+    },
   });
-  const server = new ProxyServer({
+  server = new ProxyServer({
     tokens: host.stores.tokens,
     keys: host.stores.keys,
     credentials: host.credentials,
@@ -127,6 +143,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     peerCheck: flags.peerCheck ? 'required' : 'off',
     allowRoot: Boolean(flags.allowRoot),
     auditPath: join(ensurePrivateDir(host.dirs.state), 'audit.jsonl'),
+    ...(config.audit ? { auditRotation: { ...config.audit } } : {}),
     logger,
     login,
     ...(rateLimit === undefined ? {} : { limits: { requestsPerWindow: rateLimit } }),
