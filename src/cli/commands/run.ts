@@ -7,7 +7,10 @@ import { isatty } from 'node:tty';
 import { fileURLToPath } from 'node:url';
 import { Option, type Command } from 'commander';
 import { CredproxyError } from '../../errors.js';
-import { bwrapArgs, encodeFdArgs } from '../../sandbox/bwrap.js';
+import { bwrapArgs, commandExited, encodeFdArgs, sandboxEnvironment } from '../../sandbox/bwrap.js';
+import { afterRun, layoutInput, missingPlaceholders, type LayoutRequest } from '../../sandbox/layout.js';
+import { formatPlan, planMounts, type MountPlan } from '../../sandbox/mounts.js';
+import { describeFilter, seccompFilter } from '../../sandbox/seccomp.js';
 import { bwrapCommandPid, SignalRelay, spawnChild, type ChildRun } from '../../sandbox/child.js';
 import { containerArgs } from '../../sandbox/container.js';
 import { engineEnv, sandboxEnv, type SandboxKind, type SandboxSpec } from '../../sandbox/spec.js';
@@ -22,7 +25,14 @@ interface RunFlags extends ProxyFlags {
   workdir: boolean;
   shareNet?: boolean;
   engineArg: string[];
+  roBind: string[];
+  bind: string[];
+  unprotect: string[];
+  explain?: boolean;
 }
+
+/** bwrap's fds beyond stdio: 3 and 4 stay free for the command's own use (a capability fd). */
+const BWRAP_FDS = { status: 5, args: 6, seccomp: 7 } as const;
 
 /** `run` failures of its own, as docker/podman do: never mistaken for the command's status. */
 export const RUN_FAILURE_EXIT = 125;
@@ -39,7 +49,11 @@ export function registerRunCommand(program: Command, ctx: CliContext): void {
     .option('--socket-dir <dir>', 'directory for the socket (default: a fresh one under the run dir)')
     .option('--transport <spec>', 'unix (default), or tcp[:HOST[:PORT]] for VM-based engines (docker/podman/none only)')
     .option('--no-workdir', 'do not bind the current directory into the sandbox')
-    .option('--share-net', 'keep network access inside the sandbox')
+    .option('--share-net', 'keep network access inside the sandbox (host network, including abstract Unix sockets such as X11’s)')
+    .option('--ro-bind <path>', 'bwrap: also show PATH read-only inside, at its own path (repeatable)', collect, [])
+    .option('--bind <path>', 'bwrap: also bind PATH read-write inside, at its own path (repeatable)', collect, [])
+    .option('--unprotect <path>', 'bwrap: leave PATH (e.g. .git, .vscode) writable inside (repeatable)', collect, [])
+    .option('--explain', 'print the sandbox’s mount table and environment names, and exit')
     .option('--no-peer-check', 'do not require SO_PEERCRED peer checks (Linux)')
     .argument('<command...>', 'the command to run, after --')
     .passThroughOptions();
@@ -90,7 +104,26 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   const dirs = ctx.dirs();
   const home = env.HOME || homedir();
   const cwd = process.cwd();
-  if (flags.workdir) {
+  const config = await ctx.config();
+  const profile = flags.profile === undefined ? undefined : config.profiles[flags.profile];
+  const layout: LayoutRequest = {
+    cwd,
+    bindWorkdir: flags.workdir,
+    env,
+    dirs,
+    roBinds: [...(profile?.roBind ?? []), ...flags.roBind],
+    rwBinds: [...(profile?.bind ?? []), ...flags.bind],
+    unprotect: [...(profile?.unprotect ?? []), ...flags.unprotect],
+    packageRoot: packageRoot(),
+    nodeBinary: process.execPath,
+  };
+  if (kind !== 'bwrap' && (layout.roBinds.length || layout.rwBinds.length || layout.unprotect.length || flags.explain)) {
+    throw new CredproxyError('USAGE', '--ro-bind, --bind, --unprotect and --explain are for --sandbox bwrap');
+  }
+  if (kind === 'bwrap') {
+    const input = layoutInput(layout, null); // refuses an unsafe workdir or bind with exit 2
+    if (flags.explain) return explain(ctx, planMounts({ ...input, socketDir: '<socket dir, made per run>' }), command, env, home);
+  } else if (flags.workdir) {
     const own = [dirs.config, dirs.data, dirs.state].find((d) => isUnder(d, cwd));
     if (cwd === '/' || cwd === home || own) {
       throw new CredproxyError(
@@ -100,7 +133,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     }
   }
 
-  const policy = policyFromFlags(flags, await ctx.config()); // bad rules are usage errors (2); past this point failures are run's own (125)
+  const policy = policyFromFlags(flags, config); // bad rules are usage errors (2); past this point failures are run's own (125)
   let proxy: RunningProxy;
   try {
     // The command owns the terminal: the proxy only speaks up for warnings (the audit log has the rest).
@@ -109,7 +142,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     if (err instanceof CredproxyError) throw new CredproxyError(err.code === 'USAGE' ? 'INTERNAL_ERROR' : err.code, `the proxy could not start: ${err.message}`);
     throw err;
   }
-  const root = packageRoot();
+  const root = layout.packageRoot;
   const nodeDir = dirname(process.execPath);
   const spec: SandboxSpec = {
     socketDir: tcp ? '' : dirname(proxy.socketPath),
@@ -120,33 +153,44 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     workdir: flags.workdir ? cwd : null,
     shareNet: Boolean(flags.shareNet),
     home,
-    hidden: [dirs.config, dirs.data, dirs.state, dirs.run],
-    toolDirs: [root, nodeDir],
     env: sandboxEnv(env, [join(root, 'bin'), nodeDir]),
   };
+  let plan: MountPlan | undefined;
+  let created: string[] = [];
+  if (kind === 'bwrap') {
+    try {
+      plan = planMounts(layoutInput(layout, spec.socketDir));
+    } catch (err) {
+      await proxy.stop();
+      throw err;
+    }
+    for (const w of plan.warnings) ctx.notice(`warning: ${w}`);
+    created = missingPlaceholders(plan);
+  }
   let envDir: string | undefined;
   let launched: ChildRun | undefined;
   let commandPid: () => number | null = () => null;
+  let bwrapStatus = '';
+  let statusDone: Promise<void> = Promise.resolve();
   const cleanup = async (): Promise<void> => {
     if (envDir) rmSync(envDir, { recursive: true, force: true });
+    if (plan) for (const p of afterRun(created, plan)) ctx.notice(`warning: ${p} was created inside the sandbox and can make the host run code (git config redirect, editor tasks): review it before opening the project`);
     await proxy.stop();
   };
   // Started before the spawn, so a signal in between is held for the command instead of killing the launcher.
   const relay = new SignalRelay({ target: () => commandPid(), jobControl: true, sharesTerminal: false }).start();
   try {
-    launched = launch(kind, spec, proxy, flags, dirs.run, (d) => (envDir = d));
+    launched = launch(kind, spec, plan, proxy, flags, dirs.run, (d) => (envDir = d));
     const child = launched.child;
     if (kind === 'bwrap') {
       let infoPid: number | null = null;
-      const info: Buffer[] = [];
-      child.stdio[3]?.on('data', (d: Buffer) => {
-        info.push(d);
-        try {
-          infoPid = (JSON.parse(Buffer.concat(info).toString('utf8')) as { 'child-pid'?: number })['child-pid'] ?? null;
-        } catch {
-          /* not complete yet */
-        }
+      const statusStream = (child.stdio as unknown as Array<NodeJS.ReadableStream | null>)[BWRAP_FDS.status];
+      statusStream?.on('data', (d: Buffer) => {
+        bwrapStatus += d.toString('utf8');
+        const m = /"child-pid"\s*:\s*(\d+)/.exec(bwrapStatus);
+        if (m) infoPid = Number(m[1]);
       });
+      statusDone = statusStream ? new Promise<void>((r) => statusStream.once('close', () => r())) : Promise.resolve();
       // Until bwrap reports its helper and the helper has started the command, there is nobody to signal yet.
       commandPid = () => (infoPid === null ? null : bwrapCommandPid(infoPid));
     } else {
@@ -165,6 +209,14 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     await cleanup();
     throw new CredproxyError('INTERNAL_ERROR', `could not start the ${kind} sandbox: ${(err as NodeJS.ErrnoException).code ?? 'unknown error'}`);
   }
+  if (kind === 'bwrap') {
+    await statusDone;
+    if (launched.child.signalCode === null && !commandExited(bwrapStatus)) {
+      relay.stop();
+      await cleanup();
+      throw new CredproxyError('INTERNAL_ERROR', 'bwrap could not set up the sandbox (its message is above)');
+    }
+  }
   relay.stop();
   await cleanup();
   return status;
@@ -176,14 +228,22 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
  * which relays it once. bwrap's outer process, in the terminal's group,
  * would otherwise die of it and take the sandbox down with SIGKILL.
  */
-function launch(kind: SandboxKind, spec: SandboxSpec, proxy: RunningProxy, flags: RunFlags, runDir: string, setEnvDir: (d: string) => void): ChildRun {
+function launch(kind: SandboxKind, spec: SandboxSpec, plan: MountPlan | undefined, proxy: RunningProxy, flags: RunFlags, runDir: string, setEnvDir: (d: string) => void): ChildRun {
   if (kind === 'bwrap') {
-    const { argv, fdArgs } = bwrapArgs(spec, { info: 3, args: 4 });
-    const run = spawnChild('bwrap', argv, { stdio: ['inherit', 'inherit', 'inherit', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, detached: true });
-    const argsPipe = run.child.stdio[4] as Writable | null;
-    // bwrap closes its end on a failed start; the exit status reports that, not an EPIPE here.
-    argsPipe?.on('error', () => undefined);
-    argsPipe?.end(encodeFdArgs(fdArgs));
+    const { argv, fdArgs } = bwrapArgs(spec, plan!.ops, BWRAP_FDS);
+    const run = spawnChild('bwrap', argv, {
+      stdio: ['inherit', 'inherit', 'inherit', 'ignore', 'ignore', 'pipe', 'pipe', 'pipe'],
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+      detached: true,
+    });
+    // bwrap closes its ends on a failed start; the exit status reports that, not an EPIPE here.
+    const feed = (fd: number, data: Buffer): void => {
+      const pipe = (run.child.stdio as unknown as Array<Writable | null>)[fd] ?? null;
+      pipe?.on('error', () => undefined);
+      pipe?.end(data);
+    };
+    feed(BWRAP_FDS.args, encodeFdArgs(fdArgs));
+    feed(BWRAP_FDS.seccomp, seccompFilter());
     return run;
   }
   if (kind === 'none') {
@@ -235,4 +295,23 @@ function removeOnceCreated(envFile: string, cidFile: string, run: ChildRun, inte
     else setTimeout(poll, intervalMs).unref();
   };
   poll();
+}
+
+/** `run --explain`: the boundary as bwrap would build it, without starting anything. */
+function explain(ctx: CliContext, plan: MountPlan, command: string[], env: NodeJS.ProcessEnv, home: string): number {
+  const out = ctx.io.stdout;
+  const spec = { env: sandboxEnv(env, [join(packageRoot(), 'bin'), dirname(process.execPath)]), home, socketName: '<socket>' } as SandboxSpec;
+  const lines = [
+    'mounts (in order; a later line covers an earlier one):',
+    ...formatPlan(plan.ops).map((l) => `  ${l}`),
+    'environment:',
+    `  ${[...Object.keys(sandboxEnvironment(spec)), 'CREDPROXY_TOKEN'].sort().join(' ')}`,
+    'namespaces: all unshared (network kept with --share-net), nested user namespaces disabled, no capabilities',
+    'seccomp:',
+    ...describeFilter().map((l) => `  ${l}`),
+    ...plan.warnings.map((w) => `warning: ${w}`),
+    `command: ${command.join(' ')}`,
+  ];
+  out.write(`${lines.join('\n')}\n`);
+  return 0;
 }

@@ -1,0 +1,160 @@
+import { existsSync, lstatSync, readFileSync, readdirSync, type Stats } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { canonicalPath, isUnder } from './paths.js';
+
+/**
+ * Files the host runs code from when the user merely opens, enters or
+ * reviews the project (relative to each read-write root). Each one that
+ * exists is bound read-only inside the sandbox; `.git` is handled on its own.
+ */
+export const IMPLICIT_EXEC_FILES = [
+  '.envrc', // direnv: sourced on cd
+  '.vscode', // tasks.json runOn folderOpen, settings.json (interpreter and terminal paths)
+  '.idea', // JetBrains run configurations and startup tasks
+  '.devcontainer', // devcontainer.json initializeCommand runs on the host
+  '.mise.toml', // mise: env sourcing and hooks of a trusted project
+  'mise.toml',
+  '.claude/settings.json', // Claude Code hooks run shell commands
+  '.claude/settings.local.json',
+  '.gemini/settings.json', // MCP server commands
+  '.qwen/settings.json',
+  '.mcp.json',
+  '.cursor/mcp.json',
+] as const;
+
+/**
+ * Inside a git dir: what makes git execute something (config: core.fsmonitor,
+ * core.hooksPath, core.pager, diff.external, filter drivers, sshCommand…;
+ * hooks; submodules' and worktrees' own git dirs with their configs and
+ * hooks). Missing ones become empty read-only placeholders, so nothing can be
+ * created there. Objects, refs, logs and the index stay writable.
+ */
+const GIT_PLACEHOLDER_DIRS = ['hooks', 'modules', 'worktrees'] as const;
+
+export interface Protection {
+  path: string;
+  /**
+   * 'ro' binds an existing file or dir read-only; 'pin' binds a dir onto
+   * itself read-write, so it cannot be renamed or removed (EBUSY);
+   * 'placeholder' mounts an empty read-only dir where none exists.
+   */
+  kind: 'ro' | 'pin' | 'placeholder';
+  why: string;
+}
+
+export interface ProtectionSet {
+  protections: Protection[];
+  /**
+   * Paths that must not appear during the run but cannot be held by a
+   * mount without breaking git (a `commondir` redirect, a new `.git` in a
+   * root that had none when placeholders are unprotected): checked after the run.
+   */
+  watch: string[];
+}
+
+/**
+ * What to protect inside the read-write root `root` (canonical). `unprotected`
+ * (canonical) drops every protection at or below each path.
+ */
+export function protectionsFor(root: string, unprotected: string[]): ProtectionSet {
+  const set: ProtectionSet = { protections: [], watch: [] };
+  const add = (p: Protection): void => {
+    if (!unprotected.some((u) => isUnder(p.path, u))) set.protections.push(p);
+  };
+  for (const rel of IMPLICIT_EXEC_FILES) {
+    const path = join(root, rel);
+    if (exists(path)) add({ path, kind: 'ro', why: 'runs code on the host when the project is opened' });
+    else set.watch.push(path);
+  }
+  const dotGit = join(root, '.git');
+  const st = lstatOrNull(dotGit);
+  if (st === null) {
+    // A `.git` created inside would make host git in this directory read the sandbox's config.
+    add({ path: dotGit, kind: 'placeholder', why: 'no repository here: none can be created inside' });
+    set.watch.push(dotGit);
+  } else if (st.isDirectory()) {
+    protectGitDir(dotGit, add, set.watch);
+  } else if (st.isFile()) {
+    add({ path: dotGit, kind: 'ro', why: 'gitfile: where the repository lives' });
+    const target = gitfileTarget(dotGit);
+    if (target && isUnder(target, root)) protectGitDir(target, add, set.watch);
+  } else {
+    add({ path: dotGit, kind: 'ro', why: 'not a regular .git: held as it is' });
+  }
+  return set;
+}
+
+function protectGitDir(gitDir: string, add: (p: Protection) => void, watch: string[], depth = 0): void {
+  // A bind of the git dir onto itself: renaming or removing it (to `git init` a fresh one) fails with EBUSY.
+  add({ path: gitDir, kind: 'pin', why: 'git dir: cannot be renamed or replaced' });
+  const worktreeConfig = join(gitDir, 'config.worktree');
+  if (exists(worktreeConfig)) add({ path: worktreeConfig, kind: 'ro', why: 'git per-worktree config' });
+  const commondir = join(gitDir, 'commondir');
+  if (exists(commondir)) {
+    // A linked worktree's admin dir (<common>/worktrees/<name>): its commondir names where config and hooks live.
+    add({ path: commondir, kind: 'ro', why: 'git commondir: where config and hooks are read from' });
+    const common = readCommondir(gitDir);
+    if (common && depth === 0 && existsSync(common)) protectGitDir(common, add, watch, depth + 1);
+    return;
+  }
+  // A commondir file would redirect config reads; an empty mount there would break git, so it is checked after the run.
+  watch.push(commondir);
+  const config = join(gitDir, 'config');
+  if (exists(config)) add({ path: config, kind: 'ro', why: 'git config: core.fsmonitor, hooksPath, pager, diff.external, filters, sshCommand' });
+  for (const d of GIT_PLACEHOLDER_DIRS) {
+    const p = join(gitDir, d);
+    add({ path: p, kind: exists(p) ? 'ro' : 'placeholder', why: d === 'hooks' ? 'git hooks' : `git ${d}: their own configs and hooks` });
+  }
+}
+
+function readCommondir(gitDir: string): string | null {
+  try {
+    const text = readFileSync(join(gitDir, 'commondir'), 'utf8').trim();
+    return text ? canonicalPath(resolve(gitDir, text)) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** `gitdir: PATH` of a `.git` file, canonical. */
+export function gitfileTarget(file: string): string | null {
+  try {
+    const m = /^gitdir:\s*(.+?)\s*$/m.exec(readFileSync(file, 'utf8'));
+    return m ? canonicalPath(resolve(dirname(file), m[1]!)) : null;
+  } catch {
+    return null;
+  }
+}
+
+function lstatOrNull(path: string): Stats | null {
+  try {
+    return lstatSync(path);
+  } catch {
+    return null;
+  }
+}
+
+function exists(path: string): boolean {
+  return lstatOrNull(path) !== null;
+}
+
+/** Watched paths that appeared during the run. */
+export function appeared(watch: string[]): string[] {
+  return watch.filter((p) => exists(p));
+}
+
+/** Directory names that look like credentials; a bind of a dir holding one gets a warning. */
+export const CREDENTIAL_LOOKING = ['.ssh', '.aws', '.gnupg', '.config/gcloud', '.azure', '.kube', '.docker/config.json', '.netrc', '.git-credentials', '.npmrc', '.pypirc', '.password-store', '.local/share/keyrings', '.config/gh/hosts.yml', 'id_rsa', 'id_ed25519'];
+
+export function credentialLooking(dir: string): string[] {
+  const found = CREDENTIAL_LOOKING.filter((rel) => exists(join(dir, rel)));
+  // The dir itself may be one of them (--bind ~/.ssh).
+  const base = dir.split('/').pop() ?? '';
+  if (['.ssh', '.aws', '.gnupg', '.kube', 'keyrings', 'gcloud', '.password-store'].includes(base)) found.unshift('.');
+  try {
+    if (readdirSync(dir).some((n) => /^(credentials|.*\.pem|.*\.key)$/.test(n))) found.push('*.pem/*.key/credentials');
+  } catch {
+    /* a file, or unreadable */
+  }
+  return found;
+}
