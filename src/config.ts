@@ -104,9 +104,9 @@ export const ProfileConfigSchema = z.strictObject({
   keys: z.array(z.string().regex(KEY_NAME_RE, 'invalid key name')).default([]),
   readOnly: z.boolean().default(false),
   /** bwrap: extra paths shown read-only / read-write inside (absolute or ~/…), and protections to drop. */
-  roBind: z.array(profilePath).default([]),
-  bind: z.array(profilePath).default([]),
-  unprotect: z.array(profilePath).default([]),
+  roBind: z.array(profilePath).optional(),
+  bind: z.array(profilePath).optional(),
+  unprotect: z.array(profilePath).optional(),
 });
 export type ProfileConfig = z.output<typeof ProfileConfigSchema>;
 
