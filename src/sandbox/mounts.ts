@@ -110,7 +110,13 @@ export function planMounts(input: MountInput): MountPlan {
   if (input.socketDir !== null) ops.push({ op: 'ro-bind', src: input.socketDir, dest: SANDBOX_SOCKET_DIR, why: 'the proxy socket (connect() works read-only)' });
 
   const hidden = masks.map(([m]) => m);
-  const rootOf = (p: string): string | undefined => rwRoots.find((r) => isUnder(p, r));
+  const bound: UserBind[] = [...(input.workdir === null ? [] : [{ path: input.workdir, mode: 'rw' as const }]), ...input.binds];
+  /** The innermost bind showing `p`: a read-only one already protects it, a read-write one is the root to pin from. */
+  const rootOf = (p: string): string | undefined => {
+    const inner = bound.filter((b) => isUnder(p, b.path)).sort((a, b) => b.path.length - a.path.length)[0];
+    return inner?.mode === 'rw' ? inner.path : undefined;
+  };
+  const readOnlyAlready = (p: string): boolean => bound.some((b) => isUnder(p, b.path)) && rootOf(p) === undefined;
   const late: MountOp[] = [];
   const pinned = new Set<string>(rwRoots);
   const pin = (root: string, path: string): void => {
@@ -123,6 +129,7 @@ export function planMounts(input: MountInput): MountPlan {
 
   for (const tool of input.toolDirs) {
     const root = rootOf(tool);
+    if (readOnlyAlready(tool)) continue;
     if (!root && !hidden.some((m) => isUnder(tool, m))) continue; // visible and read-only through the root already
     if (root) pin(root, tool);
     late.push({ op: 'ro-bind', src: tool, dest: tool, why: 'tool dir (credproxy, node), read-only' });

@@ -1,4 +1,4 @@
-import { existsSync, lstatSync, readFileSync, readdirSync, type Stats } from 'node:fs';
+import { accessSync, constants, existsSync, lstatSync, readFileSync, readdirSync, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { canonicalPath, isUnder } from './paths.js';
 
@@ -59,7 +59,10 @@ export interface ProtectionSet {
 export function protectionsFor(root: string, unprotected: string[]): ProtectionSet {
   const set: ProtectionSet = { protections: [], watch: [] };
   const add = (p: Protection): void => {
-    if (!unprotected.some((u) => isUnder(p.path, u))) set.protections.push(p);
+    if (unprotected.some((u) => isUnder(p.path, u))) return;
+    // Where we cannot create a placeholder, neither can the sandbox (same uid) create anything there.
+    if (p.kind === 'placeholder' && !writable(dirname(p.path))) return;
+    set.protections.push(p);
   };
   for (const rel of IMPLICIT_EXEC_FILES) {
     const path = join(root, rel);
@@ -131,6 +134,15 @@ function lstatOrNull(path: string): Stats | null {
     return lstatSync(path);
   } catch {
     return null;
+  }
+}
+
+function writable(dir: string): boolean {
+  try {
+    accessSync(dir, constants.W_OK);
+    return true;
+  } catch {
+    return false;
   }
 }
 

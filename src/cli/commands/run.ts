@@ -120,8 +120,8 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   if (kind !== 'bwrap' && (layout.roBinds.length || layout.rwBinds.length || layout.unprotect.length || flags.explain)) {
     throw new CredproxyError('USAGE', '--ro-bind, --bind, --unprotect and --explain are for --sandbox bwrap');
   }
-  if (kind === 'bwrap') {
-    const input = layoutInput(layout, null); // refuses an unsafe workdir or bind with exit 2
+  if (kind !== 'none') {
+    const input = layoutInput(layout, null); // refuses an unsafe workdir or bind with exit 2 (a container's /work as well)
     if (flags.explain) return explain(ctx, planMounts({ ...input, socketDir: '<socket dir, made per run>' }), command, env, home);
   } else if (flags.workdir) {
     const own = [dirs.config, dirs.data, dirs.state].find((d) => isUnder(d, cwd));
