@@ -5,7 +5,7 @@ import { CredproxyError } from '../errors.js';
 import type { CredproxyDirs } from '../paths.js';
 import { checkBindRoot, planMounts, type MountInput, type MountPlan, type UserBind } from './mounts.js';
 import { canonicalPath } from './paths.js';
-import { appeared } from './protect.js';
+import { appeared, gitEntries } from './protect.js';
 
 export interface LayoutRequest {
   cwd: string;
@@ -92,5 +92,7 @@ export function afterRun(created: string[], plan: MountPlan): string[] {
       /* not empty or already gone: leave it */
     }
   }
-  return appeared(plan.watch);
+  const before = new Set(plan.gitEntries);
+  const newRepos = plan.rwRoots.flatMap((r) => gitEntries(r)).filter((g) => !before.has(g));
+  return [...appeared(plan.watch), ...newRepos.filter((g) => !plan.watch.includes(g))];
 }

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { CredproxyError } from '../errors.js';
 import { between, canonicalPath, isUnder } from './paths.js';
-import { credentialLooking, protectionsFor, type Protection } from './protect.js';
+import { credentialLooking, gitEntries, protectionsFor, type Protection } from './protect.js';
 import { SANDBOX_SOCKET_DIR } from './spec.js';
 
 /** One bwrap filesystem operation, in the order bwrap applies them (a later one covers an earlier one). */
@@ -39,6 +39,9 @@ export interface MountPlan {
   placeholders: string[];
   /** Paths that must not appear during the run (reported after it). */
   watch: string[];
+  /** Read-write roots and the `.git` entries found in them before the run: new ones are reported after it. */
+  rwRoots: string[];
+  gitEntries: string[];
   warnings: string[];
 }
 
@@ -158,7 +161,7 @@ export function planMounts(input: MountInput): MountPlan {
   }
   // Pins first, then read-only binds: a pin is a read-write bind and would reopen a read-only one beneath it.
   ops.push(...late.filter((o) => o.op === 'bind'), ...late.filter((o) => o.op !== 'bind'));
-  return { ops, placeholders, watch: [...new Set(watch)], warnings };
+  return { ops, placeholders, watch: [...new Set(watch)], warnings, rwRoots, gitEntries: rwRoots.flatMap((r) => gitEntries(r)) };
 }
 
 function toOp(p: Protection): MountOp {

@@ -70,21 +70,53 @@ export function protectionsFor(root: string, unprotected: string[]): ProtectionS
     else set.watch.push(path);
   }
   const dotGit = join(root, '.git');
-  const st = lstatOrNull(dotGit);
-  if (st === null) {
+  if (lstatOrNull(dotGit) === null) {
     // A `.git` created inside would make host git in this directory read the sandbox's config.
     add({ path: dotGit, kind: 'placeholder', why: 'no repository here: none can be created inside' });
     set.watch.push(dotGit);
-  } else if (st.isDirectory()) {
-    protectGitDir(dotGit, add, set.watch);
+  }
+  // The root's own repository and those already below it (several checkouts in one dir, vendored repos, submodules).
+  for (const entry of gitEntries(root)) protectGitEntry(root, entry, add, set.watch);
+  return set;
+}
+
+function protectGitEntry(root: string, dotGit: string, add: (p: Protection) => void, watch: string[]): void {
+  const st = lstatOrNull(dotGit);
+  if (st === null) return;
+  if (st.isDirectory()) {
+    protectGitDir(dotGit, add, watch);
   } else if (st.isFile()) {
     add({ path: dotGit, kind: 'ro', why: 'gitfile: where the repository lives' });
     const target = gitfileTarget(dotGit);
-    if (target && isUnder(target, root)) protectGitDir(target, add, set.watch);
+    if (target && isUnder(target, root)) protectGitDir(target, add, watch);
   } else {
     add({ path: dotGit, kind: 'ro', why: 'not a regular .git: held as it is' });
   }
-  return set;
+}
+
+/** How far below a root existing repositories are looked for, and how many dirs at most (start-up stays quick). */
+const GIT_SCAN_DEPTH = 4;
+const GIT_SCAN_DIRS = 4000;
+const GIT_SCAN_SKIP = new Set(['node_modules', '.git', '.hg', '.svn', 'target', '.venv', 'venv', '__pycache__', '.cache']);
+
+/** `.git` entries (dirs or files) at `root` and below it, bounded in depth and dirs visited. */
+export function gitEntries(root: string): string[] {
+  const found: string[] = [];
+  let budget = GIT_SCAN_DIRS;
+  const walk = (dir: string, depth: number): void => {
+    if (budget-- <= 0) return;
+    let entries;
+    try {
+      entries = readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    if (entries.some((e) => e.name === '.git')) found.push(join(dir, '.git'));
+    if (depth >= GIT_SCAN_DEPTH) return;
+    for (const e of entries) if (e.isDirectory() && !GIT_SCAN_SKIP.has(e.name)) walk(join(dir, e.name), depth + 1);
+  };
+  walk(root, 0);
+  return found;
 }
 
 function protectGitDir(gitDir: string, add: (p: Protection) => void, watch: string[], depth = 0): void {

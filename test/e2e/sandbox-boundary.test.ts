@@ -154,11 +154,17 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     git(dir, 'add', 'f');
     git(dir, ...GIT_ID, 'commit', '-q', '-m', 'start');
     const gitfile = readFileSync(join(dir, '.git'), 'utf8');
+    const nested = join(dir, 'vendor', 'lib');
+    mkdirSync(nested, { recursive: true });
+    git(nested, 'init', '-q');
     const plain = tmp('cpn-');
     const script = [
       `echo 'gitdir: evil' > .git 2>/dev/null && echo HIT-gitfile`,
       `git config core.fsmonitor 'touch PWNED' 2>/dev/null && echo HIT-config`,
       `mv meta meta2 2>/dev/null && echo HIT-rename-parent`,
+      `git -C vendor/lib config core.pager 'touch PWNED' 2>/dev/null && echo HIT-nested-config`,
+      `mv vendor vendor2 2>/dev/null && echo HIT-rename-nested`,
+      `mkdir fresh && git init -q fresh && echo OK-new-repo`, // possible, and named after the run
       `git ${GIT_ID.join(' ')} commit -q --allow-empty -m inside && echo OK-commit`,
       `cd ${plain} && git init -q 2>/dev/null && echo HIT-init; ls -A ${plain}`,
     ].join('\n');
@@ -166,6 +172,8 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).not.toMatch(/HIT-/);
     expect(r.stdout).toContain('OK-commit');
+    expect(r.stderr).toMatch(/warning: .*fresh\/\.git was created inside the sandbox/);
+    expect(readFileSync(join(nested, '.git', 'config'), 'utf8')).not.toMatch(/pager/);
     expect(readFileSync(join(dir, '.git'), 'utf8')).toBe(gitfile);
     expect(readFileSync(join(dir, 'meta', 'repo.git', 'config'), 'utf8')).not.toMatch(/fsmonitor/);
     expect(existsSync(join(plain, '.git'))).toBe(false); // the empty placeholder is removed after the run
