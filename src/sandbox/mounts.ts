@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { CredproxyError } from '../errors.js';
 import { between, canonicalPath, isUnder } from './paths.js';
-import { credentialLooking, gitEntries, protectionsFor, type Protection } from './protect.js';
+import { credentialLooking, firstSocket, protectionsFor, type Protection } from './protect.js';
 import { SANDBOX_SOCKET_DIR } from './spec.js';
 
 /** One bwrap filesystem operation, in the order bwrap applies them (a later one covers an earlier one). */
@@ -72,6 +72,10 @@ export function checkBindRoot(path: string, what: string, input: Pick<MountInput
   for (const m of masks) {
     if (path === m) refuse(`it is ${describeMask(m, input.homes)}, which the sandbox hides`);
     if (isUnder(m, path)) refuse(`it contains ${describeMask(m, input.homes)}, which the sandbox hides`);
+  }
+  if (SYSTEM_MASKS.some((m) => isUnder(path, canonicalPath(m)))) {
+    const socket = firstSocket(path);
+    if (socket) refuse(`it holds the socket ${socket} of another program (the sandbox hides those)`);
   }
 }
 
@@ -147,9 +151,11 @@ export function planMounts(input: MountInput): MountPlan {
 
   const placeholders: string[] = [];
   const watch: string[] = [];
+  const found: string[] = [];
   for (const root of rwRoots) {
     const set = protectionsFor(root, input.unprotect);
     watch.push(...set.watch);
+    found.push(...set.gitEntries);
     for (const p of set.protections) {
       const inRoot = rootOf(p.path);
       if (!inRoot) continue; // outside every read-write root: read-only or hidden already
@@ -161,7 +167,7 @@ export function planMounts(input: MountInput): MountPlan {
   }
   // Pins first, then read-only binds: a pin is a read-write bind and would reopen a read-only one beneath it.
   ops.push(...late.filter((o) => o.op === 'bind'), ...late.filter((o) => o.op !== 'bind'));
-  return { ops, placeholders, watch: [...new Set(watch)], warnings, rwRoots, gitEntries: rwRoots.flatMap((r) => gitEntries(r)) };
+  return { ops, placeholders, watch: [...new Set(watch)], warnings, rwRoots, gitEntries: found };
 }
 
 function toOp(p: Protection): MountOp {

@@ -50,6 +50,8 @@ export interface ProtectionSet {
    * root that had none when placeholders are unprotected): checked after the run.
    */
   watch: string[];
+  /** The `.git` entries found at the root and below it. */
+  gitEntries: string[];
 }
 
 /**
@@ -57,7 +59,7 @@ export interface ProtectionSet {
  * (canonical) drops every protection at or below each path.
  */
 export function protectionsFor(root: string, unprotected: string[]): ProtectionSet {
-  const set: ProtectionSet = { protections: [], watch: [] };
+  const set: ProtectionSet = { protections: [], watch: [], gitEntries: gitEntries(root) };
   const add = (p: Protection): void => {
     if (unprotected.some((u) => isUnder(p.path, u))) return;
     // Where we cannot create a placeholder, neither can the sandbox (same uid) create anything there.
@@ -76,7 +78,7 @@ export function protectionsFor(root: string, unprotected: string[]): ProtectionS
     set.watch.push(dotGit);
   }
   // The root's own repository and those already below it (several checkouts in one dir, vendored repos, submodules).
-  for (const entry of gitEntries(root)) protectGitEntry(root, entry, add, set.watch);
+  for (const entry of set.gitEntries) protectGitEntry(root, entry, add, set.watch);
   return set;
 }
 
@@ -185,6 +187,29 @@ function exists(path: string): boolean {
 /** Watched paths that appeared during the run. */
 export function appeared(watch: string[]): string[] {
   return watch.filter((p) => exists(p));
+}
+
+/**
+ * The first Unix socket at most `depth` levels below `dir`: a dir inside
+ * /tmp or /run that holds one (an X11, ssh-agent, tmux or session-bus dir)
+ * is not a project, and binding it would hand the socket to the sandbox.
+ */
+export function firstSocket(dir: string, depth = 2, budget = { dirs: 500 }): string | null {
+  if (budget.dirs-- <= 0) return null;
+  let entries;
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return null;
+  }
+  for (const e of entries) if (e.isSocket()) return join(dir, e.name);
+  if (depth === 0) return null;
+  for (const e of entries) {
+    if (!e.isDirectory() || e.name === 'node_modules' || e.name === '.git') continue;
+    const found = firstSocket(join(dir, e.name), depth - 1, budget);
+    if (found) return found;
+  }
+  return null;
 }
 
 /** Directory names that look like credentials; a bind of a dir holding one gets a warning. */

@@ -1,5 +1,6 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, makeHostEnv, runCli, type CliResult, type HostEnv } from '../support/cli.js';
@@ -217,6 +218,16 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     // credproxy's own dirs elsewhere, so the refusal is about /tmp itself.
     await refused('/tmp', { ...host.env, CREDPROXY_HOME: `/nonexistent/cp-${process.pid}` }, /\/tmp, which the sandbox hides/);
     await refused('/var', host.env, /contains \/var\/tmp/);
+    // A dir below /tmp that holds another program's socket (ssh-agent-, tmux-, X11-like) is not a project.
+    const sockDir = tmp('cps-');
+    mkdirSync(join(sockDir, 'agent'));
+    const server = createServer();
+    await new Promise<void>((r) => server.listen(join(sockDir, 'agent', 'agent.sock'), r));
+    try {
+      await refused(sockDir, host.env, /holds the socket .*agent\/agent\.sock/);
+    } finally {
+      server.close();
+    }
     const base = tmp('cpl-');
     const real = join(base, 'real');
     mkdirSync(join(real, 'data', 'sub'), { recursive: true });
