@@ -61,6 +61,13 @@ export interface ProtectionSet {
 export function protectionsFor(root: string, unprotected: string[]): ProtectionSet {
   const set: ProtectionSet = { protections: [], watch: [], gitEntries: gitEntries(root) };
   const add = (p: Protection): void => {
+    // A symlink planted by an earlier run (`.vscode -> ~/.ssh`) must not make bwrap bind its target: only what
+    // really lies in the root is held; a link that leaves it points at something read-only or hidden already.
+    const real = canonicalPath(p.path);
+    if (real !== p.path) {
+      if (!isUnder(real, root) || real === root) return;
+      p = { ...p, path: real };
+    }
     if (unprotected.some((u) => isUnder(p.path, u))) return;
     // Where we cannot create a placeholder, neither can the sandbox (same uid) create anything there.
     if (p.kind === 'placeholder' && !writable(dirname(p.path))) return;

@@ -246,14 +246,21 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     const tools = join(host.home, 'tools');
     mkdirSync(tools, { recursive: true });
     writeFileSync(join(tools, 'agent'), 'agent-binary');
+    // A link planted by an earlier run where a protected name belongs must not make bwrap bind its target in.
+    const secretDir = join(host.home, 'secret-dir');
+    mkdirSync(secretDir);
+    writeFileSync(join(secretDir, 'id'), 'SECRET-IN-HOME');
+    symlinkSync(secretDir, join(dir, '.vscode'));
+    symlinkSync(secretDir, join(dir, '.envrc'));
     const creds = tmp('cpc-');
     mkdirSync(join(creds, '.ssh'));
-    const script = `cat ${tools}/agent; echo; echo x > ${tools}/agent 2>/dev/null && echo HIT-ro; touch ${creds}/ok && echo OK-rw`;
+    const script = `cat ${tools}/agent; echo; echo x > ${tools}/agent 2>/dev/null && echo HIT-ro; touch ${creds}/ok && echo OK-rw; cat .vscode/id .envrc/id 2>/dev/null; true`;
     const r = await runAs(['run', '--ro-bind', tools, '--bind', creds, '--', 'sh', '-c', script], { env: host.env, cwd: dir });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain('agent-binary');
     expect(r.stdout).not.toContain('HIT-');
     expect(r.stdout).toContain('OK-rw');
+    expect(r.stdout).not.toContain('SECRET-IN-HOME');
     expect(r.stderr).toMatch(new RegExp(`warning: ${creds} holds what looks like credentials \\(\\.ssh\\)`));
     const e = await runAs(['run', '--explain', '--', 'agent'], { env: host.env, cwd: dir });
     expect(e.code, e.stderr).toBe(0);
