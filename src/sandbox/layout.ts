@@ -1,4 +1,4 @@
-import { existsSync, rmdirSync } from 'node:fs';
+import { existsSync, renameSync, rmdirSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { basename, dirname, resolve } from 'node:path';
 import { CredproxyError } from '../errors.js';
@@ -81,8 +81,10 @@ export function missingPlaceholders(plan: MountPlan): string[] {
 
 /**
  * After the run: remove the empty placeholder dirs bwrap created on the
- * host, and name every watched path that appeared (a `.git` or a git
- * `commondir` created inside, an editor task file) for the user to review.
+ * host, move aside a git `commondir` that appeared (it would redirect the
+ * host's git to a config the sandbox wrote), and warn about every other
+ * watched path that appeared (a `.git`, an editor task file) for the user
+ * to review. Returns the warnings.
  */
 export function afterRun(created: string[], plan: MountPlan): string[] {
   for (const p of created) {
@@ -93,6 +95,20 @@ export function afterRun(created: string[], plan: MountPlan): string[] {
     }
   }
   const before = new Set(plan.gitEntries);
-  const newRepos = plan.rwRoots.flatMap((r) => gitEntries(r)).filter((g) => !before.has(g));
-  return [...appeared(plan.watch), ...newRepos.filter((g) => !plan.watch.includes(g))];
+  const newRepos = plan.rwRoots.flatMap((r) => gitEntries(r)).filter((g) => !before.has(g) && !plan.watch.includes(g));
+  const warnings: string[] = [];
+  for (const p of [...appeared(plan.watch), ...newRepos]) {
+    if (basename(p) === 'commondir') {
+      const aside = `${p}.from-sandbox-${Date.now()}`;
+      try {
+        renameSync(p, aside);
+        warnings.push(`${p} was created inside the sandbox (it redirects where git reads its config from); moved aside to ${aside}`);
+        continue;
+      } catch {
+        /* fall through to the plain warning */
+      }
+    }
+    warnings.push(`${p} was created inside the sandbox and can make the host run code (a repository's config, editor tasks): review it before opening the project`);
+  }
+  return warnings;
 }

@@ -76,6 +76,7 @@ const ATTACK = [
   `echo change >> README && git add README && git ${GIT_ID.join(' ')} commit -q -m inside && echo OK-commit`,
   `git checkout -q -b agent-branch && echo OK-branch`,
   `echo wip >> README && git stash -q && echo OK-stash`,
+  `echo /tmp/evil > .git/commondir`, // a git redirect cannot be held in place either: moved aside after the run
 ].join('\n');
 
 function expectContained(r: CliResult, dir: string): void {
@@ -95,6 +96,8 @@ function expectContained(r: CliResult, dir: string): void {
   expect(git(dir, 'log', '--format=%s', 'agent-branch')).toMatch(/^inside\n/);
   expect(git(dir, 'stash', 'list')).toMatch(/stash@\{0\}/);
   expect(r.stderr).toMatch(/warning: .*\.envrc was created inside the sandbox/);
+  expect(r.stderr).toMatch(/warning: .*\.git\/commondir was created inside the sandbox .*moved aside/);
+  expect(existsSync(join(dir, '.git', 'commondir'))).toBe(false);
 }
 
 describe('the bwrap sandbox is a boundary (issue 10)', () => {

@@ -174,7 +174,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   let statusDone: Promise<void> = Promise.resolve();
   const cleanup = async (): Promise<void> => {
     if (envDir) rmSync(envDir, { recursive: true, force: true });
-    if (plan) for (const p of afterRun(created, plan)) ctx.notice(`warning: ${p} was created inside the sandbox and can make the host run code (git config redirect, editor tasks): review it before opening the project`);
+    if (plan) for (const w of afterRun(created, plan)) ctx.notice(`warning: ${w}`);
     await proxy.stop();
   };
   // Started before the spawn, so a signal in between is held for the command instead of killing the launcher.
