@@ -46,7 +46,7 @@ export function bwrapArgs(spec: SandboxSpec, mounts: MountOp[], fds: BwrapFds): 
 }
 
 /** The variables the command sees, except CREDPROXY_TOKEN (sent over `--args`). */
-export function sandboxEnvironment(spec: SandboxSpec): Record<string, string> {
+export function sandboxEnvironment(spec: Pick<SandboxSpec, 'env' | 'home' | 'socketName'>): Record<string, string> {
   return { ...spec.env, HOME: spec.home, CREDPROXY_SOCKET: socketPathInside(spec) };
 }
 

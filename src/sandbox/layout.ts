@@ -45,7 +45,7 @@ function nodeDir(binary: string): string {
  * refused (exit 2) when it is, contains or lies in credproxy's own dirs, or
  * is or contains a hidden dir.
  */
-export function layoutInput(req: LayoutRequest, socketDir: string | null): MountInput {
+export function layoutInput(req: LayoutRequest): MountInput {
   const home = req.env.HOME || passwdHome() || '/';
   const homes = [...new Set([home, passwdHome()].filter((h): h is string => Boolean(h)).map((h) => canonicalPath(h)))].filter((h) => h !== '/');
   const credproxyDirs = [req.dirs.config, req.dirs.data, req.dirs.state, req.dirs.run].map((d) => canonicalPath(d));
@@ -67,7 +67,7 @@ export function layoutInput(req: LayoutRequest, socketDir: string | null): Mount
     workdir: req.bindWorkdir ? cwd : null,
     homes,
     credproxyDirs,
-    socketDir: socketDir === null ? null : canonicalPath(socketDir),
+    socketDir: null, // known once the proxy has started
     toolDirs: [...new Set([canonicalPath(req.packageRoot), nodeDir(req.nodeBinary)])],
     binds,
     unprotect: req.unprotect.map((u) => canonicalPath(resolve(cwd, expand(u)))),

@@ -9,7 +9,8 @@ import { Option, type Command } from 'commander';
 import { CredproxyError } from '../../errors.js';
 import { bwrapArgs, commandExited, encodeFdArgs, sandboxEnvironment } from '../../sandbox/bwrap.js';
 import { afterRun, layoutInput, missingPlaceholders, type LayoutRequest } from '../../sandbox/layout.js';
-import { formatPlan, planMounts, type MountPlan } from '../../sandbox/mounts.js';
+import { formatPlan, planMounts, type MountInput, type MountPlan } from '../../sandbox/mounts.js';
+import { canonicalPath } from '../../sandbox/paths.js';
 import { describeFilter, seccompFilter } from '../../sandbox/seccomp.js';
 import { bwrapCommandPid, SignalRelay, spawnChild, type ChildRun } from '../../sandbox/child.js';
 import { containerArgs } from '../../sandbox/container.js';
@@ -120,8 +121,9 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   if (kind !== 'bwrap' && (layout.roBinds.length || layout.rwBinds.length || layout.unprotect.length || flags.explain)) {
     throw new CredproxyError('USAGE', '--ro-bind, --bind, --unprotect and --explain are for --sandbox bwrap');
   }
+  let input: MountInput | undefined;
   if (kind !== 'none') {
-    const input = layoutInput(layout, null); // refuses an unsafe workdir or bind with exit 2 (a container's /work as well)
+    input = layoutInput(layout); // refuses an unsafe workdir or bind with exit 2 (a container's /work as well)
     if (flags.explain) return explain(ctx, planMounts({ ...input, socketDir: '<socket dir, made per run>' }), command, env, home);
   } else if (flags.workdir) {
     const own = [dirs.config, dirs.data, dirs.state].find((d) => isUnder(d, cwd));
@@ -150,7 +152,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     tcpPort: tcp ? Number(new URL(proxy.socketPath).port) : null,
     capabilityToken: proxy.capabilityToken,
     command,
-    workdir: flags.workdir ? cwd : null,
+    workdir: flags.workdir ? (input?.workdir ?? cwd) : null, // canonical: the path the mount plan protects
     shareNet: Boolean(flags.shareNet),
     home,
     env: sandboxEnv(env, [join(root, 'bin'), nodeDir]),
@@ -158,12 +160,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   let plan: MountPlan | undefined;
   let created: string[] = [];
   if (kind === 'bwrap') {
-    try {
-      plan = planMounts(layoutInput(layout, spec.socketDir));
-    } catch (err) {
-      await proxy.stop();
-      throw err;
-    }
+    plan = planMounts({ ...input!, socketDir: canonicalPath(spec.socketDir) });
     for (const w of plan.warnings) ctx.notice(`warning: ${w}`);
     created = missingPlaceholders(plan);
   }
@@ -300,7 +297,7 @@ function removeOnceCreated(envFile: string, cidFile: string, run: ChildRun, inte
 /** `run --explain`: the boundary as bwrap would build it, without starting anything. */
 function explain(ctx: CliContext, plan: MountPlan, command: string[], env: NodeJS.ProcessEnv, home: string): number {
   const out = ctx.io.stdout;
-  const spec = { env: sandboxEnv(env, [join(packageRoot(), 'bin'), dirname(process.execPath)]), home, socketName: '<socket>' } as SandboxSpec;
+  const spec = { env: sandboxEnv(env, [join(packageRoot(), 'bin'), dirname(process.execPath)]), home, socketName: '<socket>' };
   const lines = [
     'mounts (in order; a later line covers an earlier one):',
     ...formatPlan(plan.ops).map((l) => `  ${l}`),
