@@ -306,6 +306,14 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     expect(code).toBe(0);
   });
 
+  it('--sandbox none as root at a terminal says that the command can type into it', async () => {
+    const dir = tmp('cpz-');
+    const r = spawnSync('script', ['-qec', `${process.execPath} ${BIN} run --sandbox none -- true`, '/dev/null'], { env: host.env, cwd: dir, encoding: 'utf8', timeout: 30_000 });
+    expect(r.status).toBe(0);
+    if (process.getuid!() === 0) expect(r.stdout).toMatch(/--sandbox none as root: the command can push keystrokes into this terminal \(TIOCSTI\)/);
+    else expect(r.stdout).not.toMatch(/TIOCSTI/);
+  });
+
   it('refuses a config that another user could change, naming the file and the fix', async () => {
     const h = makeHostEnv();
     try {

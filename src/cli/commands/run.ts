@@ -44,7 +44,7 @@ export function registerRunCommand(program: Command, ctx: CliContext): void {
   const cmd = program
     .command('run')
     .description('start the proxy, then CMD in a sandbox that sees only the proxy socket; exit with CMD’s status')
-    .addOption(new Option('--sandbox <kind>', 'bwrap (default when installed), docker, podman, or none').choices(['bwrap', 'docker', 'podman', 'none']))
+    .addOption(new Option('--sandbox <kind>', 'bwrap (default when installed), docker, podman, or none (no sandbox: run as root, the command can still type into a terminal it holds)').choices(['bwrap', 'docker', 'podman', 'none']))
     .option('--image <image>', 'container image (docker/podman)')
     .option('--engine-arg <arg>', 'extra argument for docker/podman run (repeatable)', collect, [])
     .option('--socket-dir <dir>', 'directory for the socket (default: a fresh one under the run dir)')
@@ -125,9 +125,10 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   if (kind !== 'none') {
     input = layoutInput(layout); // refuses an unsafe workdir or bind with exit 2 (a container's /work as well)
     if (flags.explain) return explain(ctx, planMounts({ ...input, socketDir: '<socket dir, made per run>' }), command, env, home);
-  } else if (flags.workdir) {
+  } else {
+    noneAsRootNotice(ctx);
     const own = [dirs.config, dirs.data, dirs.state].find((d) => isUnder(d, cwd));
-    if (cwd === '/' || cwd === home || own) {
+    if (flags.workdir && (cwd === '/' || cwd === home || own)) {
       throw new CredproxyError(
         'USAGE',
         `refusing to bind ${cwd} into the sandbox (${cwd === '/' ? 'the root directory' : cwd === home ? 'your home directory' : `it contains credproxy's own ${own}`}); cd into a project directory or pass --no-workdir`,
@@ -311,4 +312,13 @@ function explain(ctx: CliContext, plan: MountPlan, command: string[], env: NodeJ
   ];
   out.write(`${lines.join('\n')}\n`);
   return 0;
+}
+
+/**
+ * A child of `--sandbox none` runs in a session of its own, without a
+ * controlling terminal, which stops TIOCSTI for ordinary users; root passes
+ * the kernel's capability check and can still type into a terminal it holds.
+ */
+function noneAsRootNotice(ctx: CliContext): void {
+  if (process.getuid?.() === 0 && isatty(0)) ctx.notice('warning: --sandbox none as root: the command can push keystrokes into this terminal (TIOCSTI); use bwrap for anything untrusted');
 }
