@@ -244,7 +244,7 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     await refused(join(base, 'users', 'me'), env, /credproxy's own|which the sandbox hides/, ['--no-workdir', '--ro-bind', real]);
   });
 
-  it('--ro-bind shows a dir from the hidden home read-only; --bind warns about credential-looking contents; --explain shows the boundary', async () => {
+  it('--ro-bind (here from a profile) shows a dir from the hidden home read-only; --bind warns about credential-looking contents; --explain shows the boundary', async () => {
     const dir = tmp('cpb-');
     const tools = join(host.home, 'tools');
     mkdirSync(tools, { recursive: true });
@@ -258,7 +258,10 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     const creds = tmp('cpc-');
     mkdirSync(join(creds, '.ssh'));
     const script = `cat ${tools}/agent; echo; echo x > ${tools}/agent 2>/dev/null && echo HIT-ro; touch ${creds}/ok && echo OK-rw; cat .vscode/id .envrc/id 2>/dev/null; true`;
-    const r = await runAs(['run', '--ro-bind', tools, '--bind', creds, '--', 'sh', '-c', script], { env: host.env, cwd: dir });
+    // The read-only bind comes from a profile (`~/` is the user's HOME), the read-write one from the command line.
+    mkdirSync(join(host.home, 'config'), { recursive: true });
+    writeFileSync(join(host.home, 'config', 'config.json'), JSON.stringify({ profiles: { agent: { roBind: ['~/tools'] } } }));
+    const r = await runAs(['run', '--profile', 'agent', '--bind', creds, '--', 'sh', '-c', script], { env: host.env, cwd: dir });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain('agent-binary');
     expect(r.stdout).not.toContain('HIT-');
