@@ -1,3 +1,4 @@
+import type { BwrapFeatures } from './bwrap-features.js';
 import { mountArgs, type MountOp } from './mounts.js';
 import { socketPathInside, type SandboxSpec } from './spec.js';
 
@@ -33,10 +34,11 @@ export interface BwrapFds {
   seccomp: number;
 }
 
-export function bwrapArgs(spec: SandboxSpec, mounts: MountOp[], fds: BwrapFds): BwrapInvocation {
+export function bwrapArgs(spec: SandboxSpec, mounts: MountOp[], fds: BwrapFds, features: BwrapFeatures = { disableUserns: true }): BwrapInvocation {
   const args = mountArgs(mounts);
   args.push('--chdir', spec.workdir ?? '/');
-  args.push('--unshare-all', '--unshare-user', '--disable-userns');
+  args.push('--unshare-all');
+  if (features.disableUserns) args.push('--unshare-user', '--disable-userns');
   if (spec.shareNet) args.push('--share-net');
   args.push('--cap-drop', 'ALL', '--die-with-parent', '--new-session', '--clearenv');
   const env = sandboxEnvironment(spec);

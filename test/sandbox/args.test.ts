@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { bwrapArgs, commandExited, encodeFdArgs } from '../../src/sandbox/bwrap.js';
+import { parseBwrapVersion } from '../../src/sandbox/bwrap-features.js';
 import { planMounts, type MountInput } from '../../src/sandbox/mounts.js';
 import { containerArgs } from '../../src/sandbox/container.js';
 import { engineEnv, sandboxEnv, type SandboxSpec } from '../../src/sandbox/spec.js';
@@ -98,6 +99,17 @@ describe('bwrap arguments', () => {
       CREDPROXY_SOCKET: '/run/credproxy/credproxy-1-00.sock',
       CREDPROXY_TOKEN: 'c'.repeat(64),
     });
+  });
+});
+
+describe('bwrap features', () => {
+  it('reads the version and leaves --disable-userns out where bwrap or the kernel lacks it', () => {
+    expect(parseBwrapVersion('bubblewrap 0.8.0\n')).toEqual([0, 8, 0]);
+    expect(parseBwrapVersion('bubblewrap 0.6\n')).toEqual([0, 6, 0]);
+    expect(parseBwrapVersion('nonsense')).toBeNull();
+    const old = bwrapArgs(spec(), planMounts(input(spec())).ops, FDS, { disableUserns: false }).argv;
+    expect(old).not.toContain('--disable-userns');
+    expect(old).toContain('--seccomp'); // the filter still refuses CLONE_NEWUSER
   });
 });
 

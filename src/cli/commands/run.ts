@@ -12,6 +12,7 @@ import { afterRun, layoutInput, missingPlaceholders, type LayoutRequest } from '
 import { formatPlan, planMounts, type MountInput, type MountPlan } from '../../sandbox/mounts.js';
 import { canonicalPath } from '../../sandbox/paths.js';
 import { describeFilter, seccompFilter } from '../../sandbox/seccomp.js';
+import { probeBwrap } from '../../sandbox/bwrap-features.js';
 import { bwrapCommandPid, SignalRelay, spawnChild, type ChildRun } from '../../sandbox/child.js';
 import { containerArgs } from '../../sandbox/container.js';
 import { engineEnv, sandboxEnv, type SandboxKind, type SandboxSpec } from '../../sandbox/spec.js';
@@ -228,7 +229,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
  */
 function launch(kind: SandboxKind, spec: SandboxSpec, plan: MountPlan | undefined, proxy: RunningProxy, flags: RunFlags, runDir: string, setEnvDir: (d: string) => void): ChildRun {
   if (kind === 'bwrap') {
-    const { argv, fdArgs } = bwrapArgs(spec, plan!.ops, BWRAP_FDS);
+    const { argv, fdArgs } = bwrapArgs(spec, plan!.ops, BWRAP_FDS, probeBwrap());
     const run = spawnChild('bwrap', argv, {
       stdio: ['inherit', 'inherit', 'inherit', 'ignore', 'ignore', 'pipe', 'pipe', 'pipe'],
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
@@ -304,7 +305,7 @@ function explain(ctx: CliContext, plan: MountPlan, command: string[], env: NodeJ
     ...formatPlan(plan.ops).map((l) => `  ${l}`),
     'environment:',
     `  ${[...Object.keys(sandboxEnvironment(spec)), 'CREDPROXY_TOKEN'].sort().join(' ')}`,
-    'namespaces: all unshared (network kept with --share-net), nested user namespaces disabled, no capabilities',
+    `namespaces: all unshared (network kept with --share-net), nested user namespaces ${probeBwrap().disableUserns ? 'disabled (--disable-userns) and ' : ''}refused by seccomp, no capabilities`,
     'seccomp:',
     ...describeFilter().map((l) => `  ${l}`),
     ...plan.warnings.map((w) => `warning: ${w}`),
