@@ -155,6 +155,7 @@ export function planMounts(input: MountInput): MountPlan {
   for (const root of rwRoots) {
     const set = protectionsFor(root, input.unprotect);
     watch.push(...set.watch);
+    warnings.push(...set.warnings);
     found.push(...set.gitEntries);
     for (const p of set.protections) {
       const inRoot = rootOf(p.path);

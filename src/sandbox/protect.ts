@@ -52,6 +52,8 @@ export interface ProtectionSet {
   watch: string[];
   /** The `.git` entries found at the root and below it. */
   gitEntries: string[];
+  /** Protected names that are symlinks: the link itself cannot be held, only re-pointed by the sandbox. */
+  warnings: string[];
 }
 
 /**
@@ -59,11 +61,14 @@ export interface ProtectionSet {
  * (canonical) drops every protection at or below each path.
  */
 export function protectionsFor(root: string, unprotected: string[]): ProtectionSet {
-  const set: ProtectionSet = { protections: [], watch: [], gitEntries: gitEntries(root) };
+  const set: ProtectionSet = { protections: [], watch: [], gitEntries: gitEntries(root), warnings: [] };
   const add = (p: Protection): void => {
     // A symlink planted by an earlier run (`.vscode -> ~/.ssh`) must not make bwrap bind its target: only what
     // really lies in the root is held; a link that leaves it points at something read-only or hidden already.
     const real = canonicalPath(p.path);
+    if (real !== p.path && lstatOrNull(p.path)?.isSymbolicLink() && !unprotected.some((u) => isUnder(p.path, u))) {
+      set.warnings.push(`${p.path} is a symlink: the sandbox can point it elsewhere (${p.why}); replace it with the real file or dir to have it held read-only`);
+    }
     if (real !== p.path) {
       if (!isUnder(real, root) || real === root) return;
       p = { ...p, path: real };
@@ -76,7 +81,7 @@ export function protectionsFor(root: string, unprotected: string[]): ProtectionS
   for (const rel of IMPLICIT_EXEC_FILES) {
     const path = join(root, rel);
     if (exists(path)) add({ path, kind: 'ro', why: 'runs code on the host when the project is opened' });
-    else set.watch.push(path);
+    else if (isUnder(canonicalPath(path), root)) set.watch.push(path);
   }
   const dotGit = join(root, '.git');
   if (lstatOrNull(dotGit) === null) {

@@ -267,6 +267,7 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     expect(r.stdout).not.toContain('HIT-');
     expect(r.stdout).toContain('OK-rw');
     expect(r.stdout).not.toContain('SECRET-IN-HOME');
+    expect(r.stderr).toMatch(/warning: .*\.vscode is a symlink: the sandbox can point it elsewhere/);
     expect(r.stderr).toMatch(new RegExp(`warning: ${creds} holds what looks like credentials \\(\\.ssh\\)`));
     const e = await runAs(['run', '--explain', '--', 'agent'], { env: host.env, cwd: dir });
     expect(e.code, e.stderr).toBe(0);
