@@ -52,6 +52,13 @@ export const ProviderConfigSchema = z
     redirect_uri: redirectUri.optional(),
     /** Extra query parameters on the authorization request (e.g. access_type=offline). */
     authorization_params: z.record(z.string(), z.string()).optional(),
+    /**
+     * Code flows: send prompt=consent when offline_access is asked of an OpenID
+     * provider (default true; OpenID Connect Core §11: without it servers such as
+     * oidc-provider and Keycloak drop offline_access and issue no refresh token).
+     * A prompt in authorization_params always wins.
+     */
+    offline_consent: z.boolean().optional(),
     /** device_code only: send a PKCE challenge with the device authorization request. */
     use_pkce: z.boolean().optional(),
     token_request_format: z.enum(['form', 'json']).optional(),

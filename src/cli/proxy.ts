@@ -6,7 +6,8 @@ import { generateCapabilityToken } from '../server/capability.js';
 import type { Policy } from '../server/policy.js';
 import { ProxyServer } from '../server/server.js';
 import { LoginSessionManager, sessionTimeoutFromEnv } from '../login/session-manager.js';
-import type { CliContext } from './context.js';
+import { howToStore } from '../login/hints.js';
+import type { CliContext, HostContext } from './context.js';
 import { policyFromFlags, type PolicyFlags } from './policy-flags.js';
 import { createSocketDir, removeSocketDir } from './socket-dir.js';
 import { UsageError } from './io.js';
@@ -60,6 +61,37 @@ export function parseTransport(spec: string | undefined): { host: string; port: 
 }
 
 /**
+ * A newcomer's first run often allows a provider nothing was stored for
+ * yet; every request for it would fail with NOT_FOUND, one by one, inside
+ * the sandbox. Said once here, with what to do. Only names are listed: no
+ * entry is read or decrypted.
+ */
+async function warnAboutEmptyEntries(ctx: CliContext, host: HostContext, policy: Policy): Promise<void> {
+  if (policy.allowAll) return;
+  const { allow, keys } = policy.describe();
+  try {
+    const buckets = new Map<string, string[]>();
+    for (const rule of allow) {
+      const cut = rule.lastIndexOf(':');
+      const provider = rule.slice(0, cut);
+      const bucket = rule.slice(cut + 1);
+      if (!buckets.has(provider)) buckets.set(provider, await host.stores.tokens.listBuckets(provider));
+      const stored = buckets.get(provider)!;
+      const missing = bucket === '*' ? stored.length === 0 : !stored.includes(bucket);
+      if (!missing) continue;
+      const what = bucket === '*' ? `${provider} (any bucket)` : `${provider}:${bucket}`;
+      ctx.notice(`nothing is stored for ${what} yet, so its requests will fail: ${howToStore(provider, bucket === '*' ? undefined : bucket)}`);
+    }
+    if (keys.length > 0) {
+      const storedKeys = new Set(await host.stores.keys.listKeys());
+      for (const name of keys) if (!storedKeys.has(name)) ctx.notice(`no API key named ${name} is stored yet: set it on the host with \`credproxy key set ${name}\` (value on stdin)`);
+    }
+  } catch {
+    // Advice only: a store that cannot list now will say so on the first request.
+  }
+}
+
+/**
  * Start the host-side proxy for `serve` and `run`: policy from flags/profile,
  * host stores and the refresh path, a fresh socket directory, a capability
  * token. Any failure leaves nothing behind.
@@ -106,6 +138,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     if (ownDir) removeSocketDir(ownDir);
     throw err;
   }
+  await warnAboutEmptyEntries(ctx, host, policy);
   let stopped: Promise<void> | undefined;
   return {
     server,

@@ -1,9 +1,10 @@
 import type { Socket } from 'node:net';
 import type { WireErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
-import { encodeFrame, FrameDecoder, FrameError, parsePayload } from '../protocol/frame.js';
+import { encodeFrame, FrameDecoder, FrameError, frameLimitFor, parsePayload } from '../protocol/frame.js';
 import { HandshakeSchema, isOp, PROTOCOL_VERSION } from '../protocol/messages.js';
 import type { AuditEntry, AuditSink } from './audit.js';
+import { LARGE_FRAME_BYTES, type ConnectionBytes } from './byte-budget.js';
 import type { CapabilityCheck } from './capability.js';
 import type { PeerIdentity, RequestContext } from './context.js';
 import type { AuditFields, DispatchResult, Dispatcher, Outcome } from './dispatch.js';
@@ -23,6 +24,10 @@ export interface ConnectionOptions {
   frameTimeoutMs: number;
   /** Answers queued for a client that does not read; beyond this it is dropped. */
   maxOutputBytes: number;
+  /** This connection's share of the server's buffer budget for frames above the version-1 size. */
+  bytes: ConnectionBytes;
+  /** Highest protocol version this server agrees to. */
+  maxVersion: number;
   audit: AuditSink | null;
   logger: Logger;
   onClose(conn: Connection): void;
@@ -71,8 +76,10 @@ export class Connection {
   readonly id: number;
   private readonly o: ConnectionOptions;
   private readonly socket: Socket;
-  private readonly decoder = new FrameDecoder();
+  private readonly decoder: FrameDecoder;
   private readonly limiter: ConnectionLimiter;
+  /** The agreed protocol version; 1 until a handshake agrees on more. */
+  private version = PROTOCOL_VERSION;
   private readonly inFlight = new Map<string, InFlight>();
   private state: State = 'handshake';
   private draining = false;
@@ -87,6 +94,11 @@ export class Connection {
     this.id = options.id;
     this.socket = options.socket;
     this.limiter = new ConnectionLimiter(options.limits);
+    // Every large frame reserves its declared size before any of it is kept, so
+    // slow senders of many large frames hit the budget, not the heap.
+    this.decoder = new FrameDecoder(frameLimitFor(PROTOCOL_VERSION), {
+      admit: (len) => len <= LARGE_FRAME_BYTES || options.bytes.tryTake(len),
+    });
   }
 
   start(): void {
@@ -130,15 +142,22 @@ export class Connection {
 
   private onData(chunk: Buffer): void {
     if (this.draining || (this.state !== 'handshake' && this.state !== 'ready')) return;
-    let payloads: Buffer[];
-    try {
-      payloads = this.decoder.push(chunk);
-    } catch (err) {
-      this.abort(err instanceof FrameError ? err.reason : 'framing error');
-      return;
-    }
-    for (const payload of payloads) {
+    this.decoder.append(chunk);
+    let completed = 0;
+    for (;;) {
       if (this.state !== 'handshake' && this.state !== 'ready') return;
+      let payload: Buffer | null;
+      try {
+        // One frame at a time: the handshake may change the limit for the frames behind it.
+        payload = this.decoder.next();
+      } catch (err) {
+        this.abort(err instanceof FrameError ? err.reason : 'framing error');
+        return;
+      }
+      if (payload === null) break;
+      completed++;
+      // The budget the decoder reserved for a large frame stays taken until its request is done.
+      const held = payload.length > LARGE_FRAME_BYTES ? payload.length : 0;
       let message: Record<string, unknown>;
       try {
         message = parsePayload(payload);
@@ -146,12 +165,14 @@ export class Connection {
         this.abort(err instanceof FrameError ? err.reason : 'bad payload');
         return;
       }
-      if (this.state === 'handshake') this.onHandshake(message);
-      else this.onRequest(message);
+      if (this.state === 'handshake') {
+        this.o.bytes.give(held);
+        this.onHandshake(message);
+      } else this.onRequest(message, held);
     }
     // The timer runs from the first byte of each frame: a completed frame
     // ends it, a frame started in this chunk starts a new one.
-    if (payloads.length > 0) this.clearFrameTimer();
+    if (completed > 0) this.clearFrameTimer();
     if (this.decoder.hasPartialFrame && this.frameTimer === null && (this.state === 'handshake' || this.state === 'ready')) {
       this.frameTimer = setTimeout(() => this.abort('partial frame timeout'), this.o.frameTimeoutMs);
       this.frameTimer.unref();
@@ -189,35 +210,45 @@ export class Connection {
       reject('INVALID_REQUEST', 'minVersion is greater than maxVersion');
       return;
     }
-    if (minVersion > PROTOCOL_VERSION || maxVersion < PROTOCOL_VERSION) {
-      reject('UNKNOWN_VERSION', `this server speaks protocol version ${PROTOCOL_VERSION} only`);
+    // The highest version both sides speak (SPEC §8): a v1-only client keeps v1 and its 64 KiB frames.
+    const agreed = Math.min(maxVersion, this.o.maxVersion);
+    if (agreed < minVersion || agreed < PROTOCOL_VERSION) {
+      const spoken = this.o.maxVersion === PROTOCOL_VERSION ? `${PROTOCOL_VERSION}` : `${PROTOCOL_VERSION} to ${this.o.maxVersion}`;
+      reject('UNKNOWN_VERSION', `this server speaks protocol versions ${spoken}`);
       return;
     }
     this.state = 'ready';
     if (this.handshakeTimer !== null) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.record({ time, op: 'handshake', result: 'OK', started });
-    this.write({ v: PROTOCOL_VERSION, op: 'handshake', ok: true, data: { version: PROTOCOL_VERSION } });
+    // The answer itself is a version-1 frame: the client learns the version from it.
+    this.write({ v: PROTOCOL_VERSION, op: 'handshake', ok: true, data: { version: agreed } });
+    this.version = agreed;
+    this.decoder.setMaxPayload(frameLimitFor(agreed));
   }
 
-  private onRequest(msg: Record<string, unknown>): void {
+  /** `held`: budget bytes the request's frame holds, returned when the request is done. */
+  private onRequest(msg: Record<string, unknown>, held: number): void {
     const started = performance.now();
     const time = Date.now();
     const auditOp = isOp(msg.op) ? msg.op : 'unknown';
     const id = msg.id;
     if (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID_LENGTH) {
+      this.o.bytes.give(held);
       this.answerAtOnce(undefined, auditOp, time, started, 'request without a valid string id');
       return;
     }
     if (this.inFlight.has(id)) {
+      this.o.bytes.give(held);
       this.answerAtOnce(id, auditOp, time, started, 'a request with this id is already in flight');
       return;
     }
     const isCancel = msg.op === 'cancel';
     const admission = this.limiter.admit(!isCancel);
     if (!admission.ok) {
+      this.o.bytes.give(held);
       this.record({ time, op: auditOp, result: 'RATE_LIMITED', started });
-      this.write({ v: PROTOCOL_VERSION, id, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
+      this.write({ v: this.version, id, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
       return;
     }
     const entry = new InFlight();
@@ -225,12 +256,14 @@ export class Connection {
     this.running++;
     const ctx: RequestContext = {
       peer: this.o.peer,
+      version: this.version,
       get signal() {
         return entry.signal;
       },
       cancel: (targetId) => this.cancelRequest(targetId, id),
     };
     const finish = (result: DispatchResult): void => {
+      this.o.bytes.give(held);
       this.running--;
       if (!isCancel) this.limiter.release();
       if (this.inFlight.get(id) === entry) this.inFlight.delete(id);
@@ -250,7 +283,7 @@ export class Connection {
   /** Envelope-level rejections: answered immediately, counted by the rate limit. */
   private answerAtOnce(id: string | undefined, op: string, time: number, started: number, reason: string): void {
     const admission = this.limiter.admit(false);
-    const base = id === undefined ? { v: PROTOCOL_VERSION } : { v: PROTOCOL_VERSION, id };
+    const base = id === undefined ? { v: this.version } : { v: this.version, id };
     if (!admission.ok) {
       this.record({ time, op, result: 'RATE_LIMITED', started });
       this.write({ ...base, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
@@ -274,17 +307,24 @@ export class Connection {
 
   /** Sends the answer; returns the code actually sent (for the audit). */
   private answer(id: string, outcome: Outcome): string {
-    const response = outcome.ok ? { v: PROTOCOL_VERSION, id, ok: true, data: outcome.data } : { v: PROTOCOL_VERSION, id, ...outcome };
+    const v = this.version;
+    const response = outcome.ok ? { v, id, ok: true, data: outcome.data } : { v, id, ...outcome };
     let frame: Buffer;
     try {
-      frame = encodeFrame(response);
+      frame = encodeFrame(response, frameLimitFor(v));
     } catch {
       this.o.logger.warn({ conn: this.id }, 'answer exceeds the frame size limit');
-      frame = encodeFrame({ v: PROTOCOL_VERSION, id, ok: false, code: 'INTERNAL_ERROR', error: 'the answer exceeds the frame size limit' });
+      frame = encodeFrame({ v, id, ok: false, code: 'INTERNAL_ERROR', error: 'the answer exceeds the frame size limit' });
       this.writeFrame(frame);
       return 'INTERNAL_ERROR';
     }
-    this.writeFrame(frame);
+    const large = frame.length > LARGE_FRAME_BYTES;
+    if (large && !this.o.bytes.tryTake(frame.length)) {
+      // Transient: other large frames hold the budget; the answer is small and says when to retry.
+      this.writeFrame(encodeFrame({ v, id, ok: false, code: 'RATE_LIMITED', error: 'the host is busy with other large frames', retryAfter: 1 }));
+      return 'RATE_LIMITED';
+    }
+    this.writeFrame(frame, large ? frame.length : 0);
     return outcome.ok ? 'OK' : outcome.code;
   }
 
@@ -297,10 +337,16 @@ export class Connection {
    * does not read cannot queue new work; answers to work already admitted
    * may still pile up, and past maxOutputBytes the client is dropped.
    */
-  private writeFrame(frame: Buffer): void {
-    if (this.state === 'closed' || this.socket.destroyed || this.socket.writableEnded) return;
-    const flushed = this.socket.write(frame);
-    if (this.socket.writableLength > this.o.maxOutputBytes) {
+  private writeFrame(frame: Buffer, reserved = 0): void {
+    if (this.state === 'closed' || this.socket.destroyed || this.socket.writableEnded) {
+      this.o.bytes.give(reserved);
+      return;
+    }
+    // The budget comes back once the kernel has the bytes (or the socket is gone: close() returns the rest).
+    const flushed = reserved === 0 ? this.socket.write(frame) : this.socket.write(frame, () => this.o.bytes.give(reserved));
+    // One answer of the agreed size may always be queued on top of the bound.
+    const bound = this.o.maxOutputBytes + (this.version >= 2 ? frameLimitFor(this.version) : 0);
+    if (this.socket.writableLength > bound) {
       this.abort('client does not read its answers');
       return;
     }
@@ -344,6 +390,7 @@ export class Connection {
 
   private markClosed(): void {
     this.state = 'closed';
+    this.o.bytes.close();
     this.clearTimers();
     for (const entry of this.inFlight.values()) entry.abort();
     this.inFlight.clear();

@@ -1,5 +1,5 @@
 import { CredproxyError } from '../errors.js';
-import { BUCKET_NAME_RE, DEFAULT_BUCKET, KEY_NAME_RE, PROVIDER_NAME_RE } from '../names.js';
+import { DEFAULT_BUCKET, isBucketName, KEY_NAME_RE, PROVIDER_NAME_RE } from '../names.js';
 
 /** What `--allow`, `--allow-key`, `--allow-all`, `--read-only` or a profile give. */
 export interface PolicyInput {
@@ -64,7 +64,7 @@ export class Policy {
     if (!PROVIDER_NAME_RE.test(provider)) {
       throw new CredproxyError('USAGE', `invalid --allow rule ${quoteRule(rule)}: expected PROVIDER, PROVIDER:BUCKET or PROVIDER:*`);
     }
-    if (bucket !== ALL_BUCKETS && !BUCKET_NAME_RE.test(bucket)) {
+    if (bucket !== ALL_BUCKETS && !isBucketName(bucket)) {
       throw new CredproxyError('USAGE', `invalid --allow rule ${quoteRule(rule)}: bad bucket name`);
     }
     const set = this.buckets.get(provider) ?? new Set<string>();
