@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { CredproxyError } from './errors.js';
@@ -102,6 +102,9 @@ export type ProviderConfig = z.output<typeof ProviderConfigSchema>;
 
 const ALLOW_ENTRY_RE = /^[a-zA-Z0-9._@-]{1,64}(?::(?:[a-zA-Z0-9._@-]{1,64}|\*))?$/;
 
+/** A profile applies in any directory: its paths may not be relative to one. */
+const profilePath = z.string().max(4096).regex(/^(\/|~\/)/, 'must be an absolute path or start with ~/');
+
 export const ProfileConfigSchema = z.strictObject({
   /** PROVIDER (its default bucket), PROVIDER:BUCKET, or PROVIDER:* (SPEC §5 policy). */
   allow: z.array(z.string().regex(ALLOW_ENTRY_RE, 'must be PROVIDER, PROVIDER:BUCKET or PROVIDER:*')).default([]),
@@ -112,6 +115,10 @@ export const ProfileConfigSchema = z.strictObject({
   allowWrite: z.boolean().default(false),
   /** Logins from the sandbox (on unless set to false). */
   login: z.boolean().default(true),
+  /** bwrap: extra paths shown read-only / read-write inside (absolute or ~/…), and protections to drop. */
+  roBind: z.array(profilePath).optional(),
+  bind: z.array(profilePath).optional(),
+  unprotect: z.array(profilePath).optional(),
 });
 export type ProfileConfig = z.output<typeof ProfileConfigSchema>;
 
@@ -170,9 +177,34 @@ export function parseConfig(text: string, sourcePath: string): CredproxyConfig {
   return result.data;
 }
 
+/**
+ * The config names the token endpoints that receive refresh tokens: a
+ * config dir or file that another user can write (owned by someone else,
+ * or group/world-writable) could redirect them. Refused, naming the fix.
+ */
+export async function checkConfigTrust(configDir: string, uid = process.getuid?.()): Promise<void> {
+  if (uid === undefined) return; // no owners to compare (Windows)
+  for (const path of [configDir, join(configDir, CONFIG_FILE_NAME)]) {
+    let st;
+    try {
+      st = await stat(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw new CredproxyError('CONFIG_INVALID', `${path}: cannot be read (${(err as NodeJS.ErrnoException).code ?? 'unknown error'})`);
+    }
+    if (st.uid !== uid) {
+      throw new CredproxyError('CONFIG_INVALID', `${path} is owned by uid ${st.uid}, not by you (uid ${uid}), so another user could change where tokens are sent: \`chown ${uid} ${path}\` if it is yours, or remove it`);
+    }
+    if ((st.mode & 0o022) !== 0) {
+      throw new CredproxyError('CONFIG_INVALID', `${path} is writable by ${st.mode & 0o002 ? 'every user' : 'its group'}, so another user could change where tokens are sent: run \`chmod go-w ${path}\``);
+    }
+  }
+}
+
 /** SPEC §7: `config.json` in the config dir; a missing file is an empty config. */
 export async function loadConfig(configDir: string): Promise<CredproxyConfig> {
   const path = join(configDir, CONFIG_FILE_NAME);
+  await checkConfigTrust(configDir);
   let text: string;
   try {
     text = await readFile(path, 'utf8');
