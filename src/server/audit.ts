@@ -25,8 +25,8 @@ export interface AuditEntry {
 const FLUSH_BATCH = 1000;
 
 /** Where the server records entries; AuditLog is the file-backed one. */
-export interface AuditSink {
-  record(entry: AuditEntry): void;
+export interface AuditSink<E extends object = AuditEntry> {
+  record(entry: E): void;
 }
 
 export interface AuditLogOptions {
@@ -42,7 +42,7 @@ export interface AuditLogOptions {
  * Append-only audit file written off the reply path: record() only queues;
  * a timer appends the queue in one write. close() flushes what is left.
  */
-export class AuditLog implements AuditSink {
+export class AuditLog<E extends object = AuditEntry> implements AuditSink<E> {
   private readonly path: string;
   private readonly logger: Logger;
   private readonly flushDelayMs: number;
@@ -69,7 +69,7 @@ export class AuditLog implements AuditSink {
     await chmod(this.path, 0o600);
   }
 
-  record(entry: AuditEntry): void {
+  record(entry: E): void {
     if (this.closed || this.file === null) return;
     if (this.queue.length >= this.maxBuffered) {
       this.dropped++;

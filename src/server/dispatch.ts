@@ -110,6 +110,11 @@ function denyToken(p: { provider: string; bucket?: string | undefined }, policy:
   return policy.allowsToken(p.provider, bucket) ? null : `${p.provider}:${bucket} is not allowed by the policy`;
 }
 
+/** get_token/refresh_token: also refused for a provider the gateway serves (zero credentials in the sandbox). */
+function denyTokenRead(p: { provider: string; bucket?: string | undefined }, policy: Policy): string | null {
+  return denyToken(p, policy) ?? policy.gatewayTokenRefusal(p.provider);
+}
+
 function denyWrite(policy: Policy): string | null {
   return policy.allowsWrite ? null : 'the policy is read-only';
 }
@@ -216,7 +221,7 @@ export class Dispatcher {
       get_token: {
         bound: 'credential',
         audit: tokenFields,
-        deny: denyToken,
+        deny: denyTokenRead,
         run: async (p) => {
           const bucket = p.bucket ?? DEFAULT_BUCKET;
           const token = await credentials.getToken(p.provider, bucket);
@@ -269,13 +274,13 @@ export class Dispatcher {
       refresh_token: {
         bound: 'credential',
         audit: tokenFields,
-        deny: denyToken,
+        deny: denyTokenRead,
         run: async (p) => sanitizeToken(await credentials.refresh(p.provider, p.bucket ?? DEFAULT_BUCKET)),
       },
       get_api_key: {
         bound: 'host',
         audit: (p) => ({ key: p.name }),
-        deny: (p, policy) => (policy.allowsKey(p.name) ? null : `key ${p.name} is not allowed by the policy`),
+        deny: (p, policy) => (policy.allowsKey(p.name) ? policy.gatewayKeyRefusal(p.name) : `key ${p.name} is not allowed by the policy`),
         run: async (p) => {
           const key = await keys.getKey(p.name);
           if (key === null) throw new CredproxyError('NOT_FOUND', `no API key named ${p.name}`);

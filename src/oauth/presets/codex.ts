@@ -17,4 +17,6 @@ export const codex: ProviderConfig = {
   scopes: ['openid', 'profile', 'email', 'offline_access'],
   redirect_uri: 'http://localhost:1455/auth/callback',
   authorization_params: { id_token_add_organizations: 'true', codex_cli_simplified_flow: 'true' },
+  /** Gateway: the API these tokens are for. */
+  api_base: 'https://chatgpt.com/backend-api/codex',
 };
