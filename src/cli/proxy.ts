@@ -10,6 +10,9 @@ import type { CliContext } from './context.js';
 import { policyFromFlags, type PolicyFlags } from './policy-flags.js';
 import { createSocketDir, removeSocketDir } from './socket-dir.js';
 import { UsageError } from './io.js';
+import { startGateway, type RunningGateway } from '../gateway/index.js';
+import type { GatewayListen } from '../gateway/server.js';
+import type { Command } from 'commander';
 
 export interface ProxyFlags extends PolicyFlags {
   socketDir?: string;
@@ -19,6 +22,17 @@ export interface ProxyFlags extends PolicyFlags {
   allowRoot?: boolean;
   /** serve --rate-limit: requests per second per connection (SPEC §5 default 60). */
   rateLimit?: string;
+  /** --gateway: the HTTP gateway that injects credentials (issue 13). */
+  gateway?: boolean;
+  /** --gateway-expose-tokens: the socket still hands out gateway-served credentials. */
+  gatewayExposeTokens?: boolean;
+}
+
+/** The gateway flags shared by `serve` and `run`. */
+export function addGatewayOptions(cmd: Command): Command {
+  return cmd
+    .option('--gateway', 'start the HTTP gateway: API calls with the placeholder get the real credential injected on the host')
+    .option('--gateway-expose-tokens', 'with --gateway, still answer get_token/refresh_token/get_api_key for the credentials the gateway serves');
 }
 
 /** `--rate-limit N`: a whole number of requests per second, 1 to 1,000,000. */
@@ -43,6 +57,14 @@ export interface RunningProxy {
   stop(): Promise<void>;
   /** Synchronous last resort on a forced exit. */
   removeNow(): void;
+  /** The gateway, with --gateway. */
+  gateway: RunningGateway | undefined;
+}
+
+/** Where the gateway listens; given by the caller, which knows the sandbox. */
+export interface GatewayPlacement {
+  /** Listen addresses; a `{ path }` relative name is placed in the proxy's socket directory. */
+  listen: GatewayListen[];
 }
 
 function isLoopback(host: string): boolean {
@@ -64,7 +86,7 @@ export function parseTransport(spec: string | undefined): { host: string; port: 
  * host stores and the refresh path, a fresh socket directory, a capability
  * token. Any failure leaves nothing behind.
  */
-export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string; policy?: Policy } = {}): Promise<RunningProxy> {
+export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string; policy?: Policy; gateway?: GatewayPlacement } = {}): Promise<RunningProxy> {
   const policy = options.policy ?? policyFromFlags(flags, await ctx.config());
   if (flags.allowAll) ctx.notice('serving every provider, bucket and key (--allow-all)');
   else if (policy.isEmpty) ctx.notice('no --allow, --allow-key or --profile given: every request will be refused');
@@ -85,6 +107,30 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     timeoutMs: sessionTimeoutFromEnv(ctx.io.env),
     logger,
   });
+  let gateway: RunningGateway | undefined;
+  if (flags.gateway) {
+    const dir = ownDir ?? flags.socketDir;
+    const listen = (options.gateway?.listen ?? [{ host: '127.0.0.1', port: 0 }]).map((w) =>
+      'path' in w && !w.path.startsWith('/') ? { path: join(dir ?? host.dirs.run, w.path) } : w,
+    );
+    try {
+      gateway = await startGateway({
+        policy,
+        config: host.config,
+        credentials: host.credentials,
+        keys: host.stores.keys,
+        placeholder: capabilityToken,
+        logger,
+        stateDir: ensurePrivateDir(host.dirs.state),
+        listen,
+        exposeOnSocket: Boolean(flags.gatewayExposeTokens),
+      });
+    } catch (err) {
+      if (ownDir) removeSocketDir(ownDir);
+      throw err;
+    }
+    if (gateway.routes.size === 0) ctx.notice('--gateway: the policy allows no credential with a gateway route; every gateway request will be refused');
+  }
   const server = new ProxyServer({
     tokens: host.stores.tokens,
     keys: host.stores.keys,
@@ -103,6 +149,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     await server.start();
   } catch (err) {
     login.close();
+    await gateway?.stop();
     if (ownDir) removeSocketDir(ownDir);
     throw err;
   }
@@ -113,11 +160,14 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     ownDir,
     capabilityToken,
     logger,
+    gateway,
     stop() {
-      stopped ??= server.stop().finally(() => {
-        login.close();
-        if (ownDir) removeSocketDir(ownDir);
-      });
+      stopped ??= Promise.all([server.stop(), gateway?.stop()])
+        .then(() => undefined)
+        .finally(() => {
+          login.close();
+          if (ownDir) removeSocketDir(ownDir);
+        });
       return stopped;
     },
     removeNow() {

@@ -13,7 +13,7 @@ import { containerArgs } from '../../sandbox/container.js';
 import { engineEnv, sandboxEnv, type SandboxKind, type SandboxSpec } from '../../sandbox/spec.js';
 import type { CliContext } from '../context.js';
 import { addPolicyOptions, policyFromFlags } from '../policy-flags.js';
-import { parseTransport, startProxy, type ProxyFlags, type RunningProxy } from '../proxy.js';
+import { addGatewayOptions, parseTransport, startProxy, type ProxyFlags, type RunningProxy } from '../proxy.js';
 import { createSocketDir } from '../socket-dir.js';
 
 interface RunFlags extends ProxyFlags {
@@ -43,7 +43,7 @@ export function registerRunCommand(program: Command, ctx: CliContext): void {
     .option('--no-peer-check', 'do not require SO_PEERCRED peer checks (Linux)')
     .argument('<command...>', 'the command to run, after --')
     .passThroughOptions();
-  addPolicyOptions(cmd).action(async (command: string[], flags: RunFlags) => {
+  addGatewayOptions(addPolicyOptions(cmd)).action(async (command: string[], flags: RunFlags) => {
     try {
       ctx.exitCode = await run(ctx, command, flags);
     } catch (err) {
@@ -87,6 +87,9 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   if ((kind === 'docker' || kind === 'podman') && !flags.image) throw new CredproxyError('USAGE', `--sandbox ${kind} needs --image`);
   const tcp = parseTransport(flags.transport);
   if (tcp && kind === 'bwrap') throw new CredproxyError('USAGE', 'bwrap shares the Unix socket and has no network; --transport tcp is for docker, podman (VM-based engines) and none');
+  if (flags.gateway && kind !== 'none') {
+    throw new CredproxyError('USAGE', `--gateway works with --sandbox none in this version; ${kind} is not supported yet`);
+  }
   const dirs = ctx.dirs();
   const home = env.HOME || homedir();
   const cwd = process.cwd();
@@ -187,7 +190,14 @@ function launch(kind: SandboxKind, spec: SandboxSpec, proxy: RunningProxy, flags
     return run;
   }
   if (kind === 'none') {
-    const env = { ...spec.env, HOME: spec.home, CREDPROXY_SOCKET: proxy.socketPath, CREDPROXY_TOKEN: spec.capabilityToken };
+    const gatewayUrl = proxy.gateway?.addresses[0];
+    const env = {
+      ...spec.env,
+      HOME: spec.home,
+      CREDPROXY_SOCKET: proxy.socketPath,
+      CREDPROXY_TOKEN: spec.capabilityToken,
+      ...(gatewayUrl === undefined ? {} : { CREDPROXY_GATEWAY_URL: gatewayUrl }),
+    };
     return spawnChild(spec.command[0]!, spec.command.slice(1), { stdio: 'inherit', env, cwd: spec.workdir ?? spec.home, detached: true });
   }
   // docker/podman: the token goes through a 0600 env file in a private directory (swept like a socket dir if we are killed), never argv.
