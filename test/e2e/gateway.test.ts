@@ -177,3 +177,39 @@ describe('run --gateway --sandbox none', () => {
     expect(fake.requests.at(-1)!.credential).toBe(OPENAI_KEY);
   });
 });
+
+describe('run --gateway --sandbox bwrap', () => {
+  it('the SDKs inside real bwrap (no network) reach the fake API through the in-sandbox relay', async () => {
+    const before = fake.requests.length;
+    const r = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--gateway', '--allow', 'anthropic', '--allow-key', 'openai', '--', process.execPath, CLIENT, '--openai'], {
+      env: host.env,
+      timeoutMs: 60_000,
+    });
+    hostLogs.push(r.stderr);
+    sandboxSide.push(r.stdout);
+    expect(r.code, r.stderr).toBe(0);
+    const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { call?: string; text?: string; deltas?: string[]; env?: Record<string, string> });
+    expect(lines.find((l) => l.call === 'anthropic')).toMatchObject({ text: expect.stringMatching(/^fake answer/) });
+    expect(lines.find((l) => l.call === 'anthropic-stream')!.deltas!.length).toBeGreaterThan(1);
+    expect(lines.find((l) => l.call === 'openai')).toMatchObject({ text: expect.stringMatching(/^fake answer/) });
+    const env = lines.at(-1)!.env!;
+    expect(env.CREDPROXY_GATEWAY_URL).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect(env.CREDPROXY_SOCKET).toMatch(/^\/run\/credproxy\//);
+    const seen = fake.requests.slice(before);
+    expect(seen).toHaveLength(3);
+    expect(seen[2]!.credential).toBe(OPENAI_KEY);
+    for (const q of seen) {
+      expect(q.credential).not.toBeNull();
+      expect(r.stdout).not.toContain(q.credential!);
+      expect(q.credential).not.toBe(env.CREDPROXY_TOKEN);
+    }
+  });
+
+  it('the relay passes the command\'s exit status through and forwards a SIGTERM it receives', async () => {
+    const exit = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--gateway', '--allow', 'anthropic', '--', 'sh', '-c', 'exit 7'], { env: host.env });
+    expect(exit.code, exit.stderr).toBe(7);
+    const trapped = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--gateway', '--allow', 'anthropic', '--', 'sh', '-c', 'trap "echo got-term; exit 3" TERM; kill -TERM $PPID; sleep 5 & wait'], { env: host.env });
+    expect(trapped.stdout).toContain('got-term');
+    expect(trapped.code).toBe(3);
+  });
+});

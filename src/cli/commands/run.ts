@@ -10,6 +10,7 @@ import { CredproxyError } from '../../errors.js';
 import { bwrapArgs, encodeFdArgs } from '../../sandbox/bwrap.js';
 import { bwrapCommandPid, SignalRelay, spawnChild, type ChildRun } from '../../sandbox/child.js';
 import { containerArgs } from '../../sandbox/container.js';
+import { gatewayPlan } from '../../gateway/sandbox.js';
 import { engineEnv, sandboxEnv, type SandboxKind, type SandboxSpec } from '../../sandbox/spec.js';
 import type { CliContext } from '../context.js';
 import { addPolicyOptions, policyFromFlags } from '../policy-flags.js';
@@ -87,9 +88,8 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   if ((kind === 'docker' || kind === 'podman') && !flags.image) throw new CredproxyError('USAGE', `--sandbox ${kind} needs --image`);
   const tcp = parseTransport(flags.transport);
   if (tcp && kind === 'bwrap') throw new CredproxyError('USAGE', 'bwrap shares the Unix socket and has no network; --transport tcp is for docker, podman (VM-based engines) and none');
-  if (flags.gateway && kind !== 'none') {
-    throw new CredproxyError('USAGE', `--gateway works with --sandbox none in this version; ${kind} is not supported yet`);
-  }
+  const gateway = flags.gateway ? gatewayPlan(kind, packageRoot(), process.execPath) : undefined;
+  if (gateway === null) throw new CredproxyError('USAGE', `--gateway works with --sandbox bwrap or none in this version; ${kind} is not supported yet`);
   const dirs = ctx.dirs();
   const home = env.HOME || homedir();
   const cwd = process.cwd();
@@ -107,7 +107,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   let proxy: RunningProxy;
   try {
     // The command owns the terminal: the proxy only speaks up for warnings (the audit log has the rest).
-    proxy = await startProxy(ctx, flags, { logLevel: 'warn', policy });
+    proxy = await startProxy(ctx, flags, { logLevel: 'warn', policy, ...(gateway ? { gateway } : {}) });
   } catch (err) {
     if (err instanceof CredproxyError) throw new CredproxyError(err.code === 'USAGE' ? 'INTERNAL_ERROR' : err.code, `the proxy could not start: ${err.message}`);
     throw err;
@@ -119,7 +119,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     socketName: tcp ? '' : basename(proxy.socketPath),
     tcpPort: tcp ? Number(new URL(proxy.socketPath).port) : null,
     capabilityToken: proxy.capabilityToken,
-    command,
+    command: gateway ? gateway.wrap(command) : command,
     workdir: flags.workdir ? cwd : null,
     shareNet: Boolean(flags.shareNet),
     home,
