@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { constants } from 'node:os';
 import net, { type AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
+import { resolveAgentEnv, type AgentEnvPlan } from './agents.js';
 
 /**
  * The in-sandbox half of the gateway for bwrap, which has no network: a
@@ -11,7 +12,9 @@ import { pathToFileURL } from 'node:url';
  * the command with CREDPROXY_GATEWAY_URL pointing at itself, forwards the
  * launcher's signals to it, and exits with its status.
  *
- * Usage: relay.js SOCKET_PATH -- COMMAND [ARGS...]
+ * Usage: relay.js SOCKET_PATH [AGENT_ENV_PLAN_JSON] -- COMMAND [ARGS...]
+ * The optional plan (agents.ts) names variables built from the relay's URL
+ * and copies of the placeholder, which bwrap passed in CREDPROXY_TOKEN.
  */
 
 /** What the launcher relays (see sandbox/child.ts); ^Z stops the whole process group, this relay included. */
@@ -20,8 +23,21 @@ const FORWARDED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', '
 /** `run`'s own failure status (as docker/podman): never mistaken for the command's. */
 const RELAY_FAILURE_EXIT = 125;
 
-export function relayCommand(options: { node: string; relayScript: string; socketPath: string; command: readonly string[] }): string[] {
-  return [options.node, options.relayScript, options.socketPath, '--', ...options.command];
+export function relayCommand(options: { node: string; relayScript: string; socketPath: string; command: readonly string[]; plan?: AgentEnvPlan }): string[] {
+  const plan = options.plan === undefined ? [] : [JSON.stringify(options.plan)];
+  return [options.node, options.relayScript, options.socketPath, ...plan, '--', ...options.command];
+}
+
+function parsePlan(text: string | undefined): AgentEnvPlan | null | undefined {
+  if (text === undefined) return undefined;
+  try {
+    const p = JSON.parse(text) as AgentEnvPlan;
+    const strings = (o: unknown): boolean => typeof o === 'object' && o !== null && Object.values(o).every((v) => typeof v === 'string');
+    if (strings(p.set) && strings(p.fromGatewayUrl) && Array.isArray(p.placeholder) && p.placeholder.every((v) => typeof v === 'string')) return p;
+  } catch {
+    /* reported below */
+  }
+  return null;
 }
 
 /** Carry one accepted connection to the host gateway socket, both ways, until either side ends. */
@@ -52,8 +68,9 @@ async function main(argv: string[]): Promise<void> {
   const sep = argv.indexOf('--');
   const socketPath = argv[0];
   const command = sep < 0 ? [] : argv.slice(sep + 1);
-  if (socketPath === undefined || sep !== 1 || command.length === 0) {
-    process.stderr.write('credproxy gateway relay: usage: relay.js SOCKET_PATH -- COMMAND [ARGS...]\n');
+  const plan = parsePlan(sep === 2 ? argv[1] : undefined);
+  if (socketPath === undefined || (sep !== 1 && sep !== 2) || command.length === 0 || plan === null) {
+    process.stderr.write('credproxy gateway relay: usage: relay.js SOCKET_PATH [AGENT_ENV_PLAN_JSON] -- COMMAND [ARGS...]\n');
     process.exit(RELAY_FAILURE_EXIT);
   }
   let url: string;
@@ -65,7 +82,8 @@ async function main(argv: string[]): Promise<void> {
     process.exit(RELAY_FAILURE_EXIT);
   }
   server.unref();
-  const child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env: { ...process.env, CREDPROXY_GATEWAY_URL: url } });
+  const agentEnv = plan === undefined ? {} : resolveAgentEnv(plan, url, process.env.CREDPROXY_TOKEN ?? '');
+  const child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env: { ...process.env, CREDPROXY_GATEWAY_URL: url, ...agentEnv } });
   for (const s of FORWARDED) {
     process.on(s, () => {
       if (child.exitCode === null && child.signalCode === null) child.kill(s);

@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import type { SandboxKind } from '../sandbox/spec.js';
 import { SANDBOX_SOCKET_DIR } from '../sandbox/spec.js';
+import type { AgentEnvPlan } from './agents.js';
 import { relayCommand } from './relay.js';
 import type { GatewayListen } from './server.js';
 
@@ -20,12 +21,14 @@ export interface GatewayPlan {
  * run's socket directory and the relay inside carries connections to it.
  * null: not supported for that kind yet.
  */
-export function gatewayPlan(kind: SandboxKind, packageRoot: string, node: string): GatewayPlan | null {
+export function gatewayPlan(kind: SandboxKind, packageRoot: string, node: string, agent?: AgentEnvPlan): GatewayPlan | null {
   if (kind === 'none') return { listen: [{ host: '127.0.0.1', port: 0 }], wrap: (c) => [...c] };
   if (kind === 'bwrap') {
+    const relayScript = join(packageRoot, 'dist', 'gateway', 'relay.js');
+    const socketPath = `${SANDBOX_SOCKET_DIR}/${GATEWAY_SOCKET_NAME}`;
     return {
       listen: [{ path: GATEWAY_SOCKET_NAME }],
-      wrap: (command) => relayCommand({ node, relayScript: join(packageRoot, 'dist', 'gateway', 'relay.js'), socketPath: `${SANDBOX_SOCKET_DIR}/${GATEWAY_SOCKET_NAME}`, command }),
+      wrap: (command) => relayCommand({ node, relayScript, socketPath, command, ...(agent === undefined ? {} : { plan: agent }) }),
     };
   }
   return null;

@@ -11,6 +11,7 @@ import { bwrapArgs, encodeFdArgs } from '../../sandbox/bwrap.js';
 import { bwrapCommandPid, SignalRelay, spawnChild, type ChildRun } from '../../sandbox/child.js';
 import { containerArgs } from '../../sandbox/container.js';
 import { gatewayPlan } from '../../gateway/sandbox.js';
+import { AGENTS, agentEnvPlan, locateAgentCommand, resolveAgentEnv, type Agent, type AgentEnvPlan } from '../../gateway/agents.js';
 import { engineEnv, sandboxEnv, type SandboxKind, type SandboxSpec } from '../../sandbox/spec.js';
 import type { CliContext } from '../context.js';
 import { addPolicyOptions, policyFromFlags } from '../policy-flags.js';
@@ -18,6 +19,7 @@ import { addGatewayOptions, parseTransport, startProxy, type ProxyFlags, type Ru
 import { createSocketDir } from '../socket-dir.js';
 
 interface RunFlags extends ProxyFlags {
+  agent?: Agent;
   sandbox?: SandboxKind;
   image?: string;
   workdir: boolean;
@@ -42,6 +44,7 @@ export function registerRunCommand(program: Command, ctx: CliContext): void {
     .option('--no-workdir', 'do not bind the current directory into the sandbox')
     .option('--share-net', 'keep network access inside the sandbox')
     .option('--no-peer-check', 'do not require SO_PEERCRED peer checks (Linux)')
+    .addOption(new Option('--agent <name>', 'set up the sandbox for this agent (implies --gateway)').choices([...AGENTS]))
     .argument('<command...>', 'the command to run, after --')
     .passThroughOptions();
   addGatewayOptions(addPolicyOptions(cmd)).action(async (command: string[], flags: RunFlags) => {
@@ -88,8 +91,6 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   if ((kind === 'docker' || kind === 'podman') && !flags.image) throw new CredproxyError('USAGE', `--sandbox ${kind} needs --image`);
   const tcp = parseTransport(flags.transport);
   if (tcp && kind === 'bwrap') throw new CredproxyError('USAGE', 'bwrap shares the Unix socket and has no network; --transport tcp is for docker, podman (VM-based engines) and none');
-  const gateway = flags.gateway ? gatewayPlan(kind, packageRoot(), process.execPath) : undefined;
-  if (gateway === null) throw new CredproxyError('USAGE', `--gateway works with --sandbox bwrap or none in this version; ${kind} is not supported yet`);
   const dirs = ctx.dirs();
   const home = env.HOME || homedir();
   const cwd = process.cwd();
@@ -104,6 +105,11 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   }
 
   const policy = policyFromFlags(flags, await ctx.config()); // bad rules are usage errors (2); past this point failures are run's own (125)
+  const agent = flags.agent === undefined ? undefined : agentEnvPlan(flags.agent, policy);
+  if (agent) flags.gateway = true;
+  const gateway = flags.gateway ? gatewayPlan(kind, packageRoot(), process.execPath, agent) : undefined;
+  if (gateway === null) throw new CredproxyError('USAGE', `--gateway works with --sandbox bwrap or none in this version; ${kind} is not supported yet`);
+  const agentTool = agent ? locateAgentCommand(command, env) : undefined;
   let proxy: RunningProxy;
   try {
     // The command owns the terminal: the proxy only speaks up for warnings (the audit log has the rest).
@@ -119,12 +125,12 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     socketName: tcp ? '' : basename(proxy.socketPath),
     tcpPort: tcp ? Number(new URL(proxy.socketPath).port) : null,
     capabilityToken: proxy.capabilityToken,
-    command: gateway ? gateway.wrap(command) : command,
+    command: gateway ? gateway.wrap(agentTool?.command ?? command) : command,
     workdir: flags.workdir ? cwd : null,
     shareNet: Boolean(flags.shareNet),
     home,
     hidden: [dirs.config, dirs.data, dirs.state, dirs.run],
-    toolDirs: [root, nodeDir],
+    toolDirs: [root, nodeDir, ...(agentTool?.dir === undefined ? [] : [agentTool.dir])],
     env: sandboxEnv(env, [join(root, 'bin'), nodeDir]),
   };
   let envDir: string | undefined;
@@ -137,7 +143,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   // Started before the spawn, so a signal in between is held for the command instead of killing the launcher.
   const relay = new SignalRelay({ target: () => commandPid(), jobControl: true, sharesTerminal: false }).start();
   try {
-    launched = launch(kind, spec, proxy, flags, dirs.run, (d) => (envDir = d));
+    launched = launch(kind, spec, proxy, flags, dirs.run, (d) => (envDir = d), agent);
     const child = launched.child;
     if (kind === 'bwrap') {
       let infoPid: number | null = null;
@@ -179,7 +185,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
  * which relays it once. bwrap's outer process, in the terminal's group,
  * would otherwise die of it and take the sandbox down with SIGKILL.
  */
-function launch(kind: SandboxKind, spec: SandboxSpec, proxy: RunningProxy, flags: RunFlags, runDir: string, setEnvDir: (d: string) => void): ChildRun {
+function launch(kind: SandboxKind, spec: SandboxSpec, proxy: RunningProxy, flags: RunFlags, runDir: string, setEnvDir: (d: string) => void, agent?: AgentEnvPlan): ChildRun {
   if (kind === 'bwrap') {
     const { argv, fdArgs } = bwrapArgs(spec, { info: 3, args: 4 });
     const run = spawnChild('bwrap', argv, { stdio: ['inherit', 'inherit', 'inherit', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, detached: true });
@@ -197,6 +203,7 @@ function launch(kind: SandboxKind, spec: SandboxSpec, proxy: RunningProxy, flags
       CREDPROXY_SOCKET: proxy.socketPath,
       CREDPROXY_TOKEN: spec.capabilityToken,
       ...(gatewayUrl === undefined ? {} : { CREDPROXY_GATEWAY_URL: gatewayUrl }),
+      ...(agent === undefined || gatewayUrl === undefined ? {} : resolveAgentEnv(agent, gatewayUrl, spec.capabilityToken)),
     };
     return spawnChild(spec.command[0]!, spec.command.slice(1), { stdio: 'inherit', env, cwd: spec.workdir ?? spec.home, detached: true });
   }
