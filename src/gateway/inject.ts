@@ -61,10 +61,12 @@ export function hasPlaceholder(headers: IncomingHttpHeaders, placeholder: Buffer
 
 /** What the real credential is for this request. */
 export interface Injection {
-  /** The secret itself (access token or key): scanned for in responses. */
+  /**
+   * The secret itself (access token or key): what responses are scanned
+   * for. The refresh token and id_token never reach the upstream, so it has
+   * no way to echo them.
+   */
   secret: string;
-  /** Other secrets of the same credential that must never come back (refresh token, id_token). */
-  alsoSecret: string[];
   headers: Record<string, string>;
 }
 
@@ -75,13 +77,12 @@ export function oauthInjection(route: Route & { kind: 'oauth' }, token: OAuthTok
     const account = codexAccountId(token);
     if (account !== null) headers['chatgpt-account-id'] = account;
   }
-  const alsoSecret = [token.refresh_token, typeof token.id_token === 'string' ? token.id_token : undefined].filter((s): s is string => typeof s === 'string');
-  return { secret: token.access_token, alsoSecret, headers };
+  return { secret: token.access_token, headers };
 }
 
 export function keyInjection(route: Route & { kind: 'key' }, key: string): Injection {
   const value = route.header === 'authorization' ? `Bearer ${key}` : key;
-  return { secret: key, alsoSecret: [], headers: { [route.header]: value } };
+  return { secret: key, headers: { [route.header]: value } };
 }
 
 /**

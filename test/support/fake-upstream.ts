@@ -110,6 +110,11 @@ export class FakeUpstream {
       res.end(JSON.stringify({ type: 'error', error: { type: 'authentication_error', message: 'invalid credential' } }));
       return;
     }
+    if (path.endsWith('/ping')) {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': '2' });
+      res.end('{}');
+      return;
+    }
     if (path.endsWith('/v1/messages')) return this.anthropicMessages(seen, res);
     if (path.endsWith('/chat/completions')) return this.openaiChat(seen, res);
     if (path.endsWith('/echo')) {
