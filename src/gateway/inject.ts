@@ -16,7 +16,15 @@ const HOP_BY_HOP = new Set([
   'transfer-encoding',
   'upgrade',
   'host',
+  // Node answers 100-continue to the client itself; the upstream request is sent whole.
+  'expect',
 ]);
+
+/**
+ * Response headers never passed to the sandbox: a cookie the API sets is a
+ * session credential of its own (and inbound cookies are dropped anyway).
+ */
+const DROPPED_RESPONSE_HEADERS = new Set(['set-cookie', 'set-cookie2']);
 
 /** Every header a client could carry a credential in: all are removed before the real one goes in. */
 const CREDENTIAL_HEADERS = new Set(['authorization', 'x-api-key', 'x-goog-api-key', 'api-key', 'cookie', 'chatgpt-account-id']);
@@ -145,7 +153,7 @@ export function downstreamHeaders(upstream: IncomingHttpHeaders, secrets: readon
   const drop = connectionTokens(upstream);
   const out: OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(upstream)) {
-    if (value === undefined || HOP_BY_HOP.has(name) || drop.has(name)) continue;
+    if (value === undefined || HOP_BY_HOP.has(name) || DROPPED_RESPONSE_HEADERS.has(name) || drop.has(name)) continue;
     const values = Array.isArray(value) ? value : [value];
     if (values.some((v) => containsSecret(v, secrets))) continue;
     out[name] = value;

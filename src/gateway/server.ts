@@ -20,7 +20,11 @@ const UNAUTHORIZED_BODY_LIMIT = 64 * 1024;
 /** Bytes buffered per direction and stage before backpressure applies. */
 const STREAM_HIGH_WATER_MARK = 256 * 1024;
 
+/** Connections open at once per listener; more are refused (a flood from the sandbox cannot exhaust the host). */
+export const DEFAULT_MAX_CONNECTIONS = 1024;
+
 export interface GatewayOptions {
+  maxConnections?: number;
   routes: ReadonlyMap<string, Route>;
   /** The run's capability token: the placeholder clients send. */
   placeholder: string;
@@ -79,6 +83,7 @@ export class GatewayServer {
       socket.once('close', () => this.sockets.delete(socket));
       this.http.emit('connection', socket);
     });
+    server.maxConnections = this.o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       if ('path' in where) server.listen(where.path, () => resolve());

@@ -226,6 +226,34 @@ describe('gateway with the official SDKs', () => {
     expect(fake.requests.length).toBe(before);
   });
 
+  it('is no open proxy: absolute-form targets, CONNECT and upgrades reach nothing', async () => {
+    await login(rig.store);
+    const before = fake.requests.length;
+    const { hostname, port } = new URL(rig.url);
+    const absolute = await raw('GET', `${fake.url}/anthropic/echo`, bearer);
+    expect(absolute.status).toBe(404);
+    const connectAnswer = await new Promise<string>((resolve) => {
+      const req = http.request({ hostname, port, method: 'CONNECT', path: new URL(fake.url).host, headers: bearer, agent: false });
+      req.on('connect', (res) => resolve(`connected ${res.statusCode}`));
+      req.on('response', (res) => resolve(`answered ${res.statusCode}`));
+      req.on('error', () => resolve('closed'));
+      req.end();
+    });
+    expect(connectAnswer).not.toMatch(/^connected 2/);
+    expect(fake.requests.length).toBe(before);
+    // An upgrade request is at most forwarded as a plain request, never upgraded into a raw tunnel.
+    const upgrade = await new Promise<string>((resolve) => {
+      const req = http.request({ hostname, port, path: '/anthropic/echo', headers: { ...bearer, connection: 'upgrade', upgrade: 'websocket' }, agent: false });
+      req.on('upgrade', () => resolve('upgraded'));
+      req.on('response', (res) => resolve(`answered ${res.statusCode}`));
+      req.on('error', () => resolve('closed'));
+      req.end();
+    });
+    expect(upgrade).not.toBe('upgraded');
+    const last = fake.requests.at(-1)!;
+    if (fake.requests.length > before) expect([last.headers.upgrade, last.headers.connection]).not.toContain('websocket');
+  });
+
   it('enforces a route allowlist of methods and path prefixes', async () => {
     await login(rig.store, 'limited');
     const before = fake.requests.length;

@@ -91,7 +91,9 @@ describe('headers', () => {
   });
 
   it('drops response headers carrying a secret and hop-by-hop ones', () => {
-    expect(downstreamHeaders({ 'x-leak': 'xx real-token-123456', 'set-cookie': ['a=1', 'b=real-token-123456'], 'content-type': 'text/plain', connection: 'close', 'keep-alive': '5' }, ['real-token-123456'])).toEqual({ 'content-type': 'text/plain' });
+    expect(downstreamHeaders({ 'x-leak': 'xx real-token-123456', 'x-fine': ['a=1'], 'content-type': 'text/plain', connection: 'close', 'keep-alive': '5' }, ['real-token-123456'])).toEqual({ 'content-type': 'text/plain', 'x-fine': ['a=1'] });
+    // An API session cookie is a credential too.
+    expect(downstreamHeaders({ 'set-cookie': ['session=abc'], 'content-type': 'text/plain' }, [])).toEqual({ 'content-type': 'text/plain' });
   });
 
   it('reads the ChatGPT account id from the id_token claims', () => {
