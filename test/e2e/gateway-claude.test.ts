@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -76,6 +76,25 @@ describe('run --agent claude with the real Claude Code in bwrap', () => {
       expect(q.headers['x-api-key']).toBe(KEY);
       expect(q.headers.authorization).toBeUndefined();
     }
+  });
+
+  it('finds a claude installed under the (masked) home through PATH and binds its directory read-only', async () => {
+    const install = join(host.home, '.local', 'share', 'claude', 'versions', '9.9.9');
+    const bin = join(host.home, '.local', 'bin');
+    mkdirSync(install, { recursive: true });
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(
+      join(install, 'claude'),
+      '#!/bin/sh\necho "base=$ANTHROPIC_BASE_URL quiet=$CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC same=$([ "$CLAUDE_CODE_OAUTH_TOKEN" = "$CREDPROXY_TOKEN" ] && echo yes) args=$*"\ntouch "$0.written" 2>/dev/null && echo writable || echo read-only\n',
+    );
+    chmodSync(join(install, 'claude'), 0o755);
+    symlinkSync(join(install, 'claude'), join(bin, 'claude'));
+    const r = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--agent', 'claude', '--allow', 'anthropic', '--', 'claude', '-p', 'hi'], {
+      env: { ...host.env, PATH: `${bin}:${host.env.PATH}` },
+      timeoutMs: 60_000,
+    });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^base=http:\/\/127\.0\.0\.1:\d+\/anthropic quiet=1 same=yes args=-p hi\nread-only\n$/);
   });
 
   it('refuses --agent claude without an Anthropic credential in the policy', async () => {
