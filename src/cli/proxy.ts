@@ -11,6 +11,9 @@ import { LoginSessionManager, sessionTimeoutFromEnv, type LoginEvent } from '../
 import { policyFromFlags, type PolicyFlags } from './policy-flags.js';
 import { createSocketDir, removeSocketDir } from './socket-dir.js';
 import { UsageError } from './io.js';
+import { startGateway, type RunningGateway } from '../gateway/index.js';
+import type { GatewayListen } from '../gateway/server.js';
+import type { Command } from 'commander';
 
 export interface ProxyFlags extends PolicyFlags {
   socketDir?: string;
@@ -20,6 +23,17 @@ export interface ProxyFlags extends PolicyFlags {
   allowRoot?: boolean;
   /** serve --rate-limit: requests per second per connection (SPEC §5 default 60). */
   rateLimit?: string;
+  /** --gateway: the HTTP gateway that injects credentials (issue 13). */
+  gateway?: boolean;
+  /** --gateway-expose-tokens: the socket still hands out gateway-served credentials. */
+  gatewayExposeTokens?: boolean;
+}
+
+/** The gateway flags shared by `serve` and `run`. */
+export function addGatewayOptions(cmd: Command): Command {
+  return cmd
+    .option('--gateway', 'start the HTTP gateway: API calls with the placeholder get the real credential injected on the host')
+    .option('--gateway-expose-tokens', 'with --gateway, still answer get_token/refresh_token/get_api_key for the credentials the gateway serves');
 }
 
 /** `--rate-limit N`: a whole number of requests per second, 1 to 1,000,000. */
@@ -44,6 +58,14 @@ export interface RunningProxy {
   stop(): Promise<void>;
   /** Synchronous last resort on a forced exit. */
   removeNow(): void;
+  /** The gateway, with --gateway. */
+  gateway: RunningGateway | undefined;
+}
+
+/** Where the gateway listens; given by the caller, which knows the sandbox. */
+export interface GatewayPlacement {
+  /** Listen addresses; a `{ path }` relative name is placed in the proxy's socket directory. */
+  listen: GatewayListen[];
 }
 
 function isLoopback(host: string): boolean {
@@ -105,7 +127,7 @@ async function warnAboutEmptyEntries(ctx: CliContext, host: HostContext, policy:
  * host stores and the refresh path, a fresh socket directory, a capability
  * token. Any failure leaves nothing behind.
  */
-export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string; policy?: Policy } = {}): Promise<RunningProxy> {
+export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string; policy?: Policy; gateway?: GatewayPlacement } = {}): Promise<RunningProxy> {
   const config = await ctx.config();
   const policy = options.policy ?? policyFromFlags(flags, config);
   if (flags.allowAll) ctx.notice('serving every provider, bucket and key (--allow-all)');
@@ -133,7 +155,31 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
       server?.recordLogin(event);
     },
   });
-  server = new ProxyServer({
+  let gateway: RunningGateway | undefined;
+  if (flags.gateway) {
+    const dir = ownDir ?? flags.socketDir;
+    const listen = (options.gateway?.listen ?? [{ host: '127.0.0.1', port: 0 }]).map((w) =>
+      'path' in w && !w.path.startsWith('/') ? { path: join(dir ?? host.dirs.run, w.path) } : w,
+    );
+    try {
+      gateway = await startGateway({
+        policy,
+        config: host.config,
+        credentials: host.credentials,
+        keys: host.stores.keys,
+        placeholder: capabilityToken,
+        logger,
+        stateDir: ensurePrivateDir(host.dirs.state),
+        listen,
+        exposeOnSocket: Boolean(flags.gatewayExposeTokens),
+      });
+    } catch (err) {
+      if (ownDir) removeSocketDir(ownDir);
+      throw err;
+    }
+    if (gateway.routes.size === 0) ctx.notice('--gateway: the policy allows no credential with a gateway route; every gateway request will be refused');
+  }
+  const proxyServer = new ProxyServer({
     tokens: host.stores.tokens,
     keys: host.stores.keys,
     credentials: host.credentials,
@@ -148,30 +194,35 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     login,
     ...(rateLimit === undefined ? {} : { limits: { requestsPerWindow: rateLimit } }),
   });
+  server = proxyServer;
   try {
-    await server.start();
+    await proxyServer.start();
   } catch (err) {
     login.close();
+    await gateway?.stop();
     if (ownDir) removeSocketDir(ownDir);
     throw err;
   }
   await warnAboutEmptyEntries(ctx, host, policy);
   let stopped: Promise<void> | undefined;
   return {
-    server,
-    socketPath: server.socketPath,
+    server: proxyServer,
+    socketPath: proxyServer.socketPath,
     ownDir,
     capabilityToken,
     logger,
+    gateway,
     stop() {
-      stopped ??= server.stop().finally(() => {
-        login.close();
-        if (ownDir) removeSocketDir(ownDir);
-      });
+      stopped ??= Promise.all([proxyServer.stop(), gateway?.stop()])
+        .then(() => undefined)
+        .finally(() => {
+          login.close();
+          if (ownDir) removeSocketDir(ownDir);
+        });
       return stopped;
     },
     removeNow() {
-      server.removeSocketNow();
+      proxyServer.removeSocketNow();
       if (ownDir) removeSocketDir(ownDir);
     },
   };

@@ -18,6 +18,8 @@ export interface LayoutRequest {
   unprotect: string[];
   packageRoot: string;
   nodeBinary: string;
+  /** `--agent`: the agent's own install, often under the masked home; shown read-only like credproxy's. */
+  agentDir?: string;
 }
 
 /** The account's home from the password database, which `HOME=/elsewhere` does not move. */
@@ -68,7 +70,7 @@ export function layoutInput(req: LayoutRequest): MountInput {
     homes,
     credproxyDirs,
     socketDir: null, // known once the proxy has started
-    toolDirs: [...new Set([canonicalPath(req.packageRoot), nodeDir(req.nodeBinary)])],
+    toolDirs: [...new Set([canonicalPath(req.packageRoot), nodeDir(req.nodeBinary), ...(req.agentDir === undefined ? [] : [canonicalPath(req.agentDir)])])],
     binds,
     unprotect: req.unprotect.map((u) => canonicalPath(resolve(cwd, expand(u)))),
   };

@@ -115,6 +115,11 @@ function denyToken(p: { provider: string; bucket?: string | undefined }, policy:
   return policy.allowsToken(p.provider, bucket) ? null : `${p.provider}:${bucket} is not allowed by the policy`;
 }
 
+/** get_token/refresh_token: also refused for a provider the gateway serves (zero credentials in the sandbox). */
+function denyTokenRead(p: { provider: string; bucket?: string | undefined }, policy: Policy): string | null {
+  return denyToken(p, policy) ?? policy.gatewayTokenRefusal(p.provider);
+}
+
 function denyWrite(policy: Policy): string | null {
   if (policy.allowsWrite) return null;
   return policy.readOnlyFlag ? 'the policy is read-only' : 'token writes from the sandbox are off (start the proxy with --allow-write)';
@@ -232,7 +237,7 @@ export class Dispatcher {
       get_token: {
         bound: 'credential',
         audit: tokenFields,
-        deny: denyToken,
+        deny: denyTokenRead,
         run: async (p) => {
           const bucket = p.bucket ?? DEFAULT_BUCKET;
           const token = await credentials.getToken(p.provider, bucket);
@@ -289,7 +294,7 @@ export class Dispatcher {
       refresh_token: {
         bound: 'credential',
         audit: tokenFields,
-        deny: denyToken,
+        deny: denyTokenRead,
         run: async (p) => {
           const bucket = p.bucket ?? DEFAULT_BUCKET;
           const token = await credentials.refresh(p.provider, bucket);
@@ -317,7 +322,7 @@ export class Dispatcher {
       get_api_key: {
         bound: 'host',
         audit: (p) => ({ key: p.name }),
-        deny: (p, policy) => (policy.allowsKey(p.name) ? null : `key ${p.name} is not allowed by the policy`),
+        deny: (p, policy) => (policy.allowsKey(p.name) ? policy.gatewayKeyRefusal(p.name) : `key ${p.name} is not allowed by the policy`),
         run: async (p) => {
           const key = await keys.getKey(p.name);
           if (key === null) throw new CredproxyError('NOT_FOUND', `no API key named ${p.name}`);

@@ -15,13 +15,16 @@ import { describeFilter, seccompFilter } from '../../sandbox/seccomp.js';
 import { probeBwrap } from '../../sandbox/bwrap-features.js';
 import { bwrapCommandPid, SignalRelay, spawnChild, type ChildRun } from '../../sandbox/child.js';
 import { containerArgs } from '../../sandbox/container.js';
+import { gatewayPlan } from '../../gateway/sandbox.js';
+import { AGENTS, agentEnvPlan, locateAgentCommand, resolveAgentEnv, type Agent, type AgentEnvPlan } from '../../gateway/agents.js';
 import { engineEnv, sandboxEnv, type SandboxKind, type SandboxSpec } from '../../sandbox/spec.js';
 import type { CliContext } from '../context.js';
 import { addPolicyOptions, policyFromFlags } from '../policy-flags.js';
-import { parseTransport, startProxy, type ProxyFlags, type RunningProxy } from '../proxy.js';
+import { addGatewayOptions, parseTransport, startProxy, type ProxyFlags, type RunningProxy } from '../proxy.js';
 import { createSocketDir } from '../socket-dir.js';
 
 interface RunFlags extends ProxyFlags {
+  agent?: Agent;
   sandbox?: SandboxKind;
   image?: string;
   workdir: boolean;
@@ -57,9 +60,10 @@ export function registerRunCommand(program: Command, ctx: CliContext): void {
     .option('--unprotect <path>', 'bwrap: leave PATH (e.g. .git, .vscode) writable inside (repeatable)', collect, [])
     .option('--explain', 'print the sandbox’s mount table and environment names, and exit')
     .option('--no-peer-check', 'do not require SO_PEERCRED peer checks (Linux)')
+    .addOption(new Option('--agent <name>', 'set up the sandbox for this agent (implies --gateway)').choices([...AGENTS]))
     .argument('<command...>', 'the command to run, after --')
     .passThroughOptions();
-  addPolicyOptions(cmd).action(async (command: string[], flags: RunFlags) => {
+  addGatewayOptions(addPolicyOptions(cmd)).action(async (command: string[], flags: RunFlags) => {
     try {
       ctx.exitCode = await run(ctx, command, flags);
     } catch (err) {
@@ -108,6 +112,8 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   const cwd = process.cwd();
   const config = await ctx.config();
   const profile = flags.profile === undefined ? undefined : config.profiles[flags.profile];
+  // Found before the mount plan: the agent's install dir becomes a read-only tool dir inside.
+  const agentTool = flags.agent === undefined ? undefined : locateAgentCommand(command, env);
   const layout: LayoutRequest = {
     cwd,
     bindWorkdir: flags.workdir,
@@ -118,6 +124,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     unprotect: [...(profile?.unprotect ?? []), ...flags.unprotect],
     packageRoot: packageRoot(),
     nodeBinary: process.execPath,
+    ...(agentTool === undefined ? {} : { agentDir: agentTool.dir }),
   };
   if (kind !== 'bwrap' && (layout.roBinds.length || layout.rwBinds.length || layout.unprotect.length || flags.explain)) {
     throw new CredproxyError('USAGE', '--ro-bind, --bind, --unprotect and --explain are for --sandbox bwrap');
@@ -138,10 +145,14 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   }
 
   const policy = policyFromFlags(flags, config); // bad rules are usage errors (2); past this point failures are run's own (125)
+  const agent = flags.agent === undefined ? undefined : agentEnvPlan(flags.agent, policy);
+  if (agent) flags.gateway = true;
+  const gateway = flags.gateway ? gatewayPlan(kind, packageRoot(), process.execPath, agent) : undefined;
+  if (gateway === null) throw new CredproxyError('USAGE', `--gateway works with --sandbox bwrap or none in this version; ${kind} is not supported yet`);
   let proxy: RunningProxy;
   try {
     // The command owns the terminal: the proxy only speaks up for warnings (the audit log has the rest).
-    proxy = await startProxy(ctx, flags, { logLevel: 'warn', policy });
+    proxy = await startProxy(ctx, flags, { logLevel: 'warn', policy, ...(gateway ? { gateway } : {}) });
   } catch (err) {
     if (err instanceof CredproxyError) throw new CredproxyError(err.code === 'USAGE' ? 'INTERNAL_ERROR' : err.code, `the proxy could not start: ${err.message}`);
     throw err;
@@ -153,7 +164,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     socketName: tcp ? '' : basename(proxy.socketPath),
     tcpPort: tcp ? Number(new URL(proxy.socketPath).port) : null,
     capabilityToken: proxy.capabilityToken,
-    command,
+    command: gateway ? gateway.wrap(agentTool?.command ?? command) : command,
     workdir: flags.workdir ? (input?.workdir ?? cwd) : null, // canonical: the path the mount plan protects
     shareNet: Boolean(flags.shareNet),
     home,
@@ -179,7 +190,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   // Started before the spawn, so a signal in between is held for the command instead of killing the launcher.
   const relay = new SignalRelay({ target: () => commandPid(), jobControl: true, sharesTerminal: false }).start();
   try {
-    launched = launch(kind, spec, plan, proxy, flags, dirs.run, (d) => (envDir = d));
+    launched = launch(kind, spec, plan, proxy, flags, dirs.run, (d) => (envDir = d), agent);
     const child = launched.child;
     if (kind === 'bwrap') {
       let infoPid: number | null = null;
@@ -227,7 +238,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
  * which relays it once. bwrap's outer process, in the terminal's group,
  * would otherwise die of it and take the sandbox down with SIGKILL.
  */
-function launch(kind: SandboxKind, spec: SandboxSpec, plan: MountPlan | undefined, proxy: RunningProxy, flags: RunFlags, runDir: string, setEnvDir: (d: string) => void): ChildRun {
+function launch(kind: SandboxKind, spec: SandboxSpec, plan: MountPlan | undefined, proxy: RunningProxy, flags: RunFlags, runDir: string, setEnvDir: (d: string) => void, agent?: AgentEnvPlan): ChildRun {
   if (kind === 'bwrap') {
     const { argv, fdArgs } = bwrapArgs(spec, plan!.ops, BWRAP_FDS, probeBwrap());
     const run = spawnChild('bwrap', argv, {
@@ -246,7 +257,15 @@ function launch(kind: SandboxKind, spec: SandboxSpec, plan: MountPlan | undefine
     return run;
   }
   if (kind === 'none') {
-    const env = { ...spec.env, HOME: spec.home, CREDPROXY_SOCKET: proxy.socketPath, CREDPROXY_TOKEN: spec.capabilityToken };
+    const gatewayUrl = proxy.gateway?.addresses[0];
+    const env = {
+      ...spec.env,
+      HOME: spec.home,
+      CREDPROXY_SOCKET: proxy.socketPath,
+      CREDPROXY_TOKEN: spec.capabilityToken,
+      ...(gatewayUrl === undefined ? {} : { CREDPROXY_GATEWAY_URL: gatewayUrl }),
+      ...(agent === undefined || gatewayUrl === undefined ? {} : resolveAgentEnv(agent, gatewayUrl, spec.capabilityToken)),
+    };
     return spawnChild(spec.command[0]!, spec.command.slice(1), { stdio: 'inherit', env, cwd: spec.workdir ?? spec.home, detached: true });
   }
   // docker/podman: the token goes through a 0600 env file in a private directory (swept like a socket dir if we are killed), never argv.
