@@ -68,11 +68,20 @@ export class ProxyTokenStore implements TokenStore {
   }
 
   async removeToken(provider: string, bucket?: string): Promise<void> {
+    await this.removeTokenReporting(provider, bucket);
+  }
+
+  /**
+   * removeToken, telling what the host removed: the whole entry, only the
+   * access token (the host keeps its refresh token), or nothing (none stored).
+   */
+  async removeTokenReporting(provider: string, bucket?: string): Promise<'entry' | 'access_token' | 'nothing'> {
     checkNames(provider, bucket);
     try {
-      await this.client.request('remove_token', { provider, bucket });
+      const data = await this.client.request('remove_token', { provider, bucket });
+      return data?.removed === 'access_token' ? 'access_token' : 'entry';
     } catch (err) {
-      if (isCredproxyError(err, 'NOT_FOUND')) return;
+      if (isCredproxyError(err, 'NOT_FOUND')) return 'nothing';
       throw storeFailure(label('remove_token', provider, bucket), err);
     }
   }

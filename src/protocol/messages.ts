@@ -87,7 +87,8 @@ export type OAuthPollData =
 export interface OpData {
   get_token: SanitizedToken;
   save_token: Record<string, never>;
-  remove_token: Record<string, never>;
+  /** What went: the whole entry, or only the access token (the host keeps its login). */
+  remove_token: { removed?: 'entry' | 'access_token' };
   list_providers: { providers: string[] };
   list_buckets: { buckets: string[] };
   refresh_token: SanitizedToken;

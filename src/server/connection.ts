@@ -9,6 +9,7 @@ import type { CapabilityCheck } from './capability.js';
 import type { PeerIdentity, RequestContext } from './context.js';
 import type { AuditFields, DispatchResult, Dispatcher, Outcome } from './dispatch.js';
 import { ConnectionLimiter, type LimitOptions } from './limits.js';
+import { RefusalMeter } from './refusals.js';
 
 export interface ConnectionOptions {
   id: number;
@@ -30,10 +31,27 @@ export interface ConnectionOptions {
   maxVersion: number;
   audit: AuditSink | null;
   logger: Logger;
+  /** TCP: the client's address:port, recorded on its audit lines. */
+  remote?: string | null;
+  /** Close the connection after this long with nothing in flight and nothing received (default: never). */
+  idleTimeoutMs?: number;
+  /** Rate-limited refusals per second that count as flooding, and how many such seconds in a row end the connection. */
+  flood?: { perSecond?: number; disconnectAfter?: number };
   onClose(conn: Connection): void;
   /** A handshake was refused or timed out (the TCP transport rate-limits these per address). */
   onHandshakeFailed?(): void;
+  /**
+   * Decides a failed handshake's fate (TCP tarpit): the answer and close are
+   * delayed by the returned ms; undefined = answer at once.
+   */
+  handshakeFailureDelayMs?(): number | undefined;
+  /** The handshake succeeded (the server counts connections per peer from here). */
+  onReady?(conn: Connection): void;
+  /** Handshake failures are audited in aggregate by the server. */
+  onHandshakeRefused?(code: string): void;
 }
+
+type PauseReason = 'output' | 'audit' | 'tarpit';
 
 type State = 'handshake' | 'ready' | 'closing' | 'closed';
 
@@ -88,6 +106,14 @@ export class Connection {
   /** Handlers still running, cancelled ones included: their host work is real. */
   private running = 0;
   private idleWaiters: Array<() => void> = [];
+  /** Why reading is paused; it resumes when this is empty. */
+  private readonly pauses = new Set<PauseReason>();
+  /** Complete frames may wait in the decoder, unhandled (reading paused between them). */
+  private backlogged = false;
+  private readonly refusals: RefusalMeter;
+  private idleTimer: NodeJS.Timeout | null = null;
+  /** performance.now() of the last byte received or answer finished. */
+  private lastActive = performance.now();
 
   constructor(options: ConnectionOptions) {
     this.o = options;
@@ -99,15 +125,38 @@ export class Connection {
     this.decoder = new FrameDecoder(frameLimitFor(PROTOCOL_VERSION), {
       admit: (len) => len <= LARGE_FRAME_BYTES || options.bytes.tryTake(len),
     });
+    this.refusals = new RefusalMeter({
+      audit: options.audit,
+      peer: options.peer,
+      remote: options.remote ?? null,
+      ...(options.flood?.perSecond !== undefined ? { floodPerSecond: options.flood.perSecond } : {}),
+      ...(options.flood?.disconnectAfter !== undefined ? { disconnectAfter: options.flood.disconnectAfter } : {}),
+    });
+  }
+
+  get peer(): PeerIdentity {
+    return this.o.peer;
+  }
+
+  /** Requests running now (cancelled ones included until their work ends). */
+  get busy(): boolean {
+    return this.running > 0 || this.backlogged;
+  }
+
+  /** ms since the last byte received or answer finished. */
+  get idleForMs(): number {
+    return this.busy ? 0 : performance.now() - this.lastActive;
+  }
+
+  get isReady(): boolean {
+    return this.state === 'ready';
   }
 
   start(): void {
     const s = this.socket;
     s.on('data', (chunk: Buffer) => this.onData(chunk));
     s.on('end', () => this.onEnd());
-    s.on('drain', () => {
-      if (!this.draining && (this.state === 'ready' || this.state === 'handshake')) s.resume();
-    });
+    s.on('drain', () => this.unpause('output'));
     s.on('error', (err: NodeJS.ErrnoException) => this.o.logger.debug({ conn: this.id, code: err.code }, 'connection error'));
     s.on('close', () => this.onSocketClose());
     this.handshakeTimer = setTimeout(() => {
@@ -115,6 +164,24 @@ export class Connection {
       this.abort('handshake timeout');
     }, this.o.handshakeTimeoutMs);
     this.handshakeTimer.unref();
+    this.armIdle();
+  }
+
+  private armIdle(): void {
+    const ms = this.o.idleTimeoutMs;
+    if (ms === undefined || this.idleTimer !== null) return;
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = null;
+      if (this.state === 'closed') return;
+      const idle = this.idleForMs;
+      if (idle >= ms) {
+        this.o.logger.debug({ conn: this.id }, 'closing an idle connection');
+        this.abort('idle');
+        return;
+      }
+      this.armIdle();
+    }, Math.max(10, ms - this.idleForMs));
+    this.idleTimer.unref();
   }
 
   get isClosed(): boolean {
@@ -124,6 +191,8 @@ export class Connection {
   /** Stop reading new requests; resolves when every running handler has finished. */
   beginShutdown(): Promise<void> {
     this.draining = true;
+    // Frames read but not yet handled are dropped unanswered, like bytes never read.
+    this.backlogged = false;
     this.clearFrameTimer();
     if (this.state === 'handshake') this.abort('server stopping');
     else this.socket.pause();
@@ -131,7 +200,7 @@ export class Connection {
   }
 
   whenIdle(): Promise<void> {
-    if (this.running === 0) return Promise.resolve();
+    if (this.running === 0 && (!this.backlogged || this.draining || this.state === 'closed')) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
@@ -142,19 +211,35 @@ export class Connection {
 
   private onData(chunk: Buffer): void {
     if (this.draining || (this.state !== 'handshake' && this.state !== 'ready')) return;
+    this.lastActive = performance.now();
     this.decoder.append(chunk);
+    this.handleBacklog();
+  }
+
+  /**
+   * Handle the frames read so far, one by one, stopping as soon as reading
+   * is paused (the client does not read its answers, the audit writer is
+   * behind, or the client is being slowed): what is left waits in the
+   * decoder for the pause to end, so neither answers nor audit lines pile
+   * up in memory. One frame at a time also lets the handshake change the
+   * size limit for the frames behind it in the same chunk.
+   */
+  private handleBacklog(): void {
     let completed = 0;
-    for (;;) {
+    this.backlogged = true;
+    while (this.pauses.size === 0 && !this.draining) {
       if (this.state !== 'handshake' && this.state !== 'ready') return;
       let payload: Buffer | null;
       try {
-        // One frame at a time: the handshake may change the limit for the frames behind it.
         payload = this.decoder.next();
       } catch (err) {
         this.abort(err instanceof FrameError ? err.reason : 'framing error');
         return;
       }
-      if (payload === null) break;
+      if (payload === null) {
+        this.backlogged = false;
+        break;
+      }
       completed++;
       // The budget the decoder reserved for a large frame stays taken until its request is done.
       const held = payload.length > LARGE_FRAME_BYTES ? payload.length : 0;
@@ -169,14 +254,54 @@ export class Connection {
         this.o.bytes.give(held);
         this.onHandshake(message);
       } else this.onRequest(message, held);
+      if (this.o.audit?.congested === true) this.pauseForAudit();
     }
+    if (this.state !== 'handshake' && this.state !== 'ready') return;
     // The timer runs from the first byte of each frame: a completed frame
-    // ends it, a frame started in this chunk starts a new one.
-    if (completed > 0) this.clearFrameTimer();
-    if (this.decoder.hasPartialFrame && this.frameTimer === null && (this.state === 'handshake' || this.state === 'ready')) {
+    // ends it, a frame started meanwhile starts a new one. While reading is
+    // paused the frame cannot progress by the client's fault, so no timer runs.
+    if (completed > 0 || this.backlogged) this.clearFrameTimer();
+    if (!this.backlogged && this.decoder.hasPartialFrame && this.frameTimer === null) {
       this.frameTimer = setTimeout(() => this.abort('partial frame timeout'), this.o.frameTimeoutMs);
       this.frameTimer.unref();
     }
+    if (this.backlogged && this.pauses.size === 0) this.socket.pause();
+    if (!this.backlogged && this.running === 0) this.wakeIdle();
+  }
+
+  private pause(reason: PauseReason): void {
+    this.pauses.add(reason);
+    this.socket.pause();
+  }
+
+  private unpause(reason: PauseReason): void {
+    if (!this.pauses.delete(reason) || this.pauses.size > 0) return;
+    if (this.draining || (this.state !== 'handshake' && this.state !== 'ready')) return;
+    this.handleBacklog();
+    if (this.pauses.size === 0 && !this.backlogged) this.socket.resume();
+  }
+
+  private pauseForAudit(): void {
+    if (this.pauses.has('audit')) return;
+    this.pause('audit');
+    void this.o.audit!.whenDrained!().then(() => this.unpause('audit'));
+  }
+
+  /** A request refused before any store (schema, policy, rate limit): counted, audited per second, floods slowed then cut. */
+  private refuse(op: string, code: string): void {
+    const action = this.refusals.note(op, code);
+    if (action.kind === 'none') return;
+    if (action.kind === 'disconnect') {
+      this.refusals.flush();
+      this.record({ time: Date.now(), op: 'disconnect', result: 'RATE_LIMITED', started: performance.now() });
+      this.o.logger.warn({ conn: this.id, peerPid: this.o.peer.pid }, 'disconnected a client that kept exceeding the rate limit');
+      this.abort('kept exceeding the rate limit');
+      return;
+    }
+    if (this.pauses.has('tarpit')) return;
+    this.pause('tarpit');
+    const t = setTimeout(() => this.unpause('tarpit'), action.pauseMs);
+    t.unref();
   }
 
   private onHandshake(msg: Record<string, unknown>): void {
@@ -184,8 +309,21 @@ export class Connection {
     const time = Date.now();
     const reject = (code: WireErrorCode, error: string): void => {
       this.o.onHandshakeFailed?.();
-      this.record({ time, op: 'handshake', result: code, started });
-      this.closeAfter({ v: PROTOCOL_VERSION, op: 'handshake', ok: false, code, error });
+      if (this.o.onHandshakeRefused !== undefined) this.o.onHandshakeRefused(code);
+      else this.record({ time, op: 'handshake', result: code, started });
+      const answer = { v: PROTOCOL_VERSION, op: 'handshake', ok: false, code, error };
+      const delay = this.o.handshakeFailureDelayMs?.();
+      if (delay === undefined || delay <= 0) {
+        this.closeAfter(answer);
+        return;
+      }
+      // Tarpit: the failed peer waits, reading nothing more, before it learns the answer.
+      this.state = 'closing';
+      this.clearTimers();
+      this.socket.pause();
+      const t = setTimeout(() => this.closeAfter(answer), delay);
+      t.unref();
+      this.socket.once('close', () => clearTimeout(t));
     };
     if (msg.op !== 'handshake' || msg.id !== undefined) {
       reject('INVALID_REQUEST', 'the first frame must be a handshake without an id');
@@ -225,6 +363,7 @@ export class Connection {
     this.write({ v: PROTOCOL_VERSION, op: 'handshake', ok: true, data: { version: agreed } });
     this.version = agreed;
     this.decoder.setMaxPayload(frameLimitFor(agreed));
+    this.o.onReady?.(this);
   }
 
   /** `held`: budget bytes the request's frame holds, returned when the request is done. */
@@ -247,8 +386,8 @@ export class Connection {
     const admission = this.limiter.admit(!isCancel);
     if (!admission.ok) {
       this.o.bytes.give(held);
-      this.record({ time, op: auditOp, result: 'RATE_LIMITED', started });
       this.write({ v: this.version, id, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
+      this.refuse(auditOp, 'RATE_LIMITED');
       return;
     }
     const entry = new InFlight();
@@ -271,8 +410,10 @@ export class Connection {
       if (entry.cancelled) resultCode = 'CANCELLED';
       else if (this.state === 'closed') resultCode = 'DISCONNECTED';
       else resultCode = this.answer(id, result.outcome);
-      this.record({ time, op: result.op, fields: result.audit, result: resultCode, started });
-      if (this.running === 0) this.wakeIdle();
+      this.lastActive = performance.now();
+      if (result.refused === true && !entry.cancelled) this.refuse(result.op, resultCode);
+      else this.record({ time, op: result.op, fields: result.audit, result: resultCode, started });
+      if (this.running === 0 && !this.backlogged) this.wakeIdle();
     };
     // Answered in this tick when the dispatcher knows the answer at once (a cached token).
     const result = this.o.dispatcher.dispatch(msg, ctx);
@@ -285,12 +426,12 @@ export class Connection {
     const admission = this.limiter.admit(false);
     const base = id === undefined ? { v: this.version } : { v: this.version, id };
     if (!admission.ok) {
-      this.record({ time, op, result: 'RATE_LIMITED', started });
       this.write({ ...base, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
+      this.refuse(op, 'RATE_LIMITED');
       return;
     }
-    this.record({ time, op, result: 'INVALID_REQUEST', started });
     this.write({ ...base, ok: false, code: 'INVALID_REQUEST', error: reason });
+    this.refuse(op, 'INVALID_REQUEST');
   }
 
   private cancelRequest(targetId: string, cancelId: string): boolean {
@@ -350,7 +491,7 @@ export class Connection {
       this.abort('client does not read its answers');
       return;
     }
-    if (!flushed) this.socket.pause();
+    if (!flushed) this.pause('output');
   }
 
   /** Send a last frame, then close (rejected handshakes). */
@@ -389,9 +530,14 @@ export class Connection {
   }
 
   private markClosed(): void {
+    if (this.state !== 'closed') this.refusals.flush();
     this.state = 'closed';
+    this.backlogged = false;
     this.o.bytes.close();
+    if (this.idleTimer !== null) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
     this.clearTimers();
+    if (this.running === 0) this.wakeIdle();
     for (const entry of this.inFlight.values()) entry.abort();
     this.inFlight.clear();
   }
@@ -421,6 +567,7 @@ export class Connection {
       conn: this.id,
       peerPid: this.o.peer.pid,
       peerUid: this.o.peer.uid,
+      ...(this.o.remote ? { remote: this.o.remote } : {}),
       op: e.op,
       ...e.fields,
       result: e.result,

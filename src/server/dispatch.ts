@@ -6,6 +6,7 @@ import { DEFAULT_BUCKET } from '../names.js';
 import { isOp, OP_PAYLOADS, PROTOCOL_VERSION, type Op, type OpData, type OpPayload } from '../protocol/messages.js';
 import type { CredentialService } from '../refresh/types.js';
 import { sanitizeToken } from '../store/sanitize.js';
+import { mergeSandboxSave, sandboxToken } from '../store/sandbox-token.js';
 import type { KeyStore, TokenStore } from '../store/types.js';
 import { BucketUsage } from './bucket-stats.js';
 import type { LoginPort, RequestContext } from './context.js';
@@ -47,6 +48,8 @@ export interface DispatchResult {
   op: Op | 'unknown';
   outcome: Outcome;
   audit: AuditFields;
+  /** Refused by the schema or the policy, before any store: audited in aggregate, not line by line. */
+  refused?: true;
 }
 
 type Bound = 'host' | 'credential' | 'none';
@@ -112,8 +115,19 @@ function denyToken(p: { provider: string; bucket?: string | undefined }, policy:
   return policy.allowsToken(p.provider, bucket) ? null : `${p.provider}:${bucket} is not allowed by the policy`;
 }
 
+/** get_token/refresh_token: also refused for a provider the gateway serves (zero credentials in the sandbox). */
+function denyTokenRead(p: { provider: string; bucket?: string | undefined }, policy: Policy): string | null {
+  return denyToken(p, policy) ?? policy.gatewayTokenRefusal(p.provider);
+}
+
 function denyWrite(policy: Policy): string | null {
-  return policy.allowsWrite ? null : 'the policy is read-only';
+  if (policy.allowsWrite) return null;
+  return policy.readOnlyFlag ? 'the policy is read-only' : 'token writes from the sandbox are off (start the proxy with --allow-write)';
+}
+
+function denyLogin(policy: Policy): string | null {
+  if (policy.allowsLogin) return null;
+  return policy.readOnlyFlag ? 'the policy is read-only' : 'logins from the sandbox are off (--no-login)';
 }
 
 const NO_AUDIT = (): AuditFields => ({});
@@ -168,7 +182,7 @@ export class Dispatcher {
     const spec = this.table[op] as OpSpec<O>;
     const audit = spec.audit(payload);
     const denied = spec.deny(payload, this.o.policy);
-    if (denied !== null) return { op, audit, outcome: { ok: false, code: 'UNAUTHORIZED', error: denied } };
+    if (denied !== null) return { op, audit, outcome: { ok: false, code: 'UNAUTHORIZED', error: denied }, refused: true };
     if (spec.fast !== undefined) {
       try {
         const data = spec.fast(payload);
@@ -223,7 +237,7 @@ export class Dispatcher {
       get_token: {
         bound: 'credential',
         audit: tokenFields,
-        deny: denyToken,
+        deny: denyTokenRead,
         run: async (p) => {
           const bucket = p.bucket ?? DEFAULT_BUCKET;
           const token = await credentials.getToken(p.provider, bucket);
@@ -245,9 +259,10 @@ export class Dispatcher {
         audit: tokenFields,
         deny: (p, policy) => denyWrite(policy) ?? denyToken(p, policy),
         run: async (p) => {
-          // The schema already dropped any refresh_token from the payload; the
-          // merge keeps the stored one.
-          await credentials.save(p.provider, p.bucket ?? DEFAULT_BUCKET, p.token);
+          // The schema already dropped any refresh_token; sandboxToken keeps
+          // only bounded §2 fields, and the merge keeps the host's own fields.
+          const token = sandboxToken(p.token, Date.now() / 1000);
+          await credentials.save(p.provider, p.bucket ?? DEFAULT_BUCKET, token, mergeSandboxSave);
           return {};
         },
       },
@@ -258,9 +273,10 @@ export class Dispatcher {
         // Idempotent (SPEC §8): removing what is already gone is the state the caller wanted.
         run: async (p) => {
           const bucket = p.bucket ?? DEFAULT_BUCKET;
-          await credentials.remove(p.provider, bucket);
+          if (!(await this.tokenExists(p.provider, bucket))) return {};
+          const removed = await credentials.remove(p.provider, bucket, { keepRefreshToken: true });
           this.usage.forget(p.provider, bucket);
-          return {};
+          return { removed };
         },
       },
       list_providers: {
@@ -278,7 +294,7 @@ export class Dispatcher {
       refresh_token: {
         bound: 'credential',
         audit: tokenFields,
-        deny: denyToken,
+        deny: denyTokenRead,
         run: async (p) => {
           const bucket = p.bucket ?? DEFAULT_BUCKET;
           const token = await credentials.refresh(p.provider, bucket);
@@ -306,7 +322,7 @@ export class Dispatcher {
       get_api_key: {
         bound: 'host',
         audit: (p) => ({ key: p.name }),
-        deny: (p, policy) => (policy.allowsKey(p.name) ? null : `key ${p.name} is not allowed by the policy`),
+        deny: (p, policy) => (policy.allowsKey(p.name) ? policy.gatewayKeyRefusal(p.name) : `key ${p.name} is not allowed by the policy`),
         run: async (p) => {
           const key = await keys.getKey(p.name);
           if (key === null) throw new CredproxyError('NOT_FOUND', `no API key named ${p.name}`);
@@ -328,25 +344,25 @@ export class Dispatcher {
       oauth_initiate: {
         bound: 'credential',
         audit: tokenFields,
-        deny: (p, policy) => denyWrite(policy) ?? denyToken(p, policy),
+        deny: (p, policy) => denyLogin(policy) ?? denyToken(p, policy),
         run: async (p, ctx) => login().initiate(p.provider, p.bucket ?? DEFAULT_BUCKET, ctx.peer, ctx.signal),
       },
       oauth_exchange: {
         bound: 'credential',
         audit: NO_AUDIT,
-        deny: (_p, policy) => denyWrite(policy),
+        deny: (_p, policy) => denyLogin(policy),
         run: async (p, ctx) => login().exchange(p.session_id, p.code, ctx.peer, ctx.signal),
       },
       oauth_poll: {
         bound: 'credential',
         audit: NO_AUDIT,
-        deny: (_p, policy) => denyWrite(policy),
+        deny: (_p, policy) => denyLogin(policy),
         run: async (p, ctx) => login().poll(p.session_id, ctx.peer, ctx.signal),
       },
       oauth_cancel: {
         bound: 'credential',
         audit: NO_AUDIT,
-        deny: (_p, policy) => denyWrite(policy),
+        deny: (_p, policy) => denyLogin(policy),
         run: async (p, ctx) => {
           await login().cancel(p.session_id, ctx.peer);
           return {};
@@ -361,6 +377,15 @@ export class Dispatcher {
     };
   }
 
+
+  private async tokenExists(provider: string, bucket: string): Promise<boolean> {
+    try {
+      return (await this.o.tokens.getToken(provider, bucket)) !== null;
+    } catch (err) {
+      if (err instanceof CredproxyError && err.code === 'CORRUPT_ENTRY') return true;
+      throw err;
+    }
+  }
 }
 
 function notStored(provider: string, bucket: string): CredproxyError {
@@ -368,5 +393,5 @@ function notStored(provider: string, bucket: string): CredproxyError {
 }
 
 function invalid(op: Op | 'unknown', reason: string): DispatchResult {
-  return { op, audit: {}, outcome: { ok: false, code: 'INVALID_REQUEST', error: reason } };
+  return { op, audit: {}, outcome: { ok: false, code: 'INVALID_REQUEST', error: reason }, refused: true };
 }

@@ -4,7 +4,7 @@ import type { CliContext } from '../context.js';
 import { writeLine } from '../io.js';
 import { LLXPRT_SOCKET_ENV } from '../../sandbox/llxprt.js';
 import { addPolicyOptions } from '../policy-flags.js';
-import { startProxy, type ProxyFlags } from '../proxy.js';
+import { addGatewayOptions, startProxy, type ProxyFlags } from '../proxy.js';
 
 interface ServeFlags extends ProxyFlags {
   shell?: boolean;
@@ -14,7 +14,7 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
   const cmd = program
     .command('serve')
     .description('run the proxy in the foreground for a sandbox started by another tool');
-  addPolicyOptions(cmd)
+  addGatewayOptions(addPolicyOptions(cmd))
     .option('--socket-dir <dir>', 'directory for the socket (default: a fresh one under the run dir)')
     .option('--transport <spec>', 'unix (default), or tcp[:HOST[:PORT]] for VM-based engines (loopback by default)')
     .option('--shell', 'print `export VAR=...` lines for eval')
@@ -46,6 +46,8 @@ async function serve(ctx: CliContext, flags: ServeFlags): Promise<number> {
       );
     }
   }
+  const gatewayUrl = proxy.gateway?.addresses[0];
+  if (gatewayUrl !== undefined) writeLine(ctx.io.stdout, line('CREDPROXY_GATEWAY_URL', gatewayUrl));
 
   // Runs until SIGINT/SIGTERM; the server is stopped (socket removed) before `exit` is called.
   const code = await new Promise<number>((resolve) => {
