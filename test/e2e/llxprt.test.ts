@@ -83,7 +83,7 @@ describe('llxprt-code contract through credproxy run', () => {
   let llxprt: string;
 
   const run = (args: string[], command: string[]) =>
-    runCli(['run', '--allow', 'acme:*', '--allow-key', 'openai', ...args, '--', ...command], { env: host.env, cwd: work, timeoutMs: 60_000 });
+    runCli(['run', '--allow', 'acme:*', '--allow-key', 'openai', '--allow-write', ...args, '--', ...command], { env: host.env, cwd: work, timeoutMs: 60_000 });
 
   beforeAll(async () => {
     host = makeHostEnv();
