@@ -84,6 +84,7 @@ describe('credproxy run --sandbox podman', () => {
     const work = mkdtempSync('/tmp/cpw-');
     try {
       expect((await runCli(['token', 'import', 'acme', '--bucket', 'my work'], { env, input: JSON.stringify({ access_token: `${TOKEN}-w`, expiry: 4102444800 }) })).code).toBe(0);
+      expect((await runCli(['key', 'set', 'openai'], { env, input: KEY })).code).toBe(0);
       const steps = [['get_token', { provider: 'acme', bucket: 'my work' }], ['get_bucket_stats', { provider: 'acme', bucket: 'my work' }], ['has_api_key', { name: 'openai' }]];
       // What an llxprt image's entrypoint does with the variable before it starts llxprt.
       const entrypoint = 'exec 3<<<"$LLXPRT_CAPABILITY_TOKEN"; unset LLXPRT_CAPABILITY_TOKEN; export LLXPRT_CAPABILITY_FD=3; exec node /opt/credproxy/test/e2e/fixtures/llxprt-style-client.mjs "$1"';
