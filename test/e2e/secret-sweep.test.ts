@@ -689,7 +689,8 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
       expect(out.code, out.stderr).toBe(0);
       expect(await stores.tokens.getToken(p, b)).toBeNull();
     }
-  }, 30_000);
+    // About 30 CLI processes at 0.2–0.5 s of CPU each share 2 cores: far above that, for a loaded machine.
+  }, 120_000);
 
   it('sweep: zero canary hits in every frame, serve log line, audit line and CLI output', async () => {
     // Stop the sandbox side, then serve (SIGTERM flushes the audit log).
