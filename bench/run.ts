@@ -10,11 +10,12 @@ import { fileURLToPath } from 'node:url';
 import { startKeyringSession } from '../test/support/keyring-session.js';
 import { NATIVE_CLIENT_ID, OidcTestServer, type TokenSet } from '../test/support/oidc-server.js';
 import { FrameClient } from './frame-client.js';
+import { gatewayBench } from './gateway.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'credproxy');
 const json = process.argv.includes('--json');
-const SECTIONS = ['round-trip', 'throughput', 'storm', 'memory', 'launch'] as const;
+const SECTIONS = ['round-trip', 'throughput', 'storm', 'memory', 'launch', 'gateway'] as const;
 type Section = (typeof SECTIONS)[number];
 const onlyArg = process.argv.find((a) => a.startsWith('--only='));
 const only = new Set<string>(onlyArg ? onlyArg.slice('--only='.length).split(',') : SECTIONS);
@@ -463,6 +464,7 @@ const run: Record<Section, () => Promise<Row[]>> = {
   storm: refreshStorm,
   memory: async () => [...(await idleMemory()), ...(await memory())],
   launch: async () => launchCost(),
+  gateway: gatewayBench,
 };
 const rows: Row[] = [];
 for (const section of SECTIONS) {

@@ -5,12 +5,15 @@ import { ensurePrivateDir } from '../paths.js';
 import { generateCapabilityToken } from '../server/capability.js';
 import type { Policy } from '../server/policy.js';
 import { ProxyServer } from '../server/server.js';
-import { LoginSessionManager, sessionTimeoutFromEnv } from '../login/session-manager.js';
 import { howToStore } from '../login/hints.js';
 import type { CliContext, HostContext } from './context.js';
+import { LoginSessionManager, sessionTimeoutFromEnv, type LoginEvent } from '../login/session-manager.js';
 import { policyFromFlags, type PolicyFlags } from './policy-flags.js';
 import { createSocketDir, removeSocketDir } from './socket-dir.js';
 import { UsageError } from './io.js';
+import { startGateway, type RunningGateway } from '../gateway/index.js';
+import type { GatewayListen } from '../gateway/server.js';
+import type { Command } from 'commander';
 
 export interface ProxyFlags extends PolicyFlags {
   socketDir?: string;
@@ -20,6 +23,17 @@ export interface ProxyFlags extends PolicyFlags {
   allowRoot?: boolean;
   /** serve --rate-limit: requests per second per connection (SPEC §5 default 60). */
   rateLimit?: string;
+  /** --gateway: the HTTP gateway that injects credentials (issue 13). */
+  gateway?: boolean;
+  /** --gateway-expose-tokens: the socket still hands out gateway-served credentials. */
+  gatewayExposeTokens?: boolean;
+}
+
+/** The gateway flags shared by `serve` and `run`. */
+export function addGatewayOptions(cmd: Command): Command {
+  return cmd
+    .option('--gateway', 'start the HTTP gateway: API calls with the placeholder get the real credential injected on the host')
+    .option('--gateway-expose-tokens', 'with --gateway, still answer get_token/refresh_token/get_api_key for the credentials the gateway serves');
 }
 
 /** `--rate-limit N`: a whole number of requests per second, 1 to 1,000,000. */
@@ -44,6 +58,14 @@ export interface RunningProxy {
   stop(): Promise<void>;
   /** Synchronous last resort on a forced exit. */
   removeNow(): void;
+  /** The gateway, with --gateway. */
+  gateway: RunningGateway | undefined;
+}
+
+/** Where the gateway listens; given by the caller, which knows the sandbox. */
+export interface GatewayPlacement {
+  /** Listen addresses; a `{ path }` relative name is placed in the proxy's socket directory. */
+  listen: GatewayListen[];
 }
 
 function isLoopback(host: string): boolean {
@@ -51,6 +73,15 @@ function isLoopback(host: string): boolean {
 }
 
 /** `tcp`, `tcp:HOST`, `tcp:HOST:PORT`, `tcp:[V6]:PORT`; undefined for the Unix socket. */
+/** The host-side line for a login started from the sandbox. */
+export function describeLoginEvent(e: LoginEvent): string {
+  const who = e.peer.pid === null ? `connection ${e.peer.connectionId}` : `pid ${e.peer.pid}`;
+  const what = `login from the sandbox (${who}) for ${e.provider}:${e.bucket}`;
+  if (e.phase === 'started') return `${what} started (${e.flow})`;
+  if (e.phase === 'failed') return `${what} failed (${e.code ?? 'error'})`;
+  return `${what} completed: account ${e.account ?? 'unknown (the provider returned no id_token)'}`;
+}
+
 export function parseTransport(spec: string | undefined): { host: string; port: number } | undefined {
   if (spec === undefined || spec === 'unix') return undefined;
   if (spec === 'tcp') return { host: '127.0.0.1', port: 0 };
@@ -96,8 +127,9 @@ async function warnAboutEmptyEntries(ctx: CliContext, host: HostContext, policy:
  * host stores and the refresh path, a fresh socket directory, a capability
  * token. Any failure leaves nothing behind.
  */
-export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string; policy?: Policy } = {}): Promise<RunningProxy> {
-  const policy = options.policy ?? policyFromFlags(flags, await ctx.config());
+export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string; policy?: Policy; gateway?: GatewayPlacement } = {}): Promise<RunningProxy> {
+  const config = await ctx.config();
+  const policy = options.policy ?? policyFromFlags(flags, config);
   if (flags.allowAll) ctx.notice('serving every provider, bucket and key (--allow-all)');
   else if (policy.isEmpty) ctx.notice('no --allow, --allow-key or --profile given: every request will be refused');
 
@@ -111,13 +143,43 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
   if (tcp && !isLoopback(tcp.host)) ctx.notice(`listening on ${tcp.host}, which is not a loopback address: anyone who can reach it and holds the token gets the policy's credentials`);
   const ownDir = flags.socketDir === undefined && !tcp ? createSocketDir(host.dirs.run) : undefined;
   const capabilityToken = generateCapabilityToken();
+  let server: ProxyServer | null = null;
   const login = new LoginSessionManager({
     tokens: host.stores.tokens,
     providers: host.providers,
     timeoutMs: sessionTimeoutFromEnv(ctx.io.env),
     logger,
+    onLogin: (event) => {
+      // An account swapped by a hostile sandbox must be visible to the person at the host.
+      ctx.notice(describeLoginEvent(event));
+      server?.recordLogin(event);
+    },
   });
-  const server = new ProxyServer({
+  let gateway: RunningGateway | undefined;
+  if (flags.gateway) {
+    const dir = ownDir ?? flags.socketDir;
+    const listen = (options.gateway?.listen ?? [{ host: '127.0.0.1', port: 0 }]).map((w) =>
+      'path' in w && !w.path.startsWith('/') ? { path: join(dir ?? host.dirs.run, w.path) } : w,
+    );
+    try {
+      gateway = await startGateway({
+        policy,
+        config: host.config,
+        credentials: host.credentials,
+        keys: host.stores.keys,
+        placeholder: capabilityToken,
+        logger,
+        stateDir: ensurePrivateDir(host.dirs.state),
+        listen,
+        exposeOnSocket: Boolean(flags.gatewayExposeTokens),
+      });
+    } catch (err) {
+      if (ownDir) removeSocketDir(ownDir);
+      throw err;
+    }
+    if (gateway.routes.size === 0) ctx.notice('--gateway: the policy allows no credential with a gateway route; every gateway request will be refused');
+  }
+  const proxyServer = new ProxyServer({
     tokens: host.stores.tokens,
     keys: host.stores.keys,
     credentials: host.credentials,
@@ -127,34 +189,40 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     peerCheck: flags.peerCheck ? 'required' : 'off',
     allowRoot: Boolean(flags.allowRoot),
     auditPath: join(ensurePrivateDir(host.dirs.state), 'audit.jsonl'),
+    ...(config.audit ? { auditRotation: { ...config.audit } } : {}),
     logger,
     login,
     ...(rateLimit === undefined ? {} : { limits: { requestsPerWindow: rateLimit } }),
   });
+  server = proxyServer;
   try {
-    await server.start();
+    await proxyServer.start();
   } catch (err) {
     login.close();
+    await gateway?.stop();
     if (ownDir) removeSocketDir(ownDir);
     throw err;
   }
   await warnAboutEmptyEntries(ctx, host, policy);
   let stopped: Promise<void> | undefined;
   return {
-    server,
-    socketPath: server.socketPath,
+    server: proxyServer,
+    socketPath: proxyServer.socketPath,
     ownDir,
     capabilityToken,
     logger,
+    gateway,
     stop() {
-      stopped ??= server.stop().finally(() => {
-        login.close();
-        if (ownDir) removeSocketDir(ownDir);
-      });
+      stopped ??= Promise.all([proxyServer.stop(), gateway?.stop()])
+        .then(() => undefined)
+        .finally(() => {
+          login.close();
+          if (ownDir) removeSocketDir(ownDir);
+        });
       return stopped;
     },
     removeNow() {
-      server.removeSocketNow();
+      proxyServer.removeSocketNow();
       if (ownDir) removeSocketDir(ownDir);
     },
   };

@@ -10,6 +10,7 @@ import type { OAuthToken, TokenStore } from '../store/types.js';
 import type { FlowOutcome, FlowStarter, FlowTiming, RunningFlow } from './flows/index.js';
 import { ownerKey, procStartTime, type ProcessStartTime } from './owner.js';
 import { loginAnswer, type LoginAnswer } from './renewal.js';
+import { accountOf } from './account.js';
 
 /** SPEC §5 defaults. */
 export const DEFAULT_SESSION_TIMEOUT_MS = 10 * 60_000;
@@ -41,6 +42,21 @@ export interface LoginSessionManagerOptions {
   now?: () => number;
   /** Run after a sweep dropped BULK_SWEEP sessions or more (default: one full garbage collection). */
   afterBulkSweep?: () => void;
+  /** Told when a login starts, completes or fails (the proxy announces sandbox logins on the host). */
+  onLogin?: (event: LoginEvent) => void;
+}
+
+/** A login's milestones, for the host's terminal and audit log: names, codes and the account only. */
+export interface LoginEvent {
+  phase: 'started' | 'completed' | 'failed';
+  provider: string;
+  bucket: string;
+  flow: FlowType;
+  peer: PeerIdentity;
+  /** completed: id_token email (or `sub:<sub>`) when the provider returned one. */
+  account?: string;
+  /** failed: the error code. */
+  code?: string;
 }
 
 interface Session {
@@ -50,6 +66,8 @@ interface Session {
   readonly bucket: string;
   readonly flowType: FlowType;
   readonly expiresAt: number;
+  /** The peer that started it, for announcements. */
+  readonly peer: PeerIdentity;
   /** Released (null) once the session is used, cancelled or expired: its secrets go with it. */
   flow: RunningFlow | null;
   /** Aborting it stops the flow's background work (polling, loopback listener). */
@@ -129,6 +147,7 @@ export class LoginSessionManager implements LoginPort {
   private readonly logger: Logger;
   private readonly now: () => number;
   private readonly afterBulkSweep: () => void;
+  private readonly onLogin: (event: LoginEvent) => void;
   private sweeper: NodeJS.Timeout | null = null;
   /** Initiations between the cap check and their session's creation (they await the provider). */
   private starting = 0;
@@ -143,6 +162,7 @@ export class LoginSessionManager implements LoginPort {
     this.maxPerOwner = positive(options.maxSessionsPerOwner, DEFAULT_MAX_SESSIONS_PER_OWNER, 'maxSessionsPerOwner');
     this.now = options.now ?? Date.now;
     this.afterBulkSweep = options.afterBulkSweep ?? collectGarbage;
+    this.onLogin = options.onLogin ?? (() => undefined);
     this.flowTiming = { now: this.now, ...options.flowTiming };
     this.start = options.startFlow ?? startFlowLazily;
     this.startTimeOf = options.processStartTime ?? procStartTime;
@@ -193,6 +213,7 @@ export class LoginSessionManager implements LoginPort {
       bucket,
       flowType: flow.start.flow_type,
       expiresAt: this.now() + this.timeoutMs,
+      peer: { ...peer },
       flow,
       stop,
       expiryTimer: null,
@@ -207,6 +228,7 @@ export class LoginSessionManager implements LoginPort {
     }
     this.armSweeper();
     this.logger.debug({ session: shortSessionId(id), provider, bucket, flow: session.flowType }, 'login session started');
+    this.announce(session, 'started');
     return { session_id: id, ...answerFields(flow) };
   }
 
@@ -239,7 +261,9 @@ export class LoginSessionManager implements LoginPort {
       await this.saveLoggedIn(s.provider, s.bucket, token);
       return this.completed(s, token);
     } catch (err) {
-      this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket, code: err instanceof CredproxyError ? err.code : 'error' }, 'login failed');
+      const code = err instanceof CredproxyError ? err.code : 'error';
+      this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket, code }, 'login failed');
+      this.announce(s, 'failed', { code });
       throw err;
     } finally {
       this.release(s);
@@ -322,6 +346,7 @@ export class LoginSessionManager implements LoginPort {
     if (!out.ok) {
       s.result = { status: 'error', code: out.code, error: out.error };
       this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket, code: out.code }, 'login failed');
+      this.announce(s, 'failed', { code: out.code });
       return;
     }
     try {
@@ -329,18 +354,31 @@ export class LoginSessionManager implements LoginPort {
       s.result = { status: 'complete', ...this.completed(s, out.token) };
     } catch (err) {
       const code = err instanceof CredproxyError ? err.code : 'error';
+      this.announce(s, 'failed', { code });
       s.result = { status: 'error', code: 'INTERNAL_ERROR', error: `the login succeeded but the token could not be stored (${code})` };
       this.logger.warn({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket, code }, 'login token not stored');
     }
   }
 
-  /** The answer to a finished login; one that cannot be renewed is also said on the host. */
+  /** The answer to a finished login, announced on the host; one that cannot be renewed is also said there. */
   private completed(s: Session, token: OAuthToken): LoginAnswer {
     const answer = loginAnswer(token);
     const fields = { session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket };
     this.logger.info(fields, 'login completed');
     if (answer.login_warning !== undefined) this.logger.warn({ ...fields, expiry: token.expiry }, `${s.provider}:${s.bucket}: ${answer.login_warning}`);
+    this.announce(s, 'completed', { account: accountOf(token) });
     return answer;
+  }
+
+  private announce(s: Session, phase: LoginEvent['phase'], extra: { account?: string | null; code?: string } = {}): void {
+    const event: LoginEvent = { phase, provider: s.provider, bucket: s.bucket, flow: s.flowType, peer: s.peer };
+    if (extra.account) event.account = extra.account;
+    if (extra.code !== undefined) event.code = extra.code;
+    try {
+      this.onLogin(event);
+    } catch (err) {
+      this.logger.warn({ errName: err instanceof Error ? err.name : typeof err }, 'login announcement failed');
+    }
   }
 
   /** Stop the flow's background work and drop its secrets; the entry itself stays (used/expired answers). */

@@ -11,7 +11,8 @@ import { sleep, systemClock, systemTimers, type Clock, type Timers } from './clo
 import type { CooldownStore } from './cooldown.js';
 import { RenewalScheduler, type RenewalOutcome, type RenewalSchedulerOptions } from './scheduler.js';
 import { SingleFlight } from './single-flight.js';
-import type { CredentialService } from './types.js';
+import type { CredentialService, TokenMerge } from './types.js';
+import { sandboxRemoval, type SandboxRemoval } from '../store/sandbox-token.js';
 
 /** The providers the coordinator can refresh with (ProviderRegistry implements this). */
 export interface ProviderLookup {
@@ -192,25 +193,41 @@ export class RefreshCoordinator implements CredentialService {
    * token before a concurrent refresh rotated it would write the old refresh
    * token back, and the next refresh would present a revoked one.
    */
-  async save(provider: string, bucket: string, incoming: OAuthToken): Promise<void> {
+  async save(provider: string, bucket: string, incoming: OAuthToken, merge: TokenMerge = mergeToken): Promise<void> {
     assertProviderName(provider);
     assertBucketName(bucket);
     this.checkOpen();
     await this.underLock(provider, bucket, async () => {
       const stored = await this.store.getToken(provider, bucket);
-      await this.store.saveToken(provider, mergeToken(stored, incoming), bucket);
+      await this.store.saveToken(provider, merge(stored, incoming), bucket);
     });
   }
 
-  async remove(provider: string, bucket: string = DEFAULT_BUCKET): Promise<void> {
+  async remove(provider: string, bucket: string = DEFAULT_BUCKET, options: { keepRefreshToken?: boolean } = {}): Promise<SandboxRemoval> {
     assertProviderName(provider);
     assertBucketName(bucket);
     this.checkOpen();
+    let removed: SandboxRemoval = 'entry';
     await this.underLock(provider, bucket, async () => {
-      await this.store.removeToken(provider, bucket);
+      const stored = options.keepRefreshToken ? await this.readForRemoval(provider, bucket) : null;
+      const plan = stored === null ? { keep: null, removed: 'entry' as const } : sandboxRemoval(stored);
+      removed = plan.removed;
+      if (plan.keep === null) await this.store.removeToken(provider, bucket);
+      else await this.store.saveToken(provider, plan.keep, bucket);
       this.scheduler.cancel(provider, bucket);
-      await this.cooldown.clear(provider, bucket).catch((err: unknown) => this.logBookkeepingFailure(provider, bucket, err));
+      if (plan.keep === null) await this.cooldown.clear(provider, bucket).catch((err: unknown) => this.logBookkeepingFailure(provider, bucket, err));
     });
+    return removed;
+  }
+
+  /** A corrupt entry is unusable for everyone: the removal takes it whole. */
+  private async readForRemoval(provider: string, bucket: string): Promise<OAuthToken | null> {
+    try {
+      return await this.store.getToken(provider, bucket);
+    } catch (err) {
+      if (isCredproxyError(err, 'CORRUPT_ENTRY')) return null;
+      throw err;
+    }
   }
 
   /** A write other than a refresh: waits for a running refresh (up to removeLockWaitMs), then holds the lock. */

@@ -1,13 +1,18 @@
 import { CredproxyError } from '../errors.js';
-import { BUCKET_NAME_RE, DEFAULT_BUCKET, KEY_NAME_RE, PROVIDER_NAME_RE } from '../names.js';
+import { DEFAULT_BUCKET, isBucketName, KEY_NAME_RE, PROVIDER_NAME_RE } from '../names.js';
 
-/** What `--allow`, `--allow-key`, `--allow-all`, `--read-only` or a profile give. */
+/** What `--allow`, `--allow-key`, `--allow-all`, `--allow-write`, `--no-login`, `--read-only` or a profile give. */
 export interface PolicyInput {
   /** PROVIDER (its default bucket), PROVIDER:BUCKET, or PROVIDER:* (every bucket). */
   allow: readonly string[];
   keys: readonly string[];
   allowAll: boolean;
+  /** Both of the two below off, whatever they say. */
   readOnly: boolean;
+  /** save_token / remove_token from the sandbox (default off: least privilege). */
+  allowWrite?: boolean;
+  /** oauth_* from the sandbox (default on: logging in is what the sandbox needs the proxy for). */
+  login?: boolean;
 }
 
 const ALL_BUCKETS = '*';
@@ -26,12 +31,28 @@ export class Policy {
   /** provider -> allowed buckets ('*' = all). */
   private readonly buckets = new Map<string, Set<string>>();
   private readonly keyNames = new Set<string>();
+  /** Credentials served only through the gateway: the socket refuses to hand them out. */
+  private readonly gatewayProviders = new Set<string>();
+  private readonly gatewayKeys = new Set<string>();
   readonly allowAll: boolean;
-  readonly readOnly: boolean;
+  /** save_token and remove_token. */
+  readonly allowsWrite: boolean;
+  /** oauth_initiate / exchange / poll / cancel. */
+  readonly allowsLogin: boolean;
 
-  private constructor(allowAll: boolean, readOnly: boolean) {
+  /** --read-only itself was given (refusals name it). */
+  readonly readOnlyFlag: boolean;
+
+  private constructor(allowAll: boolean, allowsWrite: boolean, allowsLogin: boolean, readOnlyFlag: boolean) {
     this.allowAll = allowAll;
-    this.readOnly = readOnly;
+    this.allowsWrite = allowsWrite;
+    this.allowsLogin = allowsLogin;
+    this.readOnlyFlag = readOnlyFlag;
+  }
+
+  /** Neither writes nor logins (what --read-only gives). */
+  get readOnly(): boolean {
+    return !this.allowsWrite && !this.allowsLogin;
   }
 
   /** Throws USAGE naming the first bad rule. */
@@ -42,7 +63,12 @@ export class Policy {
     if (typeof input.allowAll !== 'boolean' || typeof input.readOnly !== 'boolean') {
       throw new CredproxyError('USAGE', 'policy allowAll and readOnly must be booleans');
     }
-    const policy = new Policy(input.allowAll, input.readOnly);
+    if ((input.allowWrite !== undefined && typeof input.allowWrite !== 'boolean') || (input.login !== undefined && typeof input.login !== 'boolean')) {
+      throw new CredproxyError('USAGE', 'policy allowWrite and login must be booleans');
+    }
+    const allowsWrite = !input.readOnly && input.allowWrite === true;
+    const allowsLogin = !input.readOnly && input.login !== false;
+    const policy = new Policy(input.allowAll, allowsWrite, allowsLogin, input.readOnly);
     for (const rule of input.allow) policy.addAllowRule(rule);
     for (const name of input.keys) {
       if (typeof name !== 'string' || !KEY_NAME_RE.test(name)) {
@@ -64,7 +90,7 @@ export class Policy {
     if (!PROVIDER_NAME_RE.test(provider)) {
       throw new CredproxyError('USAGE', `invalid --allow rule ${quoteRule(rule)}: expected PROVIDER, PROVIDER:BUCKET or PROVIDER:*`);
     }
-    if (bucket !== ALL_BUCKETS && !BUCKET_NAME_RE.test(bucket)) {
+    if (bucket !== ALL_BUCKETS && !isBucketName(bucket)) {
       throw new CredproxyError('USAGE', `invalid --allow rule ${quoteRule(rule)}: bad bucket name`);
     }
     const set = this.buckets.get(provider) ?? new Set<string>();
@@ -87,11 +113,6 @@ export class Policy {
     return this.allowAll || this.keyNames.has(name);
   }
 
-  /** save_token, remove_token and oauth_* need this. */
-  get allowsWrite(): boolean {
-    return !this.readOnly;
-  }
-
   filterProviders(providers: readonly string[]): string[] {
     return providers.filter((p) => this.allowsProvider(p));
   }
@@ -104,15 +125,41 @@ export class Policy {
     return names.filter((n) => this.allowsKey(n));
   }
 
+  /**
+   * Zero credentials in the sandbox: once the gateway serves these, the
+   * socket's get_token/refresh_token/get_api_key refuse them. Called before
+   * the server starts.
+   */
+  reserveForGateway(providers: Iterable<string>, keys: Iterable<string>): void {
+    for (const p of providers) this.gatewayProviders.add(p);
+    for (const k of keys) this.gatewayKeys.add(k);
+  }
+
+  /** Why the socket may not hand out this provider's token, or null. */
+  gatewayTokenRefusal(provider: string): string | null {
+    return this.gatewayProviders.has(provider) ? `${provider} is served through the credproxy gateway only; send API requests to the gateway (see the run's base URL) instead of fetching the token` : null;
+  }
+
+  gatewayKeyRefusal(name: string): string | null {
+    return this.gatewayKeys.has(name) ? `key ${name} is served through the credproxy gateway only; send API requests to the gateway instead of fetching the key` : null;
+  }
+
   /** True when nothing at all would be served; the launcher warns about it. */
   get isEmpty(): boolean {
     return !this.allowAll && this.buckets.size === 0 && this.keyNames.size === 0;
   }
 
   /** Log-friendly summary (names only). */
-  describe(): { allowAll: boolean; readOnly: boolean; allow: string[]; keys: string[] } {
+  describe(): { allowAll: boolean; readOnly: boolean; write: boolean; login: boolean; allow: string[]; keys: string[] } {
     const allow: string[] = [];
     for (const [provider, set] of this.buckets) for (const b of set) allow.push(`${provider}:${b}`);
-    return { allowAll: this.allowAll, readOnly: this.readOnly, allow: allow.sort(), keys: [...this.keyNames].sort() };
+    return {
+      allowAll: this.allowAll,
+      readOnly: this.readOnly,
+      write: this.allowsWrite,
+      login: this.allowsLogin,
+      allow: allow.sort(),
+      keys: [...this.keyNames].sort(),
+    };
   }
 }

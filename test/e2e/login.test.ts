@@ -91,7 +91,7 @@ describe('login from inside the sandbox, completed on the host', () => {
     host = makeHostEnv();
     mkdirSync(join(host.home, 'config'), { recursive: true });
     writeFileSync(join(host.home, 'config', 'config.json'), JSON.stringify(configFor(oidc)));
-    serve = await startServe(['--allow', 'dev:*', '--allow', 'paste:*', '--allow', 'loop', '--allow', 'online'], host.env);
+    serve = await startServe(['--allow', 'dev:*', '--allow', 'paste:*', '--allow', 'loop', '--allow', 'online', '--allow-write'], host.env);
     relay = await RecordingRelay.start(serve.socket);
     stores = await openHostStores({ choice: 'file', dirs: resolveDirs(host.env), env: host.env });
   });
@@ -117,6 +117,14 @@ describe('login from inside the sandbox, completed on the host', () => {
     expect(shown!.session_id).toMatch(/^[0-9a-f]{32}$/);
     await usableInSandbox(token);
     await provesRefreshTokenOnHost('dev');
+    // Announced on the host with the account the provider vouched for (id_token sub: the dev login name).
+    await until(() => /for dev:default completed: account sub:\S+/.test(serve.stderr()), 5000, 'the login announcement');
+    expect(serve.stderr()).toMatch(/credproxy: login from the sandbox \(pid \d+\) for dev:default started \(device_code\)/);
+    const account = /for dev:default completed: account (sub:\S+)/.exec(serve.stderr())![1]!;
+    await until(() => readFileSync(join(host.home, 'state', 'audit.jsonl'), 'utf8').includes('"login_completed"'), 5000, 'the login audit line');
+    const lines = readFileSync(join(host.home, 'state', 'audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines).toContainEqual(expect.objectContaining({ op: 'login_started', provider: 'dev', bucket: 'default', flow: 'device_code', peerPid: process.pid }));
+    expect(lines).toContainEqual(expect.objectContaining({ op: 'login_completed', provider: 'dev', bucket: 'default', account, result: 'OK' }));
   }, 30_000);
 
   it('PKCE code paste: the code the provider showed is exchanged on the host', async () => {
@@ -264,8 +272,10 @@ describe('login from inside the sandbox, completed on the host', () => {
 
     const logout = await runCli(['logout', 'paste', '--bucket', 'cli'], { env: sandboxEnv() });
     expect(logout.code, logout.stderr).toBe(0);
-    expect(logout.stderr).toContain('logged out of paste:cli');
-    expect(await stores.tokens.getToken('paste', 'cli')).toBeNull();
+    expect(logout.stderr).toContain('logged out of paste:cli in the sandbox; the host keeps its refresh token');
+    // The access token the sandbox could see is never served again; the host's login stays.
+    expect(await stores.tokens.getToken('paste', 'cli')).toMatchObject({ expiry: 0 });
+    expect(typeof (await stores.tokens.getToken('paste', 'cli'))?.refresh_token).toBe('string');
   }, 30_000);
 
   it('a login that ends without a refresh token says so: in the answer, in the sandbox CLI, in the host log and in status', async () => {

@@ -48,7 +48,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ProxySocketClient } from '../../src/client/socket-client.js';
 import { resolveDirs } from '../../src/paths.js';
 import { DEFAULT_STALE_MS } from '../../src/store/locks.js';
-import { mergeToken } from '../../src/store/merge.js';
+import { mergeSandboxSave, sandboxToken } from '../../src/store/sandbox-token.js';
 import { openHostStores, type HostStores } from '../../src/store/open.js';
 import type { OAuthToken } from '../../src/store/types.js';
 import { BIN, makeHostEnv, runCli, startServe, type HostEnv, type ServeProcess } from '../support/cli.js';
@@ -467,7 +467,7 @@ describe(`fault: SIGKILL of serve and of CLI writers during ${MIN_CYCLES} to ${C
       const tag = `lane ${lane} cycle ${cycle}`;
       // No serve of this lane runs now: let the credentials refresh again (see the header).
       for (const b of buckets) rmSync(join(host.home, 'state', 'refresh-times', `${PROVIDER}~${b.name}.last-refresh`), { force: true });
-      const serve = await serveProcess(['--allow', `${PROVIDER}:*`, ...keys.flatMap((k) => ['--allow-key', k.name])], host.env);
+      const serve = await serveProcess(['--allow', `${PROVIDER}:*`, '--allow-write', ...keys.flatMap((k) => ['--allow-key', k.name])], host.env);
       const client = new ProxySocketClient({ socket: serve.socket, capabilityToken: serve.token, requestTimeoutMs: 60_000 });
       try {
         // The next operation after the restart: a credential whose refresh lock the killed serve
@@ -553,7 +553,8 @@ describe(`fault: SIGKILL of serve and of CLI writers during ${MIN_CYCLES} to ${C
         }
         for (const [i, b] of saving.entries()) {
           const stored = await stores.tokens.getToken(PROVIDER, b.name);
-          const applied = mergeToken(b.snapshot, saved.get(b)!);
+          // What a sandbox save stores: its bounded fields (the `note` extra is dropped) over the host's.
+          const applied = mergeSandboxSave(b.snapshot, sandboxToken(saved.get(b)!, now()));
           if (saveResults[i]) {
             expect(stored, `${tag}: acknowledged save_token of ${b.name} is durable`).toEqual(applied);
             stats.savesAcked++;

@@ -1,3 +1,4 @@
+import { ProxyTokenStore } from '../../client/proxy-token-store.js';
 import { spawn } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
 import { createInterface } from 'node:readline';
@@ -65,9 +66,18 @@ export function registerLoginCommands(program: Command, ctx: CliContext): void {
     .action(async (rawProvider: string, opts: { bucket?: string }) => {
       const provider = providerArg(rawProvider);
       const bucket = bucketArg(opts.bucket);
-      if (ctx.inSandbox) await (await ctx.tokenStore()).removeToken(provider, bucket);
-      else await (await ctx.host()).credentials.remove(provider, bucket);
-      ctx.notice(`logged out of ${provider}:${bucket}`);
+      if (!ctx.inSandbox) {
+        await (await ctx.host()).credentials.remove(provider, bucket);
+        ctx.notice(`logged out of ${provider}:${bucket}`);
+        return;
+      }
+      const store = await ctx.tokenStore();
+      const removed = store instanceof ProxyTokenStore ? await store.removeTokenReporting(provider, bucket) : (await store.removeToken(provider, bucket), 'entry');
+      if (removed === 'access_token') {
+        ctx.notice(`logged out of ${provider}:${bucket} in the sandbox; the host keeps its refresh token (run \`credproxy logout ${provider}${bucket === 'default' ? '' : ` --bucket ${bucket}`}\` on the host to remove it)`);
+      } else {
+        ctx.notice(`logged out of ${provider}:${bucket}`);
+      }
     });
 }
 

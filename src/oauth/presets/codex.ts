@@ -20,4 +20,6 @@ export const codex: ProviderConfig = {
   redirect_uri: 'http://localhost:1455/auth/callback',
   authorization_params: { id_token_add_organizations: 'true', codex_cli_simplified_flow: 'true' },
   offline_consent: false,
+  /** Gateway: the API these tokens are for. */
+  api_base: 'https://chatgpt.com/backend-api/codex',
 };
