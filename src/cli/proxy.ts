@@ -11,7 +11,7 @@ import { LoginSessionManager, sessionTimeoutFromEnv, type LoginEvent } from '../
 import { policyFromFlags, type PolicyFlags } from './policy-flags.js';
 import { createSocketDir, removeSocketDir } from './socket-dir.js';
 import { UsageError } from './io.js';
-import { startGateway, type RunningGateway } from '../gateway/index.js';
+import type { RunningGateway } from '../gateway/index.js';
 import type { GatewayListen } from '../gateway/server.js';
 import type { Command } from 'commander';
 
@@ -162,6 +162,8 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
       'path' in w && !w.path.startsWith('/') ? { path: join(dir ?? host.dirs.run, w.path) } : w,
     );
     try {
+      // Loaded only for --gateway: a proxy without it never needs the relay's modules.
+      const { startGateway } = await import('../gateway/index.js');
       gateway = await startGateway({
         policy,
         config: host.config,

@@ -452,7 +452,7 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
     expect(await c.request('oauth_exchange', { session_id: ECHO_SESSION, code: 'x' })).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
     expect(await c.request('oauth_poll', { session_id: ECHO_SESSION })).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
     expect(await c.request('oauth_cancel', {})).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
-    expect(await c.request('oauth_exchange', { session_id: 'a'.repeat(32), code: ECHO_CODE.repeat(400) })).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
+    expect(await c.request('oauth_exchange', { session_id: 'a'.repeat(32), code: ECHO_CODE.repeat(Math.ceil(8193 / ECHO_CODE.length)) })).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
     expect(await c.request('cancel', { targetId: ECHO_TARGET.repeat(20) })).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
     c.send({ v: 1, id: 'payload-array', op: 'list_api_keys', payload: [ECHO_JUNK] });
     expect(await c.answerFor('payload-array')).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });

@@ -6,6 +6,7 @@ import { safeErrorCode } from '../../oauth/errors.js';
 import type { OAuthProvider } from '../../oauth/types.js';
 import { authorizationUrl } from './authorization-url.js';
 import { cancelledOutcome, flowFailure } from './failure.js';
+import { unrenewableWarning } from '../renewal.js';
 import { sendPage } from './loopback-page.js';
 import { createPkce, sameState } from './pkce.js';
 import { BROWSER_POLL_MS, type FlowContext, type FlowOutcome, type RunningFlow } from './types.js';
@@ -39,6 +40,7 @@ export async function startBrowserRedirect(provider: OAuthProvider, ctx: FlowCon
   const config = await provider.configuration(ctx.signal);
   const pkce = await createPkce();
   const pollMs = ctx.timing?.browserPollMs ?? BROWSER_POLL_MS;
+  const retry = `\`credproxy login ${provider.name}\``;
 
   let settle!: (o: FlowOutcome) => void;
   const outcome = new Promise<FlowOutcome>((resolve) => (settle = resolve));
@@ -59,32 +61,41 @@ export async function startBrowserRedirect(provider: OAuthProvider, ctx: FlowCon
     // Only the path and query of the request count; the URL handed to the exchange is always our own redirect URI.
     const target = req.url !== undefined && URL.canParse(req.url, PLACEHOLDER_ORIGIN) ? new URL(req.url, PLACEHOLDER_ORIGIN) : null;
     if (req.method !== 'GET' || target === null || target.origin !== PLACEHOLDER_ORIGIN || target.pathname !== registered.pathname) {
-      sendPage(res, 404, 'Not found', 'This address is not a credproxy login callback.');
+      sendPage(res, 404, { title: 'Not found', happened: 'This address is not a credproxy login callback.', next: 'Use the link that `credproxy login` printed in the terminal.' });
       return;
     }
     const callback = new URL(redirectUri);
     callback.search = target.search;
     if (phase !== 'waiting') {
-      sendPage(res, 409, 'Login already finished', 'This login was already completed or cancelled. Start a new one from the terminal.');
+      sendPage(res, 409, { title: 'Login already finished', happened: 'This login was already completed or cancelled.', next: `You can close this tab. To log in again, run ${retry} in the terminal.` });
       return;
     }
     const returned = callback.searchParams.get('state');
     // A forged or stale redirect is refused without ending the login: the real one may still come.
     if (returned === null || !sameState(returned, pkce.state)) {
-      sendPage(res, 400, 'Login failed', 'This link does not belong to the login in progress (state mismatch).');
+      sendPage(res, 400, { title: 'Login failed', happened: 'This link does not belong to the login in progress (state mismatch), so it was refused.', next: 'The login in the terminal is still waiting: open the link it printed, in this browser.' });
       return;
     }
     phase = 'exchanging';
     const error = callback.searchParams.get('error');
     if (error !== null) {
-      sendPage(res, 400, 'Login failed', 'The provider did not grant access. You can close this tab.');
+      sendPage(res, 400, { title: 'Login failed', happened: `${provider.name} did not grant access, so nothing was stored.`, next: `You can close this tab. To try again, run ${retry} in the terminal.` });
       const shown = error === 'access_denied' ? `the ${provider.name} login was denied` : `the ${provider.name} login failed: ${safeErrorCode(error)}`;
       finish({ ok: false, code: 'EXCHANGE_FAILED', error: shown });
       return;
     }
     void exchange(callback).then((result) => {
-      if (result.ok) sendPage(res, 200, 'Logged in', 'credproxy has your login. You can close this tab and return to the terminal.');
-      else sendPage(res, 400, 'Login failed', 'The code exchange with the provider failed. Start the login again from the terminal.');
+      if (result.ok) {
+        const warning = unrenewableWarning(result.token);
+        sendPage(res, 200, {
+          title: 'Logged in',
+          happened: `You are logged in to ${provider.name}. credproxy stored the login on this computer; sandboxed programs get only short-lived access tokens, never your password or refresh token.`,
+          next: 'You can close this tab and return to the terminal, where the command goes on by itself.',
+          ...(warning === undefined ? {} : { note: `Note: ${warning}.` }),
+        });
+      } else {
+        sendPage(res, 400, { title: 'Login failed', happened: `The code exchange with ${provider.name} failed, so nothing was stored.`, next: `You can close this tab. To try again, run ${retry} in the terminal.` });
+      }
       finish(result);
     });
   };
