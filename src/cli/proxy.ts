@@ -10,7 +10,7 @@ import type { CliContext } from './context.js';
 import { policyFromFlags, type PolicyFlags } from './policy-flags.js';
 import { createSocketDir, removeSocketDir } from './socket-dir.js';
 import { UsageError } from './io.js';
-import { startGateway, type RunningGateway } from '../gateway/index.js';
+import type { RunningGateway } from '../gateway/index.js';
 import type { GatewayListen } from '../gateway/server.js';
 import type { Command } from 'commander';
 
@@ -114,6 +114,8 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
       'path' in w && !w.path.startsWith('/') ? { path: join(dir ?? host.dirs.run, w.path) } : w,
     );
     try {
+      // Loaded only when asked for: a plain serve/run does not pay for the HTTP stack at startup.
+      const { startGateway } = await import('../gateway/index.js');
       gateway = await startGateway({
         policy,
         config: host.config,
