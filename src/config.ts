@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { CredproxyError } from './errors.js';
@@ -81,6 +81,13 @@ export const ProviderConfigSchema = z
     redirect_uri: redirectUri.optional(),
     /** Extra query parameters on the authorization request (e.g. access_type=offline). */
     authorization_params: z.record(z.string(), z.string()).optional(),
+    /**
+     * Code flows: send prompt=consent when offline_access is asked of an OpenID
+     * provider (default true; OpenID Connect Core §11: without it servers such as
+     * oidc-provider and Keycloak drop offline_access and issue no refresh token).
+     * A prompt in authorization_params always wins.
+     */
+    offline_consent: z.boolean().optional(),
     /** device_code only: send a PKCE challenge with the device authorization request. */
     use_pkce: z.boolean().optional(),
     token_request_format: z.enum(['form', 'json']).optional(),
@@ -128,15 +135,33 @@ export type ProviderConfig = z.output<typeof ProviderConfigSchema>;
 
 const ALLOW_ENTRY_RE = /^[a-zA-Z0-9._@-]{1,64}(?::(?:[a-zA-Z0-9._@-]{1,64}|\*))?$/;
 
+/** A profile applies in any directory: its paths may not be relative to one. */
+const profilePath = z.string().max(4096).regex(/^(\/|~\/)/, 'must be an absolute path or start with ~/');
+
 export const ProfileConfigSchema = z.strictObject({
   /** PROVIDER (its default bucket), PROVIDER:BUCKET, or PROVIDER:* (SPEC §5 policy). */
   allow: z.array(z.string().regex(ALLOW_ENTRY_RE, 'must be PROVIDER, PROVIDER:BUCKET or PROVIDER:*')).default([]),
   keys: z.array(z.string().regex(KEY_NAME_RE, 'invalid key name')).default([]),
+  /** Neither token writes nor logins from the sandbox. */
   readOnly: z.boolean().default(false),
+  /** save_token / remove_token from the sandbox (off unless set). */
+  allowWrite: z.boolean().default(false),
+  /** Logins from the sandbox (on unless set to false). */
+  login: z.boolean().default(true),
+  /** bwrap: extra paths shown read-only / read-write inside (absolute or ~/…), and protections to drop. */
+  roBind: z.array(profilePath).optional(),
+  bind: z.array(profilePath).optional(),
+  unprotect: z.array(profilePath).optional(),
 });
 export type ProfileConfig = z.output<typeof ProfileConfigSchema>;
 
 const NAME_HINT = 'invalid name (1-64 of letters, digits, . _ @ -)';
+
+/** The audit file's size cap and retention (SPEC §8: it rotates at a cap). */
+export const AuditConfigSchema = z.strictObject({
+  maxFileBytes: z.int().min(4096).max(2 ** 40).optional(),
+  keepFiles: z.int().min(1).max(100).optional(),
+});
 
 export const KeyConfigSchema = z.strictObject({ route: KeyRouteSchema.optional() });
 
@@ -182,6 +207,7 @@ export const ConfigSchema = z.preprocess(
     providers: z.record(z.string().regex(PROVIDER_NAME_RE), ProviderConfigSchema).default({}),
     profiles: z.record(z.string().regex(PROVIDER_NAME_RE), ProfileConfigSchema).default({}),
     keys: z.record(z.string().regex(KEY_NAME_RE), KeyConfigSchema).default({}),
+    audit: AuditConfigSchema.optional(),
   }),
 );
 export type CredproxyConfig = z.output<typeof ConfigSchema>;
@@ -226,9 +252,34 @@ export function parseConfig(text: string, sourcePath: string): CredproxyConfig {
   return result.data;
 }
 
+/**
+ * The config names the token endpoints that receive refresh tokens: a
+ * config dir or file that another user can write (owned by someone else,
+ * or group/world-writable) could redirect them. Refused, naming the fix.
+ */
+export async function checkConfigTrust(configDir: string, uid = process.getuid?.()): Promise<void> {
+  if (uid === undefined) return; // no owners to compare (Windows)
+  for (const path of [configDir, join(configDir, CONFIG_FILE_NAME)]) {
+    let st;
+    try {
+      st = await stat(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw new CredproxyError('CONFIG_INVALID', `${path}: cannot be read (${(err as NodeJS.ErrnoException).code ?? 'unknown error'})`);
+    }
+    if (st.uid !== uid) {
+      throw new CredproxyError('CONFIG_INVALID', `${path} is owned by uid ${st.uid}, not by you (uid ${uid}), so another user could change where tokens are sent: \`chown ${uid} ${path}\` if it is yours, or remove it`);
+    }
+    if ((st.mode & 0o022) !== 0) {
+      throw new CredproxyError('CONFIG_INVALID', `${path} is writable by ${st.mode & 0o002 ? 'every user' : 'its group'}, so another user could change where tokens are sent: run \`chmod go-w ${path}\``);
+    }
+  }
+}
+
 /** SPEC §7: `config.json` in the config dir; a missing file is an empty config. */
 export async function loadConfig(configDir: string): Promise<CredproxyConfig> {
   const path = join(configDir, CONFIG_FILE_NAME);
+  await checkConfigTrust(configDir);
   let text: string;
   try {
     text = await readFile(path, 'utf8');

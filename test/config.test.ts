@@ -55,8 +55,8 @@ describe('loadConfig', () => {
     const config = await loadConfig(dir);
     expect(config.providers.corp!.scopes).toEqual(['openid', 'offline_access']);
     expect(config.providers.local!.flow).toBe('browser_redirect');
-    expect(config.profiles.work).toEqual({ allow: ['anthropic', 'corp:ci', 'corp:*'], keys: ['openai'], readOnly: true });
-    expect(config.profiles.bare).toEqual({ allow: [], keys: [], readOnly: false });
+    expect(config.profiles.work).toEqual({ allow: ['anthropic', 'corp:ci', 'corp:*'], keys: ['openai'], readOnly: true, allowWrite: false, login: true });
+    expect(config.profiles.bare).toEqual({ allow: [], keys: [], readOnly: false, allowWrite: false, login: true });
   });
 
   it('names the file and the field path of an invalid URL', async () => {

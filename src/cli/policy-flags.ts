@@ -9,6 +9,9 @@ export interface PolicyFlags {
   allowKey: string[];
   allowAll?: boolean;
   readOnly?: boolean;
+  allowWrite?: boolean;
+  /** Commander's `--no-login`: false when given, true otherwise. */
+  login?: boolean;
   profile?: string;
 }
 
@@ -20,15 +23,23 @@ export function addPolicyOptions(cmd: Command): Command {
     .option('--allow <provider[:bucket]>', 'serve this provider (default bucket), PROVIDER:BUCKET, or PROVIDER:* (repeatable)', collect, [])
     .option('--allow-key <name>', 'serve this API key (repeatable)', collect, [])
     .option('--allow-all', 'serve every provider, bucket and key')
-    .option('--read-only', 'refuse save_token, remove_token and login from the sandbox')
+    .option('--allow-write', 'let the sandbox save and remove tokens (off by default)')
+    .option('--no-login', 'refuse logins started from the sandbox (on by default)')
+    .option('--read-only', 'refuse token writes and logins from the sandbox (both of the above off)')
     .option('--profile <name>', 'policy from a profile in config.json (flags add to it)');
 }
 
-/** Flags and an optional profile combine: allowed sets are united, read-only if either says so. */
+/**
+ * Flags and an optional profile combine: allowed sets are united, read-only
+ * if either says so, writes when either allows them, logins unless either
+ * turns them off.
+ */
 export function policyFromFlags(flags: PolicyFlags, config: CredproxyConfig): Policy {
   let allow = [...flags.allow];
   let keys = [...flags.allowKey];
   let readOnly = Boolean(flags.readOnly);
+  let allowWrite = Boolean(flags.allowWrite);
+  let login = flags.login !== false;
   if (flags.profile !== undefined) {
     const profile = config.profiles[flags.profile];
     if (!profile) {
@@ -38,9 +49,11 @@ export function policyFromFlags(flags: PolicyFlags, config: CredproxyConfig): Po
     allow = [...profile.allow, ...allow];
     keys = [...profile.keys, ...keys];
     readOnly ||= profile.readOnly;
+    allowWrite ||= profile.allowWrite;
+    login &&= profile.login;
   }
   try {
-    return Policy.from({ allow, keys, allowAll: Boolean(flags.allowAll), readOnly });
+    return Policy.from({ allow, keys, allowAll: Boolean(flags.allowAll), readOnly, allowWrite, login });
   } catch (err) {
     if (err instanceof CredproxyError) throw new UsageError(err.message);
     throw err;

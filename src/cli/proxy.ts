@@ -5,8 +5,9 @@ import { ensurePrivateDir } from '../paths.js';
 import { generateCapabilityToken } from '../server/capability.js';
 import type { Policy } from '../server/policy.js';
 import { ProxyServer } from '../server/server.js';
-import { LoginSessionManager, sessionTimeoutFromEnv } from '../login/session-manager.js';
-import type { CliContext } from './context.js';
+import { howToStore } from '../login/hints.js';
+import type { CliContext, HostContext } from './context.js';
+import { LoginSessionManager, sessionTimeoutFromEnv, type LoginEvent } from '../login/session-manager.js';
 import { policyFromFlags, type PolicyFlags } from './policy-flags.js';
 import { createSocketDir, removeSocketDir } from './socket-dir.js';
 import { UsageError } from './io.js';
@@ -72,6 +73,15 @@ function isLoopback(host: string): boolean {
 }
 
 /** `tcp`, `tcp:HOST`, `tcp:HOST:PORT`, `tcp:[V6]:PORT`; undefined for the Unix socket. */
+/** The host-side line for a login started from the sandbox. */
+export function describeLoginEvent(e: LoginEvent): string {
+  const who = e.peer.pid === null ? `connection ${e.peer.connectionId}` : `pid ${e.peer.pid}`;
+  const what = `login from the sandbox (${who}) for ${e.provider}:${e.bucket}`;
+  if (e.phase === 'started') return `${what} started (${e.flow})`;
+  if (e.phase === 'failed') return `${what} failed (${e.code ?? 'error'})`;
+  return `${what} completed: account ${e.account ?? 'unknown (the provider returned no id_token)'}`;
+}
+
 export function parseTransport(spec: string | undefined): { host: string; port: number } | undefined {
   if (spec === undefined || spec === 'unix') return undefined;
   if (spec === 'tcp') return { host: '127.0.0.1', port: 0 };
@@ -82,12 +92,44 @@ export function parseTransport(spec: string | undefined): { host: string; port: 
 }
 
 /**
+ * A newcomer's first run often allows a provider nothing was stored for
+ * yet; every request for it would fail with NOT_FOUND, one by one, inside
+ * the sandbox. Said once here, with what to do. Only names are listed: no
+ * entry is read or decrypted.
+ */
+async function warnAboutEmptyEntries(ctx: CliContext, host: HostContext, policy: Policy): Promise<void> {
+  if (policy.allowAll) return;
+  const { allow, keys } = policy.describe();
+  try {
+    const buckets = new Map<string, string[]>();
+    for (const rule of allow) {
+      const cut = rule.lastIndexOf(':');
+      const provider = rule.slice(0, cut);
+      const bucket = rule.slice(cut + 1);
+      if (!buckets.has(provider)) buckets.set(provider, await host.stores.tokens.listBuckets(provider));
+      const stored = buckets.get(provider)!;
+      const missing = bucket === '*' ? stored.length === 0 : !stored.includes(bucket);
+      if (!missing) continue;
+      const what = bucket === '*' ? `${provider} (any bucket)` : `${provider}:${bucket}`;
+      ctx.notice(`nothing is stored for ${what} yet, so its requests will fail: ${howToStore(provider, bucket === '*' ? undefined : bucket)}`);
+    }
+    if (keys.length > 0) {
+      const storedKeys = new Set(await host.stores.keys.listKeys());
+      for (const name of keys) if (!storedKeys.has(name)) ctx.notice(`no API key named ${name} is stored yet: set it on the host with \`credproxy key set ${name}\` (value on stdin)`);
+    }
+  } catch {
+    // Advice only: a store that cannot list now will say so on the first request.
+  }
+}
+
+/**
  * Start the host-side proxy for `serve` and `run`: policy from flags/profile,
  * host stores and the refresh path, a fresh socket directory, a capability
  * token. Any failure leaves nothing behind.
  */
 export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string; policy?: Policy; gateway?: GatewayPlacement } = {}): Promise<RunningProxy> {
-  const policy = options.policy ?? policyFromFlags(flags, await ctx.config());
+  const config = await ctx.config();
+  const policy = options.policy ?? policyFromFlags(flags, config);
   if (flags.allowAll) ctx.notice('serving every provider, bucket and key (--allow-all)');
   else if (policy.isEmpty) ctx.notice('no --allow, --allow-key or --profile given: every request will be refused');
 
@@ -101,11 +143,17 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
   if (tcp && !isLoopback(tcp.host)) ctx.notice(`listening on ${tcp.host}, which is not a loopback address: anyone who can reach it and holds the token gets the policy's credentials`);
   const ownDir = flags.socketDir === undefined && !tcp ? createSocketDir(host.dirs.run) : undefined;
   const capabilityToken = generateCapabilityToken();
+  let server: ProxyServer | null = null;
   const login = new LoginSessionManager({
     tokens: host.stores.tokens,
     providers: host.providers,
     timeoutMs: sessionTimeoutFromEnv(ctx.io.env),
     logger,
+    onLogin: (event) => {
+      // An account swapped by a hostile sandbox must be visible to the person at the host.
+      ctx.notice(describeLoginEvent(event));
+      server?.recordLogin(event);
+    },
   });
   let gateway: RunningGateway | undefined;
   if (flags.gateway) {
@@ -133,7 +181,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     }
     if (gateway.routes.size === 0) ctx.notice('--gateway: the policy allows no credential with a gateway route; every gateway request will be refused');
   }
-  const server = new ProxyServer({
+  const proxyServer = new ProxyServer({
     tokens: host.stores.tokens,
     keys: host.stores.keys,
     credentials: host.credentials,
@@ -143,28 +191,31 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     peerCheck: flags.peerCheck ? 'required' : 'off',
     allowRoot: Boolean(flags.allowRoot),
     auditPath: join(ensurePrivateDir(host.dirs.state), 'audit.jsonl'),
+    ...(config.audit ? { auditRotation: { ...config.audit } } : {}),
     logger,
     login,
     ...(rateLimit === undefined ? {} : { limits: { requestsPerWindow: rateLimit } }),
   });
+  server = proxyServer;
   try {
-    await server.start();
+    await proxyServer.start();
   } catch (err) {
     login.close();
     await gateway?.stop();
     if (ownDir) removeSocketDir(ownDir);
     throw err;
   }
+  await warnAboutEmptyEntries(ctx, host, policy);
   let stopped: Promise<void> | undefined;
   return {
-    server,
-    socketPath: server.socketPath,
+    server: proxyServer,
+    socketPath: proxyServer.socketPath,
     ownDir,
     capabilityToken,
     logger,
     gateway,
     stop() {
-      stopped ??= Promise.all([server.stop(), gateway?.stop()])
+      stopped ??= Promise.all([proxyServer.stop(), gateway?.stop()])
         .then(() => undefined)
         .finally(() => {
           login.close();
@@ -173,7 +224,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
       return stopped;
     },
     removeNow() {
-      server.removeSocketNow();
+      proxyServer.removeSocketNow();
       if (ownDir) removeSocketDir(ownDir);
     },
   };

@@ -6,10 +6,11 @@ import { shortSessionId, type Logger } from '../log.js';
 import type { OAuthProvider } from '../oauth/types.js';
 import type { FlowType, OAuthInitiateData, OAuthPollData } from '../protocol/messages.js';
 import type { LoginPort, PeerIdentity } from '../server/context.js';
-import { sanitizeToken } from '../store/sanitize.js';
-import type { OAuthToken, SanitizedToken, TokenStore } from '../store/types.js';
-import { startFlow, type FlowOutcome, type FlowStarter, type FlowTiming, type RunningFlow } from './flows/index.js';
+import type { OAuthToken, TokenStore } from '../store/types.js';
+import type { FlowOutcome, FlowStarter, FlowTiming, RunningFlow } from './flows/index.js';
 import { ownerKey, procStartTime, type ProcessStartTime } from './owner.js';
+import { loginAnswer, type LoginAnswer } from './renewal.js';
+import { accountOf } from './account.js';
 
 /** SPEC §5 defaults. */
 export const DEFAULT_SESSION_TIMEOUT_MS = 10 * 60_000;
@@ -41,6 +42,21 @@ export interface LoginSessionManagerOptions {
   now?: () => number;
   /** Run after a sweep dropped BULK_SWEEP sessions or more (default: one full garbage collection). */
   afterBulkSweep?: () => void;
+  /** Told when a login starts, completes or fails (the proxy announces sandbox logins on the host). */
+  onLogin?: (event: LoginEvent) => void;
+}
+
+/** A login's milestones, for the host's terminal and audit log: names, codes and the account only. */
+export interface LoginEvent {
+  phase: 'started' | 'completed' | 'failed';
+  provider: string;
+  bucket: string;
+  flow: FlowType;
+  peer: PeerIdentity;
+  /** completed: id_token email (or `sub:<sub>`) when the provider returned one. */
+  account?: string;
+  /** failed: the error code. */
+  code?: string;
 }
 
 interface Session {
@@ -50,6 +66,8 @@ interface Session {
   readonly bucket: string;
   readonly flowType: FlowType;
   readonly expiresAt: number;
+  /** The peer that started it, for announcements. */
+  readonly peer: PeerIdentity;
   /** Released (null) once the session is used, cancelled or expired: its secrets go with it. */
   flow: RunningFlow | null;
   /** Aborting it stops the flow's background work (polling, loopback listener). */
@@ -78,6 +96,9 @@ function answerFields(flow: RunningFlow): Omit<OAuthInitiateData, 'session_id'> 
     ...(pollIntervalMs !== undefined ? { pollIntervalMs } : {}),
   };
 }
+
+/** The real flows, loaded with the first login (they bring openid-client; an idle proxy needs neither). */
+const startFlowLazily: FlowStarter = async (provider, ctx) => (await import('./flows/index.js')).startFlow(provider, ctx);
 
 /** CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS as ms; undefined when unset. */
 export function sessionTimeoutFromEnv(env: NodeJS.ProcessEnv): number | undefined {
@@ -126,6 +147,7 @@ export class LoginSessionManager implements LoginPort {
   private readonly logger: Logger;
   private readonly now: () => number;
   private readonly afterBulkSweep: () => void;
+  private readonly onLogin: (event: LoginEvent) => void;
   private sweeper: NodeJS.Timeout | null = null;
   /** Initiations between the cap check and their session's creation (they await the provider). */
   private starting = 0;
@@ -140,8 +162,9 @@ export class LoginSessionManager implements LoginPort {
     this.maxPerOwner = positive(options.maxSessionsPerOwner, DEFAULT_MAX_SESSIONS_PER_OWNER, 'maxSessionsPerOwner');
     this.now = options.now ?? Date.now;
     this.afterBulkSweep = options.afterBulkSweep ?? collectGarbage;
+    this.onLogin = options.onLogin ?? (() => undefined);
     this.flowTiming = { now: this.now, ...options.flowTiming };
-    this.start = options.startFlow ?? startFlow;
+    this.start = options.startFlow ?? startFlowLazily;
     this.startTimeOf = options.processStartTime ?? procStartTime;
     this.logger = options.logger ?? pino({ level: 'silent' });
   }
@@ -190,6 +213,7 @@ export class LoginSessionManager implements LoginPort {
       bucket,
       flowType: flow.start.flow_type,
       expiresAt: this.now() + this.timeoutMs,
+      peer: { ...peer },
       flow,
       stop,
       expiryTimer: null,
@@ -204,6 +228,7 @@ export class LoginSessionManager implements LoginPort {
     }
     this.armSweeper();
     this.logger.debug({ session: shortSessionId(id), provider, bucket, flow: session.flowType }, 'login session started');
+    this.announce(session, 'started');
     return { session_id: id, ...answerFields(flow) };
   }
 
@@ -224,7 +249,7 @@ export class LoginSessionManager implements LoginPort {
     }
   }
 
-  async exchange(sessionId: string, code: string, peer: PeerIdentity, signal: AbortSignal): Promise<SanitizedToken> {
+  async exchange(sessionId: string, code: string, peer: PeerIdentity, signal: AbortSignal): Promise<LoginAnswer> {
     const s = this.find(sessionId, peer);
     if (s.flowType !== 'pkce_redirect') throw wrongOp(s.flowType, 'oauth_poll', 'oauth_exchange');
     this.assertAlive(s);
@@ -234,10 +259,11 @@ export class LoginSessionManager implements LoginPort {
       if (!flow?.exchange) throw new CredproxyError('INTERNAL_ERROR', 'this login flow cannot exchange a code');
       const token = await flow.exchange(code, signal);
       await this.saveLoggedIn(s.provider, s.bucket, token);
-      this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket }, 'login completed');
-      return sanitizeToken(token);
+      return this.completed(s, token);
     } catch (err) {
-      this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket, code: err instanceof CredproxyError ? err.code : 'error' }, 'login failed');
+      const code = err instanceof CredproxyError ? err.code : 'error';
+      this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket, code }, 'login failed');
+      this.announce(s, 'failed', { code });
       throw err;
     } finally {
       this.release(s);
@@ -320,16 +346,38 @@ export class LoginSessionManager implements LoginPort {
     if (!out.ok) {
       s.result = { status: 'error', code: out.code, error: out.error };
       this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket, code: out.code }, 'login failed');
+      this.announce(s, 'failed', { code: out.code });
       return;
     }
     try {
       await this.saveLoggedIn(s.provider, s.bucket, out.token);
-      s.result = { status: 'complete', ...sanitizeToken(out.token) };
-      this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket }, 'login completed');
+      s.result = { status: 'complete', ...this.completed(s, out.token) };
     } catch (err) {
       const code = err instanceof CredproxyError ? err.code : 'error';
+      this.announce(s, 'failed', { code });
       s.result = { status: 'error', code: 'INTERNAL_ERROR', error: `the login succeeded but the token could not be stored (${code})` };
       this.logger.warn({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket, code }, 'login token not stored');
+    }
+  }
+
+  /** The answer to a finished login, announced on the host; one that cannot be renewed is also said there. */
+  private completed(s: Session, token: OAuthToken): LoginAnswer {
+    const answer = loginAnswer(token);
+    const fields = { session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket };
+    this.logger.info(fields, 'login completed');
+    if (answer.login_warning !== undefined) this.logger.warn({ ...fields, expiry: token.expiry }, `${s.provider}:${s.bucket}: ${answer.login_warning}`);
+    this.announce(s, 'completed', { account: accountOf(token) });
+    return answer;
+  }
+
+  private announce(s: Session, phase: LoginEvent['phase'], extra: { account?: string | null; code?: string } = {}): void {
+    const event: LoginEvent = { phase, provider: s.provider, bucket: s.bucket, flow: s.flowType, peer: s.peer };
+    if (extra.account) event.account = extra.account;
+    if (extra.code !== undefined) event.code = extra.code;
+    try {
+      this.onLogin(event);
+    } catch (err) {
+      this.logger.warn({ errName: err instanceof Error ? err.name : typeof err }, 'login announcement failed');
     }
   }
 

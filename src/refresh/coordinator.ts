@@ -1,6 +1,7 @@
 import { pino } from 'pino';
 import { CredproxyError, isCredproxyError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { noTokenMessage } from '../login/hints.js';
 import { assertBucketName, assertProviderName, DEFAULT_BUCKET } from '../names.js';
 import { isProviderError, ProviderError } from '../oauth/errors.js';
 import type { OAuthProvider } from '../oauth/types.js';
@@ -10,7 +11,8 @@ import { sleep, systemClock, systemTimers, type Clock, type Timers } from './clo
 import type { CooldownStore } from './cooldown.js';
 import { RenewalScheduler, type RenewalOutcome, type RenewalSchedulerOptions } from './scheduler.js';
 import { SingleFlight } from './single-flight.js';
-import type { CredentialService } from './types.js';
+import type { CredentialService, TokenMerge } from './types.js';
+import { sandboxRemoval, type SandboxRemoval } from '../store/sandbox-token.js';
 
 /** The providers the coordinator can refresh with (ProviderRegistry implements this). */
 export interface ProviderLookup {
@@ -180,7 +182,7 @@ export class RefreshCoordinator implements CredentialService {
     assertBucketName(bucket);
     this.checkOpen();
     const token = await this.store.getToken(provider, bucket);
-    if (!token) throw new CredproxyError('NOT_FOUND', `no ${where(provider, bucket)} token is stored`);
+    if (!token) throw new CredproxyError('NOT_FOUND', noTokenMessage(provider, bucket));
     if (!hasRefreshToken(token)) throw this.reauth(provider, bucket, `the stored ${where(provider, bucket)} token has no refresh token`);
     this.providers.get(provider);
     return this.flights.run(`${provider}:${bucket}`, () => this.refreshLocked(provider, bucket, 'force', token));
@@ -191,25 +193,41 @@ export class RefreshCoordinator implements CredentialService {
    * token before a concurrent refresh rotated it would write the old refresh
    * token back, and the next refresh would present a revoked one.
    */
-  async save(provider: string, bucket: string, incoming: OAuthToken): Promise<void> {
+  async save(provider: string, bucket: string, incoming: OAuthToken, merge: TokenMerge = mergeToken): Promise<void> {
     assertProviderName(provider);
     assertBucketName(bucket);
     this.checkOpen();
     await this.underLock(provider, bucket, async () => {
       const stored = await this.store.getToken(provider, bucket);
-      await this.store.saveToken(provider, mergeToken(stored, incoming), bucket);
+      await this.store.saveToken(provider, merge(stored, incoming), bucket);
     });
   }
 
-  async remove(provider: string, bucket: string = DEFAULT_BUCKET): Promise<void> {
+  async remove(provider: string, bucket: string = DEFAULT_BUCKET, options: { keepRefreshToken?: boolean } = {}): Promise<SandboxRemoval> {
     assertProviderName(provider);
     assertBucketName(bucket);
     this.checkOpen();
+    let removed: SandboxRemoval = 'entry';
     await this.underLock(provider, bucket, async () => {
-      await this.store.removeToken(provider, bucket);
+      const stored = options.keepRefreshToken ? await this.readForRemoval(provider, bucket) : null;
+      const plan = stored === null ? { keep: null, removed: 'entry' as const } : sandboxRemoval(stored);
+      removed = plan.removed;
+      if (plan.keep === null) await this.store.removeToken(provider, bucket);
+      else await this.store.saveToken(provider, plan.keep, bucket);
       this.scheduler.cancel(provider, bucket);
-      await this.cooldown.clear(provider, bucket).catch((err: unknown) => this.logBookkeepingFailure(provider, bucket, err));
+      if (plan.keep === null) await this.cooldown.clear(provider, bucket).catch((err: unknown) => this.logBookkeepingFailure(provider, bucket, err));
     });
+    return removed;
+  }
+
+  /** A corrupt entry is unusable for everyone: the removal takes it whole. */
+  private async readForRemoval(provider: string, bucket: string): Promise<OAuthToken | null> {
+    try {
+      return await this.store.getToken(provider, bucket);
+    } catch (err) {
+      if (isCredproxyError(err, 'CORRUPT_ENTRY')) return null;
+      throw err;
+    }
   }
 
   /** A write other than a refresh: waits for a running refresh (up to removeLockWaitMs), then holds the lock. */

@@ -1,4 +1,8 @@
+import type { SandboxRemoval } from '../store/sandbox-token.js';
 import type { OAuthToken } from '../store/types.js';
+
+/** How an incoming token is combined with the stored one (default: the SPEC §2 merge). */
+export type TokenMerge = (stored: OAuthToken | null, incoming: OAuthToken) => OAuthToken;
 
 /**
  * The single refresh path (SPEC §5) as the server sees it. Every trigger —
@@ -21,9 +25,13 @@ export interface CredentialService {
   /** refresh_token op: refresh even a still-valid token (outside the cooldown). */
   refresh(provider: string, bucket: string): Promise<OAuthToken>;
   /** save_token: merge `incoming` (never carrying a refresh token) into the stored token under the refresh lock. */
-  save(provider: string, bucket: string, incoming: OAuthToken): Promise<void>;
-  /** Remove under the refresh lock, so a logout racing a refresh waits and wins. */
-  remove(provider: string, bucket: string): Promise<void>;
+  save(provider: string, bucket: string, incoming: OAuthToken, merge?: TokenMerge): Promise<void>;
+  /**
+   * Remove under the refresh lock, so a logout racing a refresh waits and
+   * wins. `keepRefreshToken` (a remove from the sandbox): an entry holding a
+   * refresh token keeps it and only loses its access token (see sandboxRemoval).
+   */
+  remove(provider: string, bucket: string, options?: { keepRefreshToken?: boolean }): Promise<SandboxRemoval>;
   /** Stop all timers and in-process work. */
   close(): Promise<void>;
 }

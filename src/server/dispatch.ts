@@ -1,11 +1,14 @@
 import type { z } from 'zod';
 import { CredproxyError, isWireErrorCode, type WireErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
+import { noTokenMessage } from '../login/hints.js';
 import { DEFAULT_BUCKET } from '../names.js';
 import { isOp, OP_PAYLOADS, PROTOCOL_VERSION, type Op, type OpData, type OpPayload } from '../protocol/messages.js';
 import type { CredentialService } from '../refresh/types.js';
 import { sanitizeToken } from '../store/sanitize.js';
+import { mergeSandboxSave, sandboxToken } from '../store/sandbox-token.js';
 import type { KeyStore, TokenStore } from '../store/types.js';
+import { BucketUsage } from './bucket-stats.js';
 import type { LoginPort, RequestContext } from './context.js';
 import { Deadlines } from './deadlines.js';
 import type { Policy } from './policy.js';
@@ -45,6 +48,8 @@ export interface DispatchResult {
   op: Op | 'unknown';
   outcome: Outcome;
   audit: AuditFields;
+  /** Refused by the schema or the policy, before any store: audited in aggregate, not line by line. */
+  refused?: true;
 }
 
 type Bound = 'host' | 'credential' | 'none';
@@ -116,7 +121,13 @@ function denyTokenRead(p: { provider: string; bucket?: string | undefined }, pol
 }
 
 function denyWrite(policy: Policy): string | null {
-  return policy.allowsWrite ? null : 'the policy is read-only';
+  if (policy.allowsWrite) return null;
+  return policy.readOnlyFlag ? 'the policy is read-only' : 'token writes from the sandbox are off (start the proxy with --allow-write)';
+}
+
+function denyLogin(policy: Policy): string | null {
+  if (policy.allowsLogin) return null;
+  return policy.readOnlyFlag ? 'the policy is read-only' : 'logins from the sandbox are off (--no-login)';
 }
 
 const NO_AUDIT = (): AuditFields => ({});
@@ -133,6 +144,8 @@ export class Dispatcher {
   private readonly credentialOpTimeoutMs: number;
   private readonly table: OpTable;
   private readonly deadlines: Deadlines;
+  /** Served-token counters for get_bucket_stats. */
+  readonly usage = new BucketUsage();
 
   constructor(options: DispatcherOptions) {
     this.o = options;
@@ -147,7 +160,10 @@ export class Dispatcher {
   dispatch(envelope: Record<string, unknown>, ctx: RequestContext): DispatchResult | Promise<DispatchResult> {
     const op = envelope.op;
     const knownOp = isOp(op) ? op : 'unknown';
-    if (envelope.v !== PROTOCOL_VERSION) return invalid(knownOp, `unsupported protocol version in v (expected ${PROTOCOL_VERSION})`);
+    const v = envelope.v;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < PROTOCOL_VERSION || v > ctx.version) {
+      return invalid(knownOp, `unsupported protocol version in v (expected ${PROTOCOL_VERSION}${ctx.version > PROTOCOL_VERSION ? ` to ${ctx.version}` : ''})`);
+    }
     if (!isOp(op)) return invalid('unknown', 'unknown op');
     const rawPayload = envelope.payload === undefined ? {} : envelope.payload;
     if (typeof rawPayload !== 'object' || rawPayload === null || Array.isArray(rawPayload)) {
@@ -166,7 +182,7 @@ export class Dispatcher {
     const spec = this.table[op] as OpSpec<O>;
     const audit = spec.audit(payload);
     const denied = spec.deny(payload, this.o.policy);
-    if (denied !== null) return { op, audit, outcome: { ok: false, code: 'UNAUTHORIZED', error: denied } };
+    if (denied !== null) return { op, audit, outcome: { ok: false, code: 'UNAUTHORIZED', error: denied }, refused: true };
     if (spec.fast !== undefined) {
       try {
         const data = spec.fast(payload);
@@ -226,13 +242,16 @@ export class Dispatcher {
           const bucket = p.bucket ?? DEFAULT_BUCKET;
           const token = await credentials.getToken(p.provider, bucket);
           if (token === null) throw notStored(p.provider, bucket);
+          this.usage.noteServed(p.provider, bucket);
           return sanitizeToken(token);
         },
         fast: (p) => {
           const bucket = p.bucket ?? DEFAULT_BUCKET;
           const token = credentials.peekToken?.(p.provider, bucket);
           if (token === null) throw notStored(p.provider, bucket);
-          return token === undefined ? undefined : sanitizeToken(token);
+          if (token === undefined) return undefined;
+          this.usage.noteServed(p.provider, bucket);
+          return sanitizeToken(token);
         },
       },
       save_token: {
@@ -240,9 +259,10 @@ export class Dispatcher {
         audit: tokenFields,
         deny: (p, policy) => denyWrite(policy) ?? denyToken(p, policy),
         run: async (p) => {
-          // The schema already dropped any refresh_token from the payload; the
-          // merge keeps the stored one.
-          await credentials.save(p.provider, p.bucket ?? DEFAULT_BUCKET, p.token);
+          // The schema already dropped any refresh_token; sandboxToken keeps
+          // only bounded §2 fields, and the merge keeps the host's own fields.
+          const token = sandboxToken(p.token, Date.now() / 1000);
+          await credentials.save(p.provider, p.bucket ?? DEFAULT_BUCKET, token, mergeSandboxSave);
           return {};
         },
       },
@@ -250,13 +270,13 @@ export class Dispatcher {
         bound: 'credential',
         audit: tokenFields,
         deny: (p, policy) => denyWrite(policy) ?? denyToken(p, policy),
+        // Idempotent (SPEC §8): removing what is already gone is the state the caller wanted.
         run: async (p) => {
           const bucket = p.bucket ?? DEFAULT_BUCKET;
-          if (!(await this.tokenExists(p.provider, bucket))) {
-            throw new CredproxyError('NOT_FOUND', `no token stored for ${p.provider}:${bucket}`);
-          }
-          await credentials.remove(p.provider, bucket);
-          return {};
+          if (!(await this.tokenExists(p.provider, bucket))) return {};
+          const removed = await credentials.remove(p.provider, bucket, { keepRefreshToken: true });
+          this.usage.forget(p.provider, bucket);
+          return { removed };
         },
       },
       list_providers: {
@@ -275,7 +295,29 @@ export class Dispatcher {
         bound: 'credential',
         audit: tokenFields,
         deny: denyTokenRead,
-        run: async (p) => sanitizeToken(await credentials.refresh(p.provider, p.bucket ?? DEFAULT_BUCKET)),
+        run: async (p) => {
+          const bucket = p.bucket ?? DEFAULT_BUCKET;
+          const token = await credentials.refresh(p.provider, bucket);
+          this.usage.noteServed(p.provider, bucket);
+          return sanitizeToken(token);
+        },
+      },
+      get_bucket_stats: {
+        bound: 'host',
+        audit: tokenFields,
+        deny: denyToken,
+        // Whether a token is stored comes from the store (a corrupt entry is an error, not "absent"); the numbers from the counters.
+        run: async (p) => {
+          const bucket = p.bucket ?? DEFAULT_BUCKET;
+          if ((await tokens.getToken(p.provider, bucket)) === null) throw notStored(p.provider, bucket);
+          return this.usage.stats(p.provider, bucket);
+        },
+        fast: (p) => {
+          const bucket = p.bucket ?? DEFAULT_BUCKET;
+          const token = tokens.peekToken?.(p.provider, bucket);
+          if (token === null) throw notStored(p.provider, bucket);
+          return token === undefined ? undefined : this.usage.stats(p.provider, bucket);
+        },
       },
       get_api_key: {
         bound: 'host',
@@ -287,6 +329,12 @@ export class Dispatcher {
           return { key };
         },
       },
+      has_api_key: {
+        bound: 'host',
+        audit: (p) => ({ key: p.name }),
+        deny: (p, policy) => (policy.allowsKey(p.name) ? null : `key ${p.name} is not allowed by the policy`),
+        run: async (p) => ({ exists: await keys.hasKey(p.name) }),
+      },
       list_api_keys: {
         bound: 'host',
         audit: NO_AUDIT,
@@ -296,25 +344,25 @@ export class Dispatcher {
       oauth_initiate: {
         bound: 'credential',
         audit: tokenFields,
-        deny: (p, policy) => denyWrite(policy) ?? denyToken(p, policy),
+        deny: (p, policy) => denyLogin(policy) ?? denyToken(p, policy),
         run: async (p, ctx) => login().initiate(p.provider, p.bucket ?? DEFAULT_BUCKET, ctx.peer, ctx.signal),
       },
       oauth_exchange: {
         bound: 'credential',
         audit: NO_AUDIT,
-        deny: (_p, policy) => denyWrite(policy),
+        deny: (_p, policy) => denyLogin(policy),
         run: async (p, ctx) => login().exchange(p.session_id, p.code, ctx.peer, ctx.signal),
       },
       oauth_poll: {
         bound: 'credential',
         audit: NO_AUDIT,
-        deny: (_p, policy) => denyWrite(policy),
+        deny: (_p, policy) => denyLogin(policy),
         run: async (p, ctx) => login().poll(p.session_id, ctx.peer, ctx.signal),
       },
       oauth_cancel: {
         bound: 'credential',
         audit: NO_AUDIT,
-        deny: (_p, policy) => denyWrite(policy),
+        deny: (_p, policy) => denyLogin(policy),
         run: async (p, ctx) => {
           await login().cancel(p.session_id, ctx.peer);
           return {};
@@ -329,7 +377,7 @@ export class Dispatcher {
     };
   }
 
-  /** A corrupt entry still counts as present, so it can be removed. */
+
   private async tokenExists(provider: string, bucket: string): Promise<boolean> {
     try {
       return (await this.o.tokens.getToken(provider, bucket)) !== null;
@@ -341,9 +389,9 @@ export class Dispatcher {
 }
 
 function notStored(provider: string, bucket: string): CredproxyError {
-  return new CredproxyError('NOT_FOUND', `no token stored for ${provider}:${bucket}`);
+  return new CredproxyError('NOT_FOUND', noTokenMessage(provider, bucket));
 }
 
 function invalid(op: Op | 'unknown', reason: string): DispatchResult {
-  return { op, audit: {}, outcome: { ok: false, code: 'INVALID_REQUEST', error: reason } };
+  return { op, audit: {}, outcome: { ok: false, code: 'INVALID_REQUEST', error: reason }, refused: true };
 }

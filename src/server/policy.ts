@@ -1,13 +1,18 @@
 import { CredproxyError } from '../errors.js';
-import { BUCKET_NAME_RE, DEFAULT_BUCKET, KEY_NAME_RE, PROVIDER_NAME_RE } from '../names.js';
+import { DEFAULT_BUCKET, isBucketName, KEY_NAME_RE, PROVIDER_NAME_RE } from '../names.js';
 
-/** What `--allow`, `--allow-key`, `--allow-all`, `--read-only` or a profile give. */
+/** What `--allow`, `--allow-key`, `--allow-all`, `--allow-write`, `--no-login`, `--read-only` or a profile give. */
 export interface PolicyInput {
   /** PROVIDER (its default bucket), PROVIDER:BUCKET, or PROVIDER:* (every bucket). */
   allow: readonly string[];
   keys: readonly string[];
   allowAll: boolean;
+  /** Both of the two below off, whatever they say. */
   readOnly: boolean;
+  /** save_token / remove_token from the sandbox (default off: least privilege). */
+  allowWrite?: boolean;
+  /** oauth_* from the sandbox (default on: logging in is what the sandbox needs the proxy for). */
+  login?: boolean;
 }
 
 const ALL_BUCKETS = '*';
@@ -30,11 +35,24 @@ export class Policy {
   private readonly gatewayProviders = new Set<string>();
   private readonly gatewayKeys = new Set<string>();
   readonly allowAll: boolean;
-  readonly readOnly: boolean;
+  /** save_token and remove_token. */
+  readonly allowsWrite: boolean;
+  /** oauth_initiate / exchange / poll / cancel. */
+  readonly allowsLogin: boolean;
 
-  private constructor(allowAll: boolean, readOnly: boolean) {
+  /** --read-only itself was given (refusals name it). */
+  readonly readOnlyFlag: boolean;
+
+  private constructor(allowAll: boolean, allowsWrite: boolean, allowsLogin: boolean, readOnlyFlag: boolean) {
     this.allowAll = allowAll;
-    this.readOnly = readOnly;
+    this.allowsWrite = allowsWrite;
+    this.allowsLogin = allowsLogin;
+    this.readOnlyFlag = readOnlyFlag;
+  }
+
+  /** Neither writes nor logins (what --read-only gives). */
+  get readOnly(): boolean {
+    return !this.allowsWrite && !this.allowsLogin;
   }
 
   /** Throws USAGE naming the first bad rule. */
@@ -45,7 +63,12 @@ export class Policy {
     if (typeof input.allowAll !== 'boolean' || typeof input.readOnly !== 'boolean') {
       throw new CredproxyError('USAGE', 'policy allowAll and readOnly must be booleans');
     }
-    const policy = new Policy(input.allowAll, input.readOnly);
+    if ((input.allowWrite !== undefined && typeof input.allowWrite !== 'boolean') || (input.login !== undefined && typeof input.login !== 'boolean')) {
+      throw new CredproxyError('USAGE', 'policy allowWrite and login must be booleans');
+    }
+    const allowsWrite = !input.readOnly && input.allowWrite === true;
+    const allowsLogin = !input.readOnly && input.login !== false;
+    const policy = new Policy(input.allowAll, allowsWrite, allowsLogin, input.readOnly);
     for (const rule of input.allow) policy.addAllowRule(rule);
     for (const name of input.keys) {
       if (typeof name !== 'string' || !KEY_NAME_RE.test(name)) {
@@ -67,7 +90,7 @@ export class Policy {
     if (!PROVIDER_NAME_RE.test(provider)) {
       throw new CredproxyError('USAGE', `invalid --allow rule ${quoteRule(rule)}: expected PROVIDER, PROVIDER:BUCKET or PROVIDER:*`);
     }
-    if (bucket !== ALL_BUCKETS && !BUCKET_NAME_RE.test(bucket)) {
+    if (bucket !== ALL_BUCKETS && !isBucketName(bucket)) {
       throw new CredproxyError('USAGE', `invalid --allow rule ${quoteRule(rule)}: bad bucket name`);
     }
     const set = this.buckets.get(provider) ?? new Set<string>();
@@ -88,11 +111,6 @@ export class Policy {
 
   allowsKey(name: string): boolean {
     return this.allowAll || this.keyNames.has(name);
-  }
-
-  /** save_token, remove_token and oauth_* need this. */
-  get allowsWrite(): boolean {
-    return !this.readOnly;
   }
 
   filterProviders(providers: readonly string[]): string[] {
@@ -132,9 +150,16 @@ export class Policy {
   }
 
   /** Log-friendly summary (names only). */
-  describe(): { allowAll: boolean; readOnly: boolean; allow: string[]; keys: string[] } {
+  describe(): { allowAll: boolean; readOnly: boolean; write: boolean; login: boolean; allow: string[]; keys: string[] } {
     const allow: string[] = [];
     for (const [provider, set] of this.buckets) for (const b of set) allow.push(`${provider}:${b}`);
-    return { allowAll: this.allowAll, readOnly: this.readOnly, allow: allow.sort(), keys: [...this.keyNames].sort() };
+    return {
+      allowAll: this.allowAll,
+      readOnly: this.readOnly,
+      write: this.allowsWrite,
+      login: this.allowsLogin,
+      allow: allow.sort(),
+      keys: [...this.keyNames].sort(),
+    };
   }
 }

@@ -5,11 +5,17 @@ import { dirname } from 'node:path';
 import { CredproxyError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { FRAME_TIMEOUT_MS } from '../protocol/frame.js';
+import { MAX_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/messages.js';
 import type { CredentialService } from '../refresh/types.js';
 import type { KeyStore, TokenStore } from '../store/types.js';
+import type { LoginEvent } from '../login/session-manager.js';
 import { AuditLog } from './audit.js';
+import { ByteBudget, ConnectionBytes, DEFAULT_CONNECTION_BUFFER_BYTES, DEFAULT_SERVER_BUFFER_BYTES } from './byte-budget.js';
+import type { AuditRotation } from './audit-rotate.js';
 import { CapabilityCheck } from './capability.js';
 import { Connection } from './connection.js';
+import { RefusalMeter } from './refusals.js';
+import { TcpThrottle, type TcpThrottleOptions } from './tcp-throttle.js';
 import type { LoginPort, PeerIdentity } from './context.js';
 import { CREDENTIAL_OP_TIMEOUT_MS, Dispatcher, HOST_OP_TIMEOUT_MS } from './dispatch.js';
 import { resolveLimits, type LimitOptions } from './limits.js';
@@ -64,16 +70,29 @@ export interface ProxyServerOptions {
   allowRoot?: boolean;
   /** audit.jsonl; no audit file when absent. */
   auditPath?: string;
+  /** Size cap and retention of the audit file (default 10 MiB, 5 rotated files). */
+  auditRotation?: Partial<AuditRotation>;
   logger?: Logger;
   /** Per-connection limits; the benchmark raises requestsPerWindow here. */
   limits?: Partial<LimitOptions>;
   timeouts?: Partial<ServerTimeouts>;
   /** Output queued for one client before it is dropped (default 2 MiB). */
   maxOutputBytes?: number;
+  /** TCP transport: how failed handshakes are delayed. */
+  tcpThrottle?: TcpThrottleOptions;
   /** Simultaneous connections (default 1024). */
   maxConnections?: number;
   /** Login sessions; oauth_* answer INTERNAL_ERROR without it. */
   login?: LoginPort;
+  /**
+   * Bytes of frames above 64 KiB (version 2) held at once, per connection
+   * and per server: receiving, being handled, or queued for sending. A frame
+   * that does not fit closes its connection; an answer that does not fit is
+   * answered RATE_LIMITED. Defaults 12 MiB and 32 MiB.
+   */
+  bufferBytes?: { perConnection?: number; perServer?: number };
+  /** Highest protocol version agreed (default 2; 1 behaves as a version-1-only server). */
+  maxProtocolVersion?: number;
 }
 
 type ServerState = 'new' | 'starting' | 'listening' | 'stopping' | 'stopped';
@@ -81,9 +100,6 @@ type ServerState = 'new' | 'starting' | 'listening' | 'stopping' | 'stopped';
 const DEFAULT_MAX_OUTPUT_BYTES = 2 * 1024 * 1024;
 /** Enough for many agents and tools sharing one proxy; each idle connection costs a few KiB. */
 const DEFAULT_MAX_CONNECTIONS = 1024;
-/** TCP: after this many failed handshakes from one address in the window, its connections are dropped. */
-export const FAILED_HANDSHAKE_LIMIT = 5;
-export const FAILED_HANDSHAKE_WINDOW_MS = 60_000;
 
 /**
  * The proxy server (SPEC §4, §5). Owns the listening socket and its file,
@@ -97,6 +113,9 @@ export class ProxyServer {
   private readonly capability: CapabilityCheck | null;
   private readonly dispatcher: Dispatcher;
   private readonly connections = new Set<Connection>();
+  private readonly buffers: ByteBudget;
+  private readonly connectionBufferBytes: number;
+  private readonly maxProtocolVersion: number;
   private state: ServerState = 'new';
   private path: string | null = null;
   private server: Server | null = null;
@@ -106,6 +125,10 @@ export class ProxyServer {
   private startPromise: Promise<void> | null = null;
   private stopPromise: Promise<void> | null = null;
   private readonly ownUid: number;
+  /** Failed handshakes of every connection: one audit line per second with counts. */
+  private handshakeRefusals: RefusalMeter | null = null;
+  /** TCP transport: failed handshakes are delayed, never valid ones. */
+  private readonly tcpThrottle: TcpThrottle;
 
   constructor(options: ProxyServerOptions) {
     if ([options.socketDir, options.socketPath, options.tcp].filter((x) => x !== undefined).length !== 1) {
@@ -123,6 +146,18 @@ export class ProxyServer {
       if (!Number.isFinite(value) || value <= 0) throw new CredproxyError('USAGE', `timeout ${name} must be a positive number`);
     }
     this.limits = resolveLimits(options.limits);
+    const perServer = options.bufferBytes?.perServer ?? DEFAULT_SERVER_BUFFER_BYTES;
+    const perConnection = options.bufferBytes?.perConnection ?? DEFAULT_CONNECTION_BUFFER_BYTES;
+    for (const value of [perServer, perConnection]) {
+      if (!Number.isSafeInteger(value) || value < 1) throw new CredproxyError('USAGE', 'buffer byte bounds must be positive integers');
+    }
+    this.buffers = new ByteBudget(perServer);
+    this.connectionBufferBytes = perConnection;
+    this.maxProtocolVersion = options.maxProtocolVersion ?? MAX_PROTOCOL_VERSION;
+    if (!Number.isInteger(this.maxProtocolVersion) || this.maxProtocolVersion < PROTOCOL_VERSION || this.maxProtocolVersion > MAX_PROTOCOL_VERSION) {
+      throw new CredproxyError('USAGE', `maxProtocolVersion must be ${PROTOCOL_VERSION} to ${MAX_PROTOCOL_VERSION}`);
+    }
+    this.tcpThrottle = new TcpThrottle(options.tcpThrottle);
     this.capability = options.capabilityToken === undefined ? null : new CapabilityCheck(options.capabilityToken);
     this.ownUid = typeof process.getuid === 'function' ? process.getuid() : -1;
     const dispatcherOptions: ConstructorParameters<typeof Dispatcher>[0] = {
@@ -151,6 +186,11 @@ export class ProxyServer {
 
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  /** Bytes of large frames the server holds right now (see bufferBytes). */
+  get bufferedLargeBytes(): number {
+    return this.buffers.inUse;
   }
 
   start(): Promise<void> {
@@ -196,10 +236,11 @@ export class ProxyServer {
   /** What both transports share: the audit writer and the net.Server owned by this object. */
   private async openAuditAndServer(): Promise<Server> {
     if (this.o.auditPath !== undefined) {
-      const audit = new AuditLog({ path: this.o.auditPath, logger: this.logger });
+      const audit = new AuditLog({ path: this.o.auditPath, logger: this.logger, ...(this.o.auditRotation ? { rotation: this.o.auditRotation } : {}) });
       await audit.open();
       this.audit = audit;
     }
+    this.handshakeRefusals = new RefusalMeter({ audit: this.audit, peer: { connectionId: 0, pid: null, uid: null }, remote: null });
     const server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
     server.maxConnections = this.o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     this.server = server;
@@ -218,26 +259,6 @@ export class ProxyServer {
     const { address, port } = server.address() as { address: string; port: number };
     this.path = `tcp://${address.includes(':') ? `[${address}]` : address}:${port}`;
     this.logger.info({ socket: this.path, peerCheck: false, policy: this.o.policy.describe() }, 'credproxy server listening (TCP: capability token required, no peer check)');
-  }
-
-  /** Failed handshakes per remote address in the current window (TCP only). */
-  private readonly handshakeFailures = new Map<string, { count: number; since: number }>();
-
-  private tcpBlocked(address: string): boolean {
-    const f = this.handshakeFailures.get(address);
-    if (!f) return false;
-    if (Date.now() - f.since > FAILED_HANDSHAKE_WINDOW_MS) {
-      this.handshakeFailures.delete(address);
-      return false;
-    }
-    return f.count >= FAILED_HANDSHAKE_LIMIT;
-  }
-
-  private noteHandshakeFailure(address: string): void {
-    const now = Date.now();
-    const f = this.handshakeFailures.get(address);
-    if (!f || now - f.since > FAILED_HANDSHAKE_WINDOW_MS) this.handshakeFailures.set(address, { count: 1, since: now });
-    else f.count++;
   }
 
   /** Only a Unix socket leaves a file behind. */
@@ -278,12 +299,6 @@ export class ProxyServer {
     }
     const peer: PeerIdentity = { connectionId: id, pid: null, uid: null };
     const remote = this.o.tcp !== undefined ? (socket.remoteAddress ?? 'unknown') : null;
-    if (remote !== null && this.tcpBlocked(remote)) {
-      this.logger.warn({ conn: id }, 'refused a TCP connection: too many failed handshakes from its address');
-      this.auditConnectRefused(peer, 'RATE_LIMITED');
-      socket.destroy();
-      return;
-    }
     if (this.peerReader !== null) {
       try {
         const cred = this.peerReader.read(socket);
@@ -306,19 +321,47 @@ export class ProxyServer {
       id,
       socket,
       peer,
+      remote: remote === null ? null : `${remote}:${socket.remotePort ?? 0}`,
+      onHandshakeRefused: (code) => this.handshakeRefusals?.note('handshake', code),
       capability: this.capability,
       dispatcher: this.dispatcher,
       limits: this.limits,
       handshakeTimeoutMs: this.timeouts.handshakeMs,
       frameTimeoutMs: this.timeouts.frameMs,
       maxOutputBytes: this.o.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES,
+      bytes: new ConnectionBytes(this.buffers, this.connectionBufferBytes),
+      maxVersion: this.maxProtocolVersion,
       audit: this.audit,
       logger: this.logger,
       onClose: (c) => this.connections.delete(c),
-      ...(remote !== null ? { onHandshakeFailed: () => this.noteHandshakeFailure(remote) } : {}),
+      ...(remote !== null ? { handshakeFailureDelayMs: () => this.tarpit(remote, socket) } : {}),
     });
     this.connections.add(conn);
     conn.start();
+  }
+
+  /** A login from the sandbox reached a milestone: one audit line (the launcher also says it on stderr). */
+  recordLogin(event: LoginEvent): void {
+    this.audit?.record({
+      time: new Date().toISOString(),
+      conn: event.peer.connectionId,
+      peerPid: event.peer.pid,
+      peerUid: event.peer.uid,
+      op: `login_${event.phase}`,
+      provider: event.provider,
+      bucket: event.bucket,
+      flow: event.flow,
+      ...(event.account !== undefined ? { account: event.account } : {}),
+      result: event.code ?? 'OK',
+      durationMs: 0,
+    });
+  }
+
+  /** TCP: a failed handshake's answer waits this long (the socket's tarpit slot is freed when it closes). */
+  private tarpit(remote: string, socket: Socket): number {
+    const delay = this.tcpThrottle.failure(remote);
+    if (delay > 0) socket.once('close', () => this.tcpThrottle.release());
+    return delay;
   }
 
   private auditConnectRefused(peer: PeerIdentity, result: string): void {
@@ -366,6 +409,7 @@ export class ProxyServer {
     for (const c of this.connections) c.destroy();
     await closed;
     this.removeSocketFile();
+    this.handshakeRefusals?.flush();
     await this.audit?.close();
     this.audit = null;
     this.server = null;

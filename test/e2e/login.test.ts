@@ -28,7 +28,9 @@ const hostOnly = new Set<string>();
 const neverLogged = new Set<string>();
 
 function configFor(oidc: OidcTestServer): object {
-  return { providers: loginProviders(oidc.issuer) };
+  const providers = loginProviders(oidc.issuer);
+  // Without prompt=consent this server drops offline_access: a login with no refresh token.
+  return { providers: { ...providers, online: { ...providers.paste, offline_consent: false } } };
 }
 
 async function until(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
@@ -89,7 +91,7 @@ describe('login from inside the sandbox, completed on the host', () => {
     host = makeHostEnv();
     mkdirSync(join(host.home, 'config'), { recursive: true });
     writeFileSync(join(host.home, 'config', 'config.json'), JSON.stringify(configFor(oidc)));
-    serve = await startServe(['--allow', 'dev:*', '--allow', 'paste:*', '--allow', 'loop'], host.env);
+    serve = await startServe(['--allow', 'dev:*', '--allow', 'paste:*', '--allow', 'loop', '--allow', 'online', '--allow-write'], host.env);
     relay = await RecordingRelay.start(serve.socket);
     stores = await openHostStores({ choice: 'file', dirs: resolveDirs(host.env), env: host.env });
   });
@@ -115,6 +117,14 @@ describe('login from inside the sandbox, completed on the host', () => {
     expect(shown!.session_id).toMatch(/^[0-9a-f]{32}$/);
     await usableInSandbox(token);
     await provesRefreshTokenOnHost('dev');
+    // Announced on the host with the account the provider vouched for (id_token sub: the dev login name).
+    await until(() => /for dev:default completed: account sub:\S+/.test(serve.stderr()), 5000, 'the login announcement');
+    expect(serve.stderr()).toMatch(/credproxy: login from the sandbox \(pid \d+\) for dev:default started \(device_code\)/);
+    const account = /for dev:default completed: account (sub:\S+)/.exec(serve.stderr())![1]!;
+    await until(() => readFileSync(join(host.home, 'state', 'audit.jsonl'), 'utf8').includes('"login_completed"'), 5000, 'the login audit line');
+    const lines = readFileSync(join(host.home, 'state', 'audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines).toContainEqual(expect.objectContaining({ op: 'login_started', provider: 'dev', bucket: 'default', flow: 'device_code', peerPid: process.pid }));
+    expect(lines).toContainEqual(expect.objectContaining({ op: 'login_completed', provider: 'dev', bucket: 'default', account, result: 'OK' }));
   }, 30_000);
 
   it('PKCE code paste: the code the provider showed is exchanged on the host', async () => {
@@ -262,8 +272,39 @@ describe('login from inside the sandbox, completed on the host', () => {
 
     const logout = await runCli(['logout', 'paste', '--bucket', 'cli'], { env: sandboxEnv() });
     expect(logout.code, logout.stderr).toBe(0);
-    expect(logout.stderr).toContain('logged out of paste:cli');
-    expect(await stores.tokens.getToken('paste', 'cli')).toBeNull();
+    expect(logout.stderr).toContain('logged out of paste:cli in the sandbox; the host keeps its refresh token');
+    // The access token the sandbox could see is never served again; the host's login stays.
+    expect(await stores.tokens.getToken('paste', 'cli')).toMatchObject({ expiry: 0 });
+    expect(typeof (await stores.tokens.getToken('paste', 'cli'))?.refresh_token).toBe('string');
+  }, 30_000);
+
+  it('a login that ends without a refresh token says so: in the answer, in the sandbox CLI, in the host log and in status', async () => {
+    const child = spawn(process.execPath, [BIN, 'login', 'online'], { env: sandboxEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    const { match, text } = await waitForStderr(child, /(http:\/\/127\.0\.0\.1:\d+\/auth\?\S+)\n[\s\S]*paste the code/, 'URL and prompt');
+    expect(new URL(match[1]!).searchParams.has('prompt')).toBe(false);
+    const landed = await new ScriptedBrowser().authorize(match[1]!, NATIVE_REDIRECT_URI);
+    hostOnly.add(landed.searchParams.get('code')!);
+    child.stdin.end(`${landed.searchParams.get('code')}\n`);
+    expect(await exited).toBe(0);
+    cliOutput.push(text());
+    const stored = await stores.tokens.getToken('online', 'default');
+    expect(stored?.access_token).toBeTruthy();
+    expect(stored).not.toHaveProperty('refresh_token');
+    const when = new Date(stored!.expiry * 1000).toISOString();
+    const warning = `this login cannot be renewed; it expires at ${when}`;
+    expect(text()).toContain(`credproxy: warning: ${warning}`);
+    expect(relay.toClientText).toContain(`"login_warning":"${warning}`);
+    expect(serve.stderr()).toContain(`online:default: ${warning}`);
+    // The stored login is kept as it came: no warning text inside the token.
+    expect(stored).not.toHaveProperty('login_warning');
+
+    const status = await runCli(['status'], { env: host.env });
+    expect(status.code, status.stderr).toBe(0);
+    expect(status.stdout).toMatch(/online:default {2}expires \S+ \(in \d+ s\), cannot be renewed \(no refresh token\): log in again with `credproxy login online` when it expires/);
+    const json = JSON.parse((await runCli(['status', '--json'], { env: host.env })).stdout) as { tokens: { provider: string; renewable?: boolean }[] };
+    expect(json.tokens.find((t) => t.provider === 'online')).toMatchObject({ renewable: false, canRefresh: false });
+    expect(json.tokens.find((t) => t.provider === 'paste')).toMatchObject({ renewable: true, canRefresh: true });
   }, 30_000);
 
   it('Ctrl+C in the sandbox CLI mid-poll cancels the session: the host stops polling the provider', async () => {

@@ -156,7 +156,7 @@ describe('refresh through a real credproxy serve and a real authorization server
     const slow = await OidcTestServer.start({ tokenDelayMs: 1500 });
     const h = makeHostEnv();
     writeCorpConfig(h.home, slow.issuer);
-    const s = await startServe(['--allow', 'corp:*'], h.env);
+    const s = await startServe(['--allow', 'corp:*', '--allow-write'], h.env);
     try {
       const set = await slow.issueTokens();
       secrets.add(set.refresh_token!);
@@ -172,6 +172,13 @@ describe('refresh through a real credproxy serve and a real authorization server
       await refreshing;
       expect(slow.refreshSuccesses - grantsBefore).toBe(1);
       const hs = await openHostStores({ choice: 'file', dirs: resolveDirs(h.env), env: h.env });
+      // The sandbox's remove landed after the refresh: the refreshed access token is expired, the host keeps its refresh token.
+      const after = await hs.tokens.getToken('corp');
+      expect(after?.expiry).toBe(0);
+      expect(typeof after?.refresh_token).toBe('string');
+      // The host's own logout (same lock) removes it all.
+      const out = await runCli(['logout', 'corp'], { env: h.env });
+      expect(out.code, out.stderr).toBe(0);
       expect(await hs.tokens.getToken('corp')).toBeNull();
       expect(await c.request('get_token', { provider: 'corp' }).catch((e: { code: string }) => e.code)).toBe('NOT_FOUND');
     } finally {

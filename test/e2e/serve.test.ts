@@ -60,7 +60,7 @@ describe('credproxy serve end to end (file store)', () => {
       const r = await runCli(['key', 'set', name], { env, input: `${value}\n` });
       expect(r.code, r.stderr).toBe(0);
     }
-    serve = await startServe(['--allow', 'acme:*', '--allow', 'corp:ci', '--allow-key', 'openai'], env);
+    serve = await startServe(['--allow', 'acme:*', '--allow', 'corp:ci', '--allow-key', 'openai', '--allow-write'], env);
   });
 
   afterAll(async () => {
@@ -100,8 +100,9 @@ describe('credproxy serve end to end (file store)', () => {
     await expect(keys.deleteKey('openai')).rejects.toThrow('API key management is not available in sandbox mode. Manage keys on the host.');
 
     // save_token with a forged refresh_token: new access token stored, host refresh token kept.
-    await tokens.saveToken('acme', { access_token: 'at-new', expiry: farFuture + 10, refresh_token: FORGED_RT, extra: 'x' }, 'work');
-    expect(await tokens.getToken('acme', 'work')).toMatchObject({ access_token: 'at-new', extra: 'x', id_token: 'idt-1' });
+    await tokens.saveToken('acme', { access_token: 'at-new', expiry: farFuture + 10, refresh_token: FORGED_RT, extra: 'x', id_token: 'idt-forged' }, 'work');
+    expect(await tokens.getToken('acme', 'work')).toMatchObject({ access_token: 'at-new', id_token: 'idt-1' });
+    expect((await tokens.getToken('acme', 'work'))?.extra).toBeUndefined();
     const hostStores = await openHostStores({ choice: 'file', dirs: resolveDirs(host.env), env: host.env });
     const stored = await hostStores.tokens.getToken('acme', 'work');
     expect(stored?.refresh_token).toBe(CANARY_RT);
@@ -218,8 +219,9 @@ describe('credproxy serve end to end (file store)', () => {
     expect(await c.request('list_buckets', { provider: 'acme' })).toMatchObject({ ok: true });
     const hostStores = await openHostStores({ choice: 'file', dirs: resolveDirs(host.env), env: host.env });
     expect((await hostStores.tokens.getToken('acme', 'canary'))?.refresh_token).toBe(CANARY_RT); // survived the forged save
-    expect(await c.request('remove_token', { provider: 'acme', bucket: 'canary' })).toMatchObject({ ok: true });
-    expect(await hostStores.tokens.getToken('acme', 'canary')).toBeNull();
+    // The sandbox's remove takes the access token it could see; the host's refresh token stays.
+    expect(await c.request('remove_token', { provider: 'acme', bucket: 'canary' })).toMatchObject({ ok: true, data: { removed: 'access_token' } });
+    expect(await hostStores.tokens.getToken('acme', 'canary')).toMatchObject({ expiry: 0, refresh_token: CANARY_RT });
     expect(c.frames.length).toBeGreaterThanOrEqual(7);
     expect(c.receivedText).not.toContain(CANARY_RT);
     expect(c.receivedText).not.toContain(FORGED_RT);

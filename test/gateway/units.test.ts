@@ -177,7 +177,7 @@ describe('zero credentials on the socket', () => {
         throw new Error('not reached');
       },
       save: async () => undefined,
-      remove: async () => undefined,
+      remove: async () => 'entry' as const,
       close: async () => undefined,
     };
     const d = new Dispatcher({ tokens, keys, credentials, policy, logger: capturingLogger().logger });

@@ -174,7 +174,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     tokens,
     keys,
     credentials: credentials ? credentials(tokens) : new SimpleCredentials(tokens),
-    policy: Policy.from({ allow: [], keys: [], allowAll: true, readOnly: false, ...policy }),
+    policy: Policy.from({ allow: [], keys: [], allowAll: true, readOnly: false, allowWrite: true, ...policy }),
     capabilityToken: CAPABILITY,
     socketDir: join(dir, 'run'),
     auditPath,

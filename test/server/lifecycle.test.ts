@@ -28,7 +28,7 @@ function bareServer(over: Partial<ProxyServerOptions>): ProxyServer {
     tokens,
     keys: new MemoryKeyStore(),
     credentials: new SimpleCredentials(tokens),
-    policy: Policy.from({ allow: [], keys: [], allowAll: true, readOnly: false }),
+    policy: Policy.from({ allow: [], keys: [], allowAll: true, readOnly: false, allowWrite: true }),
     logger: captureLogs().logger,
     ...over,
   });
@@ -276,12 +276,14 @@ describe('audit', () => {
       ['get_api_key', 'openai', null, 'OK'],
       ['get_api_key', 'missing', null, 'NOT_FOUND'],
       ['oauth_exchange', null, null, 'INTERNAL_ERROR'],
-      ['get_token', null, null, 'INVALID_REQUEST'],
-      ['unknown', null, null, 'INVALID_REQUEST'],
-      ['handshake', null, null, 'UNAUTHORIZED'],
+      // Refused before any store: one line per connection and second, with counts.
+      ['refused', null, null, 'REFUSED'],
+      ['refused', null, null, 'REFUSED'],
     ]);
     expect(lines[0]).toMatchObject({ conn: 1, peerPid: process.pid, peerUid: process.getuid!() });
-    expect(lines[8]).toMatchObject({ conn: 2 });
+    expect(lines[6]).toMatchObject({ conn: 1, refused: { INVALID_REQUEST: 2 }, ops: { get_token: 1, unknown: 1 } });
+    // Failed handshakes are counted server-wide (connection 0).
+    expect(lines[7]).toMatchObject({ conn: 0, refused: { UNAUTHORIZED: 1 }, ops: { handshake: 1 } });
   });
 });
 

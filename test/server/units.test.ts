@@ -1,5 +1,6 @@
+import { sourceKey, TcpThrottle } from '../../src/server/tcp-throttle.js';
 import { createServer, connect, type Socket } from 'node:net';
-import { chmodSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
@@ -57,10 +58,23 @@ describe('Policy', () => {
     );
   });
 
-  it('read-only forbids writes only', () => {
+  it('read-only forbids writes and logins only', () => {
     expect(policy(['a'], [], false, true).allowsWrite).toBe(false);
-    expect(policy(['a']).allowsWrite).toBe(true);
+    expect(policy(['a'], [], false, true).allowsLogin).toBe(false);
     expect(policy(['a'], [], false, true).allowsToken('a')).toBe(true);
+  });
+
+  it('token writes are off unless allowed, logins on unless turned off, read-only wins over both', () => {
+    expect(policy(['a']).allowsWrite).toBe(false);
+    expect(policy(['a']).allowsLogin).toBe(true);
+    expect(policy(['a']).readOnly).toBe(false);
+    const writes = Policy.from({ allow: ['a'], keys: [], allowAll: false, readOnly: false, allowWrite: true });
+    expect(writes.allowsWrite).toBe(true);
+    const noLogin = Policy.from({ allow: ['a'], keys: [], allowAll: false, readOnly: false, login: false });
+    expect(noLogin.allowsLogin).toBe(false);
+    expect(noLogin.readOnly).toBe(true);
+    const ro = Policy.from({ allow: ['a'], keys: [], allowAll: false, readOnly: true, allowWrite: true, login: true });
+    expect([ro.allowsWrite, ro.allowsLogin]).toEqual([false, false]);
   });
 
   it('names the bad rule', () => {
@@ -74,7 +88,7 @@ describe('Policy', () => {
   });
 
   it('describes itself by names only', () => {
-    expect(policy(['a', 'b:*'], ['k'], false, true).describe()).toEqual({ allowAll: false, readOnly: true, allow: ['a:default', 'b:*'], keys: ['k'] });
+    expect(policy(['a', 'b:*'], ['k'], false, true).describe()).toEqual({ allowAll: false, readOnly: true, write: false, login: false, allow: ['a:default', 'b:*'], keys: ['k'] });
   });
 });
 
@@ -317,16 +331,71 @@ describe('AuditLog', () => {
     expect(statSync(path).mode & 0o777).toBe(0o600);
   });
 
-  it('drops and counts entries beyond its buffer instead of growing without bound', async () => {
+  it('never drops an entry: past its high-water mark it reports congestion until the queue drains', async () => {
     const dir = tempDir();
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const path = join(dir, 'audit.jsonl');
-    const logs = captureLogs();
-    const log = new AuditLog({ path, logger: logs.logger, flushDelayMs: 60_000, maxBuffered: 3 });
+    const log = new AuditLog({ path, logger: captureLogs().logger, flushDelayMs: 60_000, highWater: 3 });
     await log.open();
     for (let i = 0; i < 10; i++) log.record(entry(i));
+    expect(log.congested).toBe(true);
+    const drained = log.whenDrained();
+    void log.flush();
+    await drained;
+    expect(log.congested).toBe(false);
     await log.close();
-    expect(readFileSync(path, 'utf8').trim().split('\n')).toHaveLength(3);
-    expect(logs.text()).toMatch(/"dropped":7/);
+    expect(readFileSync(path, 'utf8').trim().split('\n')).toHaveLength(10);
+  });
+
+  it('rotates at the size cap and keeps only the newest N files', async () => {
+    const dir = tempDir();
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const path = join(dir, 'audit.jsonl');
+    const log = new AuditLog({ path, logger: captureLogs().logger, flushDelayMs: 60_000, rotation: { maxFileBytes: 4096, keepFiles: 2 } });
+    await log.open();
+    for (let i = 0; i < 400; i++) {
+      log.record(entry(i));
+      if (i % 20 === 19) await log.flush();
+    }
+    await log.close();
+    expect(readdirSync(dir).sort()).toEqual(['audit.jsonl', 'audit.jsonl.1', 'audit.jsonl.2']);
+    for (const f of readdirSync(dir)) expect(statSync(join(dir, f)).size).toBeLessThanOrEqual(4096);
+    // The newest entry is in the live file; nothing is half-written.
+    const live = readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { conn: number });
+    expect(live[live.length - 1]!.conn).toBe(399);
+  });
+});
+
+describe('TcpThrottle', () => {
+  it('groups 127/8 and ::1 as one source, IPv4 by /24 and IPv6 by /64', () => {
+    expect(sourceKey('127.0.0.1')).toBe('loopback');
+    expect(sourceKey('127.200.3.4')).toBe('loopback');
+    expect(sourceKey('::ffff:127.0.0.5')).toBe('loopback');
+    expect(sourceKey('::1')).toBe('loopback');
+    expect(sourceKey('10.1.2.3')).toBe(sourceKey('10.1.2.200'));
+    expect(sourceKey('10.1.2.3')).not.toBe(sourceKey('10.1.3.3'));
+    expect(sourceKey('fd00:1:2:3::1')).toBe(sourceKey('fd00:1:2:3:ffff::9'));
+  });
+
+  it('delays only failures past the free ones, doubling to a cap, and the global budget slows everyone failing', () => {
+    let now = 0;
+    const t = new TcpThrottle({ freePerSource: 2, baseDelayMs: 100, maxDelayMs: 400, globalBudget: 10, now: () => now });
+    expect([t.failure('127.0.0.1'), t.failure('127.0.0.2'), t.failure('127.0.0.3'), t.failure('127.9.9.9'), t.failure('127.1.1.1'), t.failure('127.1.1.2')]).toEqual([0, 0, 100, 200, 400, 400]);
+    for (let i = 0; i < 4; i++) t.release();
+    // Eleven failures server-wide in the window: a fresh source starts at the longest delay.
+    for (let i = 0; i < 4; i++) t.failure(`10.0.${i}.1`);
+    expect(t.failure('10.9.9.9')).toBe(400);
+    now += 61_000;
+    expect(t.failure('127.0.0.1')).toBe(0);
+  });
+
+  it('remembers a bounded number of sources and forgets them after the window', () => {
+    let now = 0;
+    const t = new TcpThrottle({ maxSources: 100, globalBudget: 1e9, now: () => now });
+    for (let i = 0; i < 180_000; i++) t.failure(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`);
+    expect(t.size).toBeLessThanOrEqual(100);
+    now += 120_000;
+    t.sweep();
+    expect(t.size).toBe(0);
   });
 });

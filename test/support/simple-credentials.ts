@@ -1,5 +1,6 @@
 import { CredproxyError } from '../../src/errors.js';
-import type { CredentialService } from '../../src/refresh/types.js';
+import type { CredentialService, TokenMerge } from '../../src/refresh/types.js';
+import { sandboxRemoval, type SandboxRemoval } from '../../src/store/sandbox-token.js';
 import { mergeToken } from '../../src/store/merge.js';
 import type { OAuthToken, TokenStore } from '../../src/store/types.js';
 
@@ -19,12 +20,16 @@ export class SimpleCredentials implements CredentialService {
     throw new CredproxyError('INTERNAL_ERROR', `no provider configured for ${provider}`);
   }
 
-  async save(provider: string, bucket: string, incoming: OAuthToken): Promise<void> {
-    await this.tokens.saveToken(provider, mergeToken(await this.tokens.getToken(provider, bucket), incoming), bucket);
+  async save(provider: string, bucket: string, incoming: OAuthToken, merge: TokenMerge = mergeToken): Promise<void> {
+    await this.tokens.saveToken(provider, merge(await this.tokens.getToken(provider, bucket), incoming), bucket);
   }
 
-  remove(provider: string, bucket: string): Promise<void> {
-    return this.tokens.removeToken(provider, bucket);
+  async remove(provider: string, bucket: string, options: { keepRefreshToken?: boolean } = {}): Promise<SandboxRemoval> {
+    const stored = options.keepRefreshToken ? await this.tokens.getToken(provider, bucket) : null;
+    const plan = stored === null ? { keep: null, removed: 'entry' as const } : sandboxRemoval(stored);
+    if (plan.keep === null) await this.tokens.removeToken(provider, bucket);
+    else await this.tokens.saveToken(provider, plan.keep, bucket);
+    return plan.removed;
   }
 
   async close(): Promise<void> {}

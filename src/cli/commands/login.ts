@@ -1,3 +1,4 @@
+import { ProxyTokenStore } from '../../client/proxy-token-store.js';
 import { spawn } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
 import { createInterface } from 'node:readline';
@@ -44,6 +45,9 @@ export function registerLoginCommands(program: Command, ctx: CliContext): void {
           ? await loginThroughProxy(ctx.client(), provider, bucket, io)
           : await hostLogin(ctx, provider, bucket, { ...io, ...(opts.browser ? { onStart: (info) => openBrowser(ctx, info) } : {}) }, abort.signal);
         ctx.notice(`logged in to ${provider}:${bucket}; ${expiryText(token)}`);
+        // The host says it in the answer; shown without control characters (it crossed the socket).
+        const warning = token.login_warning;
+        if (typeof warning === 'string') ctx.notice(`warning: ${warning.replace(/[^\x20-\x7e]/g, '?')}`);
       } catch (err) {
         if (!isCredproxyError(err, 'CANCELLED')) throw err;
         ctx.notice('login cancelled');
@@ -62,9 +66,18 @@ export function registerLoginCommands(program: Command, ctx: CliContext): void {
     .action(async (rawProvider: string, opts: { bucket?: string }) => {
       const provider = providerArg(rawProvider);
       const bucket = bucketArg(opts.bucket);
-      if (ctx.inSandbox) await (await ctx.tokenStore()).removeToken(provider, bucket);
-      else await (await ctx.host()).credentials.remove(provider, bucket);
-      ctx.notice(`logged out of ${provider}:${bucket}`);
+      if (!ctx.inSandbox) {
+        await (await ctx.host()).credentials.remove(provider, bucket);
+        ctx.notice(`logged out of ${provider}:${bucket}`);
+        return;
+      }
+      const store = await ctx.tokenStore();
+      const removed = store instanceof ProxyTokenStore ? await store.removeTokenReporting(provider, bucket) : (await store.removeToken(provider, bucket), 'entry');
+      if (removed === 'access_token') {
+        ctx.notice(`logged out of ${provider}:${bucket} in the sandbox; the host keeps its refresh token (run \`credproxy logout ${provider}${bucket === 'default' ? '' : ` --bucket ${bucket}`}\` on the host to remove it)`);
+      } else {
+        ctx.notice(`logged out of ${provider}:${bucket}`);
+      }
     });
 }
 
@@ -83,7 +96,9 @@ async function hostLogin(ctx: CliContext, provider: string, bucket: string, io: 
     tokens: host.stores.tokens,
     providers: host.providers,
     timeoutMs: sessionTimeoutFromEnv(ctx.io.env),
-    logger: ctx.logger,
+    // This command prints the outcome itself (a renewal warning included): at the default
+    // level the same warning as a JSON log line would only repeat it.
+    logger: ctx.io.env.CREDPROXY_LOG_LEVEL === undefined ? ctx.logger.child({}, { level: 'error' }) : ctx.logger,
   });
   try {
     return await runLogin(localLoginOps(sessions, signal), provider, bucket, io);

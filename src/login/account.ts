@@ -1,0 +1,30 @@
+import type { OAuthToken } from '../store/types.js';
+
+const MAX_ACCOUNT_CHARS = 256;
+
+/**
+ * Who a fresh login is for, from the id_token the provider returned with it
+ * (OIDC `email`, else `sub`): shown on the host so that an account swapped
+ * by a hostile sandbox is visible. The token came straight from the
+ * provider's token endpoint, so its claims are read without verifying the
+ * signature; they are only displayed. null when there is no usable claim.
+ */
+export function accountOf(token: OAuthToken): string | null {
+  const idToken = token.id_token;
+  if (typeof idToken !== 'string') return null;
+  const parts = idToken.split('.');
+  if (parts.length !== 3 || parts[1]!.length > 64 * 1024) return null;
+  let claims: unknown;
+  try {
+    claims = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString('utf8'));
+  } catch {
+    return null;
+  }
+  if (typeof claims !== 'object' || claims === null) return null;
+  const { email, sub } = claims as Record<string, unknown>;
+  const value = typeof email === 'string' && email !== '' ? email : typeof sub === 'string' && sub !== '' ? `sub:${sub}` : null;
+  if (value === null) return null;
+  // It ends up on a terminal: no control characters, bounded length.
+  const clean = value.replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
+  return clean.length > MAX_ACCOUNT_CHARS ? `${clean.slice(0, MAX_ACCOUNT_CHARS)}...` : clean;
+}
