@@ -1,5 +1,6 @@
 // `npm run bench -- --only=gateway`: the HTTP gateway (issue 13) against the
-// same fake HTTPS API called directly, in the same run.
+// same fake HTTPS API called directly, in the same run. Client (this
+// process), gateway (`serve --gateway`) and fake API are three processes.
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
@@ -7,7 +8,6 @@ import https from 'node:https';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { FakeUpstream } from '../test/support/fake-upstream.js';
 import { createTestCa } from '../test/support/test-ca.js';
 
 export interface GatewayRow {
@@ -63,7 +63,19 @@ function timed(t: Target, path: string, onChunk?: (n: number) => void): Promise<
 
 export async function gatewayBench(): Promise<GatewayRow[]> {
   const ca = createTestCa();
-  const fake = await FakeUpstream.start(ca);
+  // The fake API runs in a process of its own: client, gateway and API each get their own event loop.
+  const fakeProc = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./fake-upstream-process.ts', import.meta.url)), ca.dir], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const fakeLines = createInterface({ input: fakeProc.stdout! });
+  const fakeUrl = await new Promise<string>((resolve, reject) => {
+    fakeLines.once('line', (line) => (line.startsWith('URL=') ? resolve(line.slice(4)) : reject(new Error(`fake API said ${line}`))));
+    fakeProc.once('exit', (code) => reject(new Error(`fake API exited (${code})`)));
+  });
+  const tell = (cmd: string): Promise<void> =>
+    new Promise((resolve) => {
+      fakeLines.once('line', () => resolve());
+      fakeProc.stdin!.write(`${cmd}\n`);
+    });
+  const fake = { url: fakeUrl, holdGate: () => tell('hold'), openGate: () => tell('open') };
   const home = mkdtempSync('/tmp/cp-benchg-');
   const env = { PATH: process.env.PATH, HOME: home, CREDPROXY_HOME: home, CREDPROXY_STORE: 'file', CREDPROXY_LOG_LEVEL: 'warn', NODE_EXTRA_CA_CERTS: ca.caPath };
   mkdirSync(join(home, 'config'), { recursive: true, mode: 0o700 });
@@ -149,13 +161,13 @@ export async function gatewayBench(): Promise<GatewayRow[]> {
     // Server RSS with 100 streams held open.
     await sleep(500);
     const idle = rssMiB(proc.pid!);
-    fake.holdGate();
+    await fake.holdGate();
     let firstEvents = 0;
     const streams = Array.from({ length: 100 }, () => timed(viaGateway, '/sse-gate', () => firstEvents++));
     const deadline = Date.now() + 30_000;
     while (firstEvents < 100 && Date.now() < deadline) await sleep(20);
     const held = rssMiB(proc.pid!);
-    fake.openGate();
+    await fake.openGate();
     await Promise.all(streams);
     rows.push({ figure: 'serve --gateway RSS with 100 concurrent SSE streams', value: `${held.toFixed(1)} MiB`, reference: `${idle.toFixed(1)} MiB idle (after the runs above)`, ratio: held / idle, target: 'report', ok: null });
   } finally {
@@ -164,7 +176,9 @@ export async function gatewayBench(): Promise<GatewayRow[]> {
     const exited = new Promise((r) => proc.once('exit', r));
     proc.kill('SIGTERM');
     await exited;
-    await fake.close();
+    const fakeExited = new Promise((r) => fakeProc.once('exit', r));
+    fakeProc.stdin!.end();
+    await fakeExited;
     ca.remove();
     rmSync(home, { recursive: true, force: true });
   }

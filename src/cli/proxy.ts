@@ -162,7 +162,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
       'path' in w && !w.path.startsWith('/') ? { path: join(dir ?? host.dirs.run, w.path) } : w,
     );
     try {
-      // Loaded only for --gateway: a proxy without it never needs the relay's modules.
+      // Loaded only when asked for: a plain serve/run does not pay for the HTTP stack at startup.
       const { startGateway } = await import('../gateway/index.js');
       gateway = await startGateway({
         policy,

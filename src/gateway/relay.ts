@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import net, { type AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
@@ -83,12 +83,17 @@ async function main(argv: string[]): Promise<void> {
   }
   server.unref();
   const agentEnv = plan === undefined ? {} : resolveAgentEnv(plan, url, process.env.CREDPROXY_TOKEN ?? '');
-  const child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env: { ...process.env, CREDPROXY_GATEWAY_URL: url, ...agentEnv } });
+  // Handlers before the spawn: a signal that arrives while the child is starting is held, then delivered.
+  let child: ChildProcess | null = null;
+  const held: NodeJS.Signals[] = [];
   for (const s of FORWARDED) {
     process.on(s, () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill(s);
+      if (child === null) held.push(s);
+      else if (child.exitCode === null && child.signalCode === null) child.kill(s);
     });
   }
+  child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env: { ...process.env, CREDPROXY_GATEWAY_URL: url, ...agentEnv } });
+  for (const s of held.splice(0)) child.kill(s);
   child.on('error', (err) => {
     process.stderr.write(`credproxy gateway relay: cannot start ${command[0]}: ${(err as NodeJS.ErrnoException).code ?? 'error'}\n`);
     process.exit((err as NodeJS.ErrnoException).code === 'ENOENT' ? 127 : 126);

@@ -10,7 +10,7 @@ export const MIN_SECRET_LENGTH = 8;
  * event ends in "\n\n", which no token starts with, so events are never
  * delayed. The mask has the secret's length, so Content-Length stays true.
  */
-export class SecretRedactor extends Transform {
+export class SecretScanner {
   private readonly secrets: Buffer[];
   private carry: Buffer = Buffer.alloc(0);
   /** Bytes passed on (after masking). */
@@ -18,16 +18,15 @@ export class SecretRedactor extends Transform {
   /** Secrets masked so far. */
   masked = 0;
 
-  constructor(secrets: readonly string[], highWaterMark?: number) {
-    super(highWaterMark === undefined ? {} : { highWaterMark });
+  constructor(secrets: readonly string[]) {
     this.secrets = uniqueSecrets(secrets);
   }
 
-  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+  /** What may go out now of what came in so far (masked; possibly empty). */
+  push(chunk: Buffer): Buffer {
     if (this.secrets.length === 0) {
       this.bytes += chunk.length;
-      done(null, chunk);
-      return;
+      return chunk;
     }
     const data = this.carry.length === 0 ? chunk : Buffer.concat([this.carry, chunk]);
     this.masked += maskInPlace(data, this.secrets);
@@ -35,13 +34,42 @@ export class SecretRedactor extends Transform {
     this.carry = hold === 0 ? Buffer.alloc(0) : Buffer.from(data.subarray(data.length - hold));
     const out = hold === 0 ? data : data.subarray(0, data.length - hold);
     this.bytes += out.length;
+    return out;
+  }
+
+  /** The held tail at the end of the stream (it cannot be a whole secret). */
+  flush(): Buffer {
+    const rest = this.carry;
+    this.carry = Buffer.alloc(0);
+    this.bytes += rest.length;
+    return rest;
+  }
+}
+
+/** SecretScanner as a Transform stream. */
+export class SecretRedactor extends Transform {
+  private readonly scanner: SecretScanner;
+
+  constructor(secrets: readonly string[], highWaterMark?: number) {
+    super(highWaterMark === undefined ? {} : { highWaterMark });
+    this.scanner = new SecretScanner(secrets);
+  }
+
+  get bytes(): number {
+    return this.scanner.bytes;
+  }
+
+  get masked(): number {
+    return this.scanner.masked;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    const out = this.scanner.push(chunk);
     done(null, out.length === 0 ? undefined : out);
   }
 
   override _flush(done: TransformCallback): void {
-    const rest = this.carry;
-    this.carry = Buffer.alloc(0);
-    this.bytes += rest.length;
+    const rest = this.scanner.flush();
     done(null, rest.length === 0 ? undefined : rest);
   }
 }

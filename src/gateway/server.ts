@@ -2,7 +2,6 @@ import http, { type ClientRequest, type IncomingMessage, type ServerResponse } f
 import type { AddressInfo, Socket } from 'node:net';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { pipeline } from 'node:stream';
 import type { Logger } from '../log.js';
 import type { CredentialService } from '../refresh/types.js';
 import type { KeyStore } from '../store/types.js';
@@ -10,7 +9,7 @@ import { auditPath, type GatewayAuditEntry, type GatewayAuditSink, type GatewayO
 import { GatewayCredentials, GatewayError, type ResolvedCredential } from './credentials.js';
 import { downstreamHeaders, hasPlaceholder, upstreamHeaders } from './inject.js';
 import { KEY_ROUTE_PREFIX, rulesAllow, type Route } from './routes.js';
-import { SecretRedactor } from './scan.js';
+import { SecretRedactor, SecretScanner } from './scan.js';
 import { Upstream, UpstreamTimeoutError, type UpstreamOptions } from './upstream.js';
 
 /** Request bodies up to this size are buffered, so a 401 can be replayed once after a refresh. */
@@ -242,17 +241,35 @@ export class GatewayServer {
       return;
     }
     res.writeHead(up.statusCode ?? 502, up.statusMessage, downstreamHeaders(up.headers, secrets));
-    const redactor = new SecretRedactor(secrets, STREAM_HIGH_WATER_MARK);
-    pipeline(up, redactor, res, (err) => {
-      x.entry.bytesOut = redactor.bytes;
-      if (redactor.masked > 0) {
-        x.entry.masked = redactor.masked;
-        this.o.logger.warn({ route: x.entry.route, masked: redactor.masked }, 'gateway masked a credential in an upstream response');
+    // A hand-made pump rather than pipeline(up, Transform, res): one stream layer less per chunk.
+    const scanner = new SecretScanner(secrets);
+    let ended = false;
+    const finish = (err: Error | null): void => {
+      if (ended) return;
+      ended = true;
+      x.entry.bytesOut = scanner.bytes;
+      if (scanner.masked > 0) {
+        x.entry.masked = scanner.masked;
+        this.o.logger.warn({ route: x.entry.route, masked: scanner.masked }, 'gateway masked a credential in an upstream response');
       }
       if (err && !x.clientGone) {
         x.entry.outcome = err instanceof UpstreamTimeoutError ? 'upstream_timeout' : 'upstream_error';
         res.destroy();
       }
+    };
+    up.on('data', (chunk: Buffer) => {
+      const out = scanner.push(chunk);
+      if (out.length > 0 && !res.write(out)) up.pause();
+    });
+    res.on('drain', () => up.resume());
+    up.once('end', () => {
+      const rest = scanner.flush();
+      res.end(rest.length > 0 ? rest : undefined);
+      finish(null);
+    });
+    up.once('error', (err) => finish(err));
+    up.once('close', () => {
+      if (!up.complete) finish(new Error('upstream response cut short'));
     });
   }
 

@@ -344,7 +344,8 @@ export class Dispatcher {
       oauth_initiate: {
         bound: 'credential',
         audit: tokenFields,
-        deny: (p, policy) => denyLogin(policy) ?? denyToken(p, policy),
+        // A login answers with the new access token: for a gateway-served provider that would hand the sandbox a credential.
+        deny: (p, policy) => denyLogin(policy) ?? denyTokenRead(p, policy),
         run: async (p, ctx) => login().initiate(p.provider, p.bucket ?? DEFAULT_BUCKET, ctx.peer, ctx.signal),
       },
       oauth_exchange: {

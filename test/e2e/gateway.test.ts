@@ -178,6 +178,14 @@ describe('run --gateway --sandbox none', () => {
   });
 });
 
+describe('run --gateway with a container engine', () => {
+  it('is refused as a usage error (not supported yet), before anything starts', async () => {
+    const r = await runCli(['run', '--sandbox', 'podman', '--image', 'credproxy-no-such-image', '--gateway', '--allow', 'anthropic', '--', 'true'], { env: host.env });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--gateway works with --sandbox bwrap or none');
+  });
+});
+
 describe('run --gateway --sandbox bwrap', () => {
   it('the SDKs inside real bwrap (no network) reach the fake API through the in-sandbox relay', async () => {
     const before = fake.requests.length;

@@ -187,6 +187,8 @@ describe('zero credentials on the socket', () => {
       ['get_token', { provider: 'anthropic' }],
       ['refresh_token', { provider: 'anthropic' }],
       ['get_api_key', { name: 'openai' }],
+      // A login would answer with the new access token.
+      ['oauth_initiate', { provider: 'anthropic' }],
     ] as const) {
       const outcome = await ask(op, payload);
       expect(outcome).toMatchObject({ ok: false, code: 'UNAUTHORIZED', error: expect.stringContaining('gateway') });
