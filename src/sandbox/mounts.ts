@@ -154,7 +154,7 @@ export function planMounts(input: MountInput): MountPlan {
   const found: string[] = [];
   for (const root of rwRoots) {
     const set = protectionsFor(root, input.unprotect);
-    watch.push(...set.watch);
+    watch.push(...set.watch.filter((w) => rootOf(w) !== undefined));
     warnings.push(...set.warnings);
     found.push(...set.gitEntries);
     for (const p of set.protections) {

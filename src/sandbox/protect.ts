@@ -102,7 +102,8 @@ function protectGitEntry(root: string, dotGit: string, add: (p: Protection) => v
   } else if (st.isFile()) {
     add({ path: dotGit, kind: 'ro', why: 'gitfile: where the repository lives' });
     const target = gitfileTarget(dotGit);
-    if (target && isUnder(target, root)) protectGitDir(target, add, watch);
+    // Held wherever it is: the plan keeps only what lies in some read-write root (this one or a --bind).
+    if (target) protectGitDir(target, add, watch);
   } else {
     add({ path: dotGit, kind: 'ro', why: 'not a regular .git: held as it is' });
   }

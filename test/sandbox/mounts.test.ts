@@ -42,6 +42,19 @@ describe('mount plan', () => {
     expect(plan.ops.some((o) => o.dest.startsWith(join(dir, '.git')))).toBe(false);
   });
 
+  it('holds the git dir a .git file points to when it lies in another read-write bind', () => {
+    const dir = mkdtempSync(join(base, 'w-'));
+    const other = mkdtempSync(join(base, 'o-'));
+    mkdirSync(join(other, 'repo.git', 'hooks'), { recursive: true });
+    writeFileSync(join(other, 'repo.git', 'config'), '');
+    writeFileSync(join(dir, '.git'), `gitdir: ${join(other, 'repo.git')}\n`);
+    const ro = (plan: ReturnType<typeof planMounts>): string[] => plan.ops.filter((o) => o.op === 'ro-bind').map((o) => o.dest);
+    const bound = planMounts(input(dir, { toolDirs: [], binds: [{ path: other, mode: 'rw' }] }));
+    expect(ro(bound)).toEqual(expect.arrayContaining([join(dir, '.git'), join(other, 'repo.git', 'config'), join(other, 'repo.git', 'hooks')]));
+    // Not bound at all: nothing of it is mounted (it stays read-only or hidden as it was).
+    expect(ro(planMounts(input(dir, { toolDirs: [] }))).filter((p) => p.startsWith(other))).toEqual([]);
+  });
+
   it('refuses binds that are or contain hidden or credproxy dirs, accepts ones inside hidden dirs', () => {
     const guard = { homes: ['/home/u'], credproxyDirs: ['/home/u/.config/credproxy', '/srv/cp/data'] };
     for (const bad of ['/', '/tmp', '/home', '/home/u', '/srv/cp', '/srv/cp/data/x', '/var']) expect(() => checkBindRoot(bad, 'x', guard, 'hint')).toThrow(/refusing/);
