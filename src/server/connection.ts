@@ -26,6 +26,8 @@ export interface ConnectionOptions {
   maxOutputBytes: number;
   audit: AuditSink | null;
   logger: Logger;
+  /** Shared by every connection of the same peer (per-peer limits). */
+  peerLimiter?: ConnectionLimiter;
   /** TCP: the client's address:port, recorded on its audit lines. */
   remote?: string | null;
   /** Close the connection after this long with nothing in flight and nothing received (default: never). */
@@ -134,6 +136,17 @@ export class Connection {
   /** ms since the last byte received or answer finished. */
   get idleForMs(): number {
     return this.busy ? 0 : performance.now() - this.lastActive;
+  }
+
+  /**
+   * May be closed to make room for a new connection: no host work running.
+   * Frames read but not handled (a client that does not read its answers)
+   * were never admitted, so they do not protect it; such a client goes first.
+   */
+  get evictionRank(): number | null {
+    if (this.running > 0 || this.state === 'closed') return null;
+    if (this.pauses.has('output')) return Number.MAX_SAFE_INTEGER;
+    return performance.now() - this.lastActive;
   }
 
   get isReady(): boolean {
@@ -353,7 +366,7 @@ export class Connection {
       return;
     }
     const isCancel = msg.op === 'cancel';
-    const admission = this.limiter.admit(!isCancel);
+    const admission = this.limiter.admitWith(this.o.peerLimiter ?? null, !isCancel);
     if (!admission.ok) {
       this.write({ v: PROTOCOL_VERSION, id, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
       this.refuse(auditOp, 'RATE_LIMITED');
@@ -371,7 +384,10 @@ export class Connection {
     };
     const finish = (result: DispatchResult): void => {
       this.running--;
-      if (!isCancel) this.limiter.release();
+      if (!isCancel) {
+        this.limiter.release();
+        this.o.peerLimiter?.release();
+      }
       if (this.inFlight.get(id) === entry) this.inFlight.delete(id);
       let resultCode: string = result.outcome.ok ? 'OK' : result.outcome.code;
       if (entry.cancelled) resultCode = 'CANCELLED';
@@ -390,7 +406,7 @@ export class Connection {
 
   /** Envelope-level rejections: answered immediately, counted by the rate limit. */
   private answerAtOnce(id: string | undefined, op: string, time: number, started: number, reason: string): void {
-    const admission = this.limiter.admit(false);
+    const admission = this.limiter.admitWith(this.o.peerLimiter ?? null, false);
     const base = id === undefined ? { v: PROTOCOL_VERSION } : { v: PROTOCOL_VERSION, id };
     if (!admission.ok) {
       this.write({ ...base, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
