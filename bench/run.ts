@@ -10,11 +10,12 @@ import { fileURLToPath } from 'node:url';
 import { startKeyringSession } from '../test/support/keyring-session.js';
 import { NATIVE_CLIENT_ID, OidcTestServer, type TokenSet } from '../test/support/oidc-server.js';
 import { FrameClient } from './frame-client.js';
+import { gatewayBench } from './gateway.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'credproxy');
 const json = process.argv.includes('--json');
-const SECTIONS = ['round-trip', 'throughput', 'storm', 'memory', 'launch'] as const;
+const SECTIONS = ['round-trip', 'throughput', 'storm', 'memory', 'launch', 'gateway'] as const;
 type Section = (typeof SECTIONS)[number];
 const onlyArg = process.argv.find((a) => a.startsWith('--only='));
 const only = new Set<string>(onlyArg ? onlyArg.slice('--only='.length).split(',') : SECTIONS);
@@ -324,6 +325,51 @@ async function abandonLogins(socket: string, token: string, processes: number, p
   return ok;
 }
 
+/** The allowance over a bare Node process that an idle proxy may use (issue 16). */
+const IDLE_ALLOWANCE_MIB = 25;
+
+/**
+ * Idle RSS against a bare `node -e "setInterval(()=>{},1e9)"` started in the
+ * same run: a proxy just started (nothing asked yet), and the same proxy idle
+ * again after serving cached tokens. Medians of three of each.
+ */
+async function idleMemory(): Promise<Row[]> {
+  const home = mkdtempSync('/tmp/cp-bench-');
+  try {
+    const env = benchEnv(home);
+    cli(['token', 'import', 'bench'], env, BENCH_TOKEN);
+    const bare: number[] = [];
+    const fresh: number[] = [];
+    const served: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const idler = spawn(process.execPath, ['-e', 'setInterval(()=>{},1e9)'], { stdio: 'ignore' });
+      const proxy = await serve(['--allow', 'bench'], env);
+      const [b, f] = await Promise.all([settledRss(idler.pid!), settledRss(proxy.proc.pid!)]);
+      bare.push(b);
+      fresh.push(f);
+      const c = await FrameClient.connect(proxy.socket);
+      await c.handshake(proxy.token);
+      for (let n = 0; n < 100; n++) await c.call(GET_TOKEN);
+      c.close();
+      served.push(await settledRss(proxy.proc.pid!));
+      idler.kill('SIGTERM');
+      await proxy.stop();
+    }
+    const b = median(bare);
+    const row = (figure: string, value: number): Row => ({
+      figure,
+      value: `${value.toFixed(1)} MiB (+${(value - b).toFixed(1)})`,
+      reference: `${b.toFixed(1)} MiB bare node`,
+      ratio: value / b,
+      target: `≤ bare + ${IDLE_ALLOWANCE_MIB} MiB`,
+      ok: value - b <= IDLE_ALLOWANCE_MIB,
+    });
+    return [row('server RSS, idle just after start', median(fresh)), row('server RSS, idle after 100 cached get_token', median(served))];
+  } finally {
+    rmSync(home, { recursive: true, force: true });
+  }
+}
+
 /**
  * Server RSS idle, with 1,000 idle connections, with 10,000 abandoned login
  * sessions (32 per peer process, the per-process cap), and after they expired
@@ -372,7 +418,7 @@ async function memory(): Promise<Row[]> {
     await proxy.stop();
     const ratio = swept / idle;
     return [
-      report('server RSS, idle', `${idle.toFixed(1)} MiB`),
+      report('server RSS, idle after tokens and a login were served (openid-client loaded)', `${idle.toFixed(1)} MiB`),
       report('server RSS, 1,000 open idle connections', `${withConns.toFixed(1)} MiB`, `${idle.toFixed(1)} MiB idle`),
       report(`server RSS, ${sessions} abandoned login sessions held`, `${withSessions.toFixed(1)} MiB`, `${idle.toFixed(1)} MiB idle`),
       { figure: `server RSS after those ${sessions} sessions expired and were swept`, value: `${swept.toFixed(1)} MiB`, reference: `${idle.toFixed(1)} MiB idle`, ratio, target: '≤ 1.1×', ok: sessions === 10_000 && ratio <= 1.1 },
@@ -416,8 +462,9 @@ const run: Record<Section, () => Promise<Row[]>> = {
   'round-trip': async () => [...(await roundTrip('file')), ...(await roundTrip('keyring'))],
   throughput,
   storm: refreshStorm,
-  memory,
+  memory: async () => [...(await idleMemory()), ...(await memory())],
   launch: async () => launchCost(),
+  gateway: gatewayBench,
 };
 const rows: Row[] = [];
 for (const section of SECTIONS) {

@@ -1,8 +1,9 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { CredproxyError } from './errors.js';
 import { KEY_NAME_RE, PROVIDER_NAME_RE } from './names.js';
+import { BUILTIN_PRESETS } from './oauth/presets/index.js';
 import { endpointUrlProblem, loopbackRedirectProblem } from './oauth/url-policy.js';
 
 /** SPEC §7: the config file inside the config dir. */
@@ -20,6 +21,34 @@ const RESERVED_AUTH_PARAMS = new Set(['client_id', 'redirect_uri', 'response_typ
 const endpoint = z.string().superRefine((value, ctx) => {
   const problem = endpointUrlProblem(value);
   if (problem) ctx.addIssue({ code: 'custom', message: problem });
+});
+
+/** Gateway rules for one route: when given, only these methods / path prefixes are forwarded. */
+export const RouteRulesSchema = z.strictObject({
+  methods: z.array(z.string().regex(/^[A-Z]{1,16}$/, 'an upper-case HTTP method')).min(1).optional(),
+  path_prefixes: z.array(z.string().regex(/^\/[\x21-\x7e]{0,255}$/, 'a path starting with /')).min(1).optional(),
+});
+export type RouteRules = z.output<typeof RouteRulesSchema>;
+
+export const KEY_HEADERS = ['x-api-key', 'authorization', 'x-goog-api-key'] as const;
+export type KeyHeader = (typeof KEY_HEADERS)[number];
+
+/** `keys.<name>.route`: where the gateway sends a key, in which header (authorization: Bearer). */
+export const KeyRouteSchema = z.strictObject({
+  api_base: z.string().superRefine((value, ctx) => {
+    const problem = endpointUrlProblem(value);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  }),
+  header: z.enum(KEY_HEADERS),
+  ...RouteRulesSchema.shape,
+});
+export type KeyRoute = z.output<typeof KeyRouteSchema>;
+
+/** Built-in key routes (issue 13): keys with these names need no config. */
+export const BUILTIN_KEY_ROUTES: Readonly<Record<string, KeyRoute>> = Object.freeze({
+  anthropic: { api_base: 'https://api.anthropic.com', header: 'x-api-key' },
+  openai: { api_base: 'https://api.openai.com/v1', header: 'authorization' },
+  gemini: { api_base: 'https://generativelanguage.googleapis.com', header: 'x-goog-api-key' },
 });
 
 const redirectUri = z.string().superRefine((value, ctx) => {
@@ -52,6 +81,13 @@ export const ProviderConfigSchema = z
     redirect_uri: redirectUri.optional(),
     /** Extra query parameters on the authorization request (e.g. access_type=offline). */
     authorization_params: z.record(z.string(), z.string()).optional(),
+    /**
+     * Code flows: send prompt=consent when offline_access is asked of an OpenID
+     * provider (default true; OpenID Connect Core §11: without it servers such as
+     * oidc-provider and Keycloak drop offline_access and issue no refresh token).
+     * A prompt in authorization_params always wins.
+     */
+    offline_consent: z.boolean().optional(),
     /** device_code only: send a PKCE challenge with the device authorization request. */
     use_pkce: z.boolean().optional(),
     token_request_format: z.enum(['form', 'json']).optional(),
@@ -61,6 +97,10 @@ export const ProviderConfigSchema = z
     errors_with_status_200: z.boolean().optional(),
     /** Lifetime assumed when a token response has no expires_in (seconds). */
     default_expires_in: z.int().min(60).max(10 * 365 * 24 * 3600).optional(),
+    /** Gateway: the API the provider's tokens are for (`/<provider>/...` goes to `<api_base>/...`). */
+    api_base: endpoint.optional(),
+    /** Gateway: only these methods / path prefixes are forwarded. */
+    gateway: RouteRulesSchema.optional(),
   })
   .superRefine((p, ctx) => {
     const need = (field: 'token_endpoint' | 'authorization_endpoint' | 'device_authorization_endpoint', why: string): void => {
@@ -95,6 +135,9 @@ export type ProviderConfig = z.output<typeof ProviderConfigSchema>;
 
 const ALLOW_ENTRY_RE = /^[a-zA-Z0-9._@-]{1,64}(?::(?:[a-zA-Z0-9._@-]{1,64}|\*))?$/;
 
+/** A profile applies in any directory: its paths may not be relative to one. */
+const profilePath = z.string().max(4096).regex(/^(\/|~\/)/, 'must be an absolute path or start with ~/');
+
 export const ProfileConfigSchema = z.strictObject({
   /** PROVIDER (its default bucket), PROVIDER:BUCKET, or PROVIDER:* (SPEC §5 policy). */
   allow: z.array(z.string().regex(ALLOW_ENTRY_RE, 'must be PROVIDER, PROVIDER:BUCKET or PROVIDER:*')).default([]),
@@ -105,6 +148,10 @@ export const ProfileConfigSchema = z.strictObject({
   allowWrite: z.boolean().default(false),
   /** Logins from the sandbox (on unless set to false). */
   login: z.boolean().default(true),
+  /** bwrap: extra paths shown read-only / read-write inside (absolute or ~/…), and protections to drop. */
+  roBind: z.array(profilePath).optional(),
+  bind: z.array(profilePath).optional(),
+  unprotect: z.array(profilePath).optional(),
 });
 export type ProfileConfig = z.output<typeof ProfileConfigSchema>;
 
@@ -116,15 +163,57 @@ export const AuditConfigSchema = z.strictObject({
   keepFiles: z.int().min(1).max(100).optional(),
 });
 
-export const ConfigSchema = z.strictObject({
-  providers: z.record(z.string().regex(PROVIDER_NAME_RE), ProviderConfigSchema).default({}),
-  profiles: z.record(z.string().regex(PROVIDER_NAME_RE), ProfileConfigSchema).default({}),
-  audit: AuditConfigSchema.optional(),
-});
+export const KeyConfigSchema = z.strictObject({ route: KeyRouteSchema.optional() });
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/**
+ * Entries named like a built-in are merged field by field over it (a partial
+ * `{"api_base": ...}` is valid); the merged entry is then validated whole,
+ * so unknown fields are still errors.
+ */
+function mergeOverBuiltins(raw: unknown): unknown {
+  if (!isPlainObject(raw)) return raw;
+  const out: Record<string, unknown> = { ...raw };
+  const over = (section: unknown, builtins: Readonly<Record<string, object>>, wrap: (b: object) => object): unknown => {
+    if (!isPlainObject(section)) return section;
+    const merged: Record<string, unknown> = {};
+    for (const [name, entry] of Object.entries(section)) {
+      const builtin = Object.hasOwn(builtins, name) ? builtins[name] : undefined;
+      merged[name] = builtin !== undefined && isPlainObject(entry) ? mergeEntry(wrap(builtin), entry) : entry;
+    }
+    return merged;
+  };
+  out.providers = over(raw.providers, BUILTIN_PRESETS, (b) => b);
+  out.keys = over(raw.keys, BUILTIN_KEY_ROUTES, (b) => ({ route: b }));
+  return out;
+}
+
+/** A field given replaces the built-in's; a key's `route` object is merged one level deeper. */
+function mergeEntry(base: object, entry: Record<string, unknown>): Record<string, unknown> {
+  const merged: Record<string, unknown> = { ...base };
+  for (const [field, value] of Object.entries(entry)) {
+    const prior = merged[field];
+    merged[field] = field === 'route' && isPlainObject(prior) && isPlainObject(value) ? { ...prior, ...value } : value;
+  }
+  return merged;
+}
+
+export const ConfigSchema = z.preprocess(
+  mergeOverBuiltins,
+  z.strictObject({
+    providers: z.record(z.string().regex(PROVIDER_NAME_RE), ProviderConfigSchema).default({}),
+    profiles: z.record(z.string().regex(PROVIDER_NAME_RE), ProfileConfigSchema).default({}),
+    keys: z.record(z.string().regex(KEY_NAME_RE), KeyConfigSchema).default({}),
+    audit: AuditConfigSchema.optional(),
+  }),
+);
 export type CredproxyConfig = z.output<typeof ConfigSchema>;
 
 export function emptyConfig(): CredproxyConfig {
-  return { providers: {}, profiles: {} };
+  return { providers: {}, profiles: {}, keys: {} };
 }
 
 function formatIssue(issue: z.core.$ZodIssue): string {
@@ -163,9 +252,34 @@ export function parseConfig(text: string, sourcePath: string): CredproxyConfig {
   return result.data;
 }
 
+/**
+ * The config names the token endpoints that receive refresh tokens: a
+ * config dir or file that another user can write (owned by someone else,
+ * or group/world-writable) could redirect them. Refused, naming the fix.
+ */
+export async function checkConfigTrust(configDir: string, uid = process.getuid?.()): Promise<void> {
+  if (uid === undefined) return; // no owners to compare (Windows)
+  for (const path of [configDir, join(configDir, CONFIG_FILE_NAME)]) {
+    let st;
+    try {
+      st = await stat(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw new CredproxyError('CONFIG_INVALID', `${path}: cannot be read (${(err as NodeJS.ErrnoException).code ?? 'unknown error'})`);
+    }
+    if (st.uid !== uid) {
+      throw new CredproxyError('CONFIG_INVALID', `${path} is owned by uid ${st.uid}, not by you (uid ${uid}), so another user could change where tokens are sent: \`chown ${uid} ${path}\` if it is yours, or remove it`);
+    }
+    if ((st.mode & 0o022) !== 0) {
+      throw new CredproxyError('CONFIG_INVALID', `${path} is writable by ${st.mode & 0o002 ? 'every user' : 'its group'}, so another user could change where tokens are sent: run \`chmod go-w ${path}\``);
+    }
+  }
+}
+
 /** SPEC §7: `config.json` in the config dir; a missing file is an empty config. */
 export async function loadConfig(configDir: string): Promise<CredproxyConfig> {
   const path = join(configDir, CONFIG_FILE_NAME);
+  await checkConfigTrust(configDir);
   let text: string;
   try {
     text = await readFile(path, 'utf8');

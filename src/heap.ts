@@ -10,6 +10,11 @@ let collector: (() => void) | null | undefined;
  * keep a burst's size for good. At its initial size the young generation is
  * scavenged more often, which costs little for a proxy whose requests leave
  * small, short-lived garbage (see bench/RESULTS.md).
+ *
+ * It only stops growth from then on: set after a burst, it keeps the grown
+ * size. Loading the CLI's modules is the first burst (it grew the young
+ * generation to 2 × 4 MiB), so bin/credproxy sets it before loading them;
+ * one-shot commands allocate too little for it to matter either way.
  */
 export function keepYoungGenerationSmall(): void {
   setFlagsFromString('--semi-space-growth-factor=1');

@@ -1,6 +1,7 @@
 import { mkdirSync, chmodSync, realpathSync, statSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { CredproxyError } from './errors.js';
 
 /** SPEC §3 directory layout. Every directory is created 0700 on demand. */
 export interface CredproxyDirs {
@@ -13,6 +14,10 @@ export interface CredproxyDirs {
 
 export function resolveDirs(env: NodeJS.ProcessEnv = process.env): CredproxyDirs {
   const home = env.CREDPROXY_HOME;
+  if (home && !home.startsWith('/')) {
+    // Relative, it would name a different store in every directory (and the sandbox checks compare canonical paths).
+    throw new CredproxyError('USAGE', `CREDPROXY_HOME must be an absolute path (got ${JSON.stringify(home)})`);
+  }
   if (home) {
     return { config: join(home, 'config'), data: join(home, 'data'), state: join(home, 'state'), run: join(home, 'run') };
   }

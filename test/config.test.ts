@@ -41,7 +41,7 @@ const corp = {
 
 describe('loadConfig', () => {
   it('treats a missing file as an empty config', async () => {
-    await expect(loadConfig(dir)).resolves.toEqual({ providers: {}, profiles: {} });
+    await expect(loadConfig(dir)).resolves.toEqual({ providers: {}, profiles: {}, keys: {} });
   });
 
   it('accepts the spec example and fills in defaults', async () => {

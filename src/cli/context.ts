@@ -1,5 +1,6 @@
 import { CredproxyError } from '../errors.js';
 import { loadConfig, type CredproxyConfig } from '../config.js';
+import { noTokenMessage } from '../login/hints.js';
 import { ProviderRegistry } from '../oauth/registry.js';
 import { createLogger, type Logger } from '../log.js';
 import { resolveDirs, type CredproxyDirs } from '../paths.js';
@@ -98,7 +99,7 @@ export class CliContext {
   async accessToken(provider: string, bucket: string): Promise<SanitizedToken> {
     if (this.inSandbox) return this.client().request('get_token', { provider, bucket });
     const token = await (await this.host()).credentials.getToken(provider, bucket);
-    if (!token) throw new CredproxyError('NOT_FOUND', `no token stored for ${provider}:${bucket}; log in with \`credproxy login ${provider}\` or import one`);
+    if (!token) throw new CredproxyError('NOT_FOUND', noTokenMessage(provider, bucket));
     return sanitizeToken(token);
   }
 

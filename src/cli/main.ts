@@ -10,7 +10,20 @@ export function exitCodeFor(err: unknown): number {
   return 1;
 }
 
+/**
+ * A reader that went away (`credproxy status | head`) ends the output, not
+ * the command: EPIPE on stdout or stderr is dropped quietly instead of
+ * surfacing as an unhandled 'error' event with a stack trace.
+ */
+function quietOnClosedPipe(stream: NodeJS.WritableStream): void {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+  });
+}
+
 export async function main(argv: string[], io: CliIO = processIO()): Promise<number> {
+  quietOnClosedPipe(io.stdout);
+  quietOnClosedPipe(io.stderr);
   const program = buildProgram(io);
   try {
     const code = await program.run(argv);

@@ -9,7 +9,11 @@ export function providerArg(value: string): string {
 
 export function bucketArg(value: string | undefined): string {
   const bucket = value ?? DEFAULT_BUCKET;
-  if (!isBucketName(bucket)) throw new UsageError(`invalid bucket name '${printable(bucket)}' (allowed: letters, digits, . _ @ -, 1-64 characters)`);
+  if (!isBucketName(bucket)) {
+    throw new UsageError(
+      `invalid bucket name '${printable(bucket)}' (1-120 bytes; not : / \\ < > " | ? *, control characters, leading or trailing blanks, . or .., or a reserved device name such as con or nul)`,
+    );
+  }
   return bucket;
 }
 

@@ -5,11 +5,15 @@ import { ensurePrivateDir } from '../paths.js';
 import { generateCapabilityToken } from '../server/capability.js';
 import type { Policy } from '../server/policy.js';
 import { ProxyServer } from '../server/server.js';
+import { howToStore } from '../login/hints.js';
+import type { CliContext, HostContext } from './context.js';
 import { LoginSessionManager, sessionTimeoutFromEnv, type LoginEvent } from '../login/session-manager.js';
-import type { CliContext } from './context.js';
 import { policyFromFlags, type PolicyFlags } from './policy-flags.js';
 import { createSocketDir, removeSocketDir } from './socket-dir.js';
 import { UsageError } from './io.js';
+import { startGateway, type RunningGateway } from '../gateway/index.js';
+import type { GatewayListen } from '../gateway/server.js';
+import type { Command } from 'commander';
 
 export interface ProxyFlags extends PolicyFlags {
   socketDir?: string;
@@ -19,6 +23,17 @@ export interface ProxyFlags extends PolicyFlags {
   allowRoot?: boolean;
   /** serve --rate-limit: requests per second per connection (SPEC §5 default 60). */
   rateLimit?: string;
+  /** --gateway: the HTTP gateway that injects credentials (issue 13). */
+  gateway?: boolean;
+  /** --gateway-expose-tokens: the socket still hands out gateway-served credentials. */
+  gatewayExposeTokens?: boolean;
+}
+
+/** The gateway flags shared by `serve` and `run`. */
+export function addGatewayOptions(cmd: Command): Command {
+  return cmd
+    .option('--gateway', 'start the HTTP gateway: API calls with the placeholder get the real credential injected on the host')
+    .option('--gateway-expose-tokens', 'with --gateway, still answer get_token/refresh_token/get_api_key for the credentials the gateway serves');
 }
 
 /** `--rate-limit N`: a whole number of requests per second, 1 to 1,000,000. */
@@ -43,6 +58,14 @@ export interface RunningProxy {
   stop(): Promise<void>;
   /** Synchronous last resort on a forced exit. */
   removeNow(): void;
+  /** The gateway, with --gateway. */
+  gateway: RunningGateway | undefined;
+}
+
+/** Where the gateway listens; given by the caller, which knows the sandbox. */
+export interface GatewayPlacement {
+  /** Listen addresses; a `{ path }` relative name is placed in the proxy's socket directory. */
+  listen: GatewayListen[];
 }
 
 function isLoopback(host: string): boolean {
@@ -80,11 +103,42 @@ export function parseTransport(spec: string | undefined): { host: string; port: 
 }
 
 /**
+ * A newcomer's first run often allows a provider nothing was stored for
+ * yet; every request for it would fail with NOT_FOUND, one by one, inside
+ * the sandbox. Said once here, with what to do. Only names are listed: no
+ * entry is read or decrypted.
+ */
+async function warnAboutEmptyEntries(ctx: CliContext, host: HostContext, policy: Policy): Promise<void> {
+  if (policy.allowAll) return;
+  const { allow, keys } = policy.describe();
+  try {
+    const buckets = new Map<string, string[]>();
+    for (const rule of allow) {
+      const cut = rule.lastIndexOf(':');
+      const provider = rule.slice(0, cut);
+      const bucket = rule.slice(cut + 1);
+      if (!buckets.has(provider)) buckets.set(provider, await host.stores.tokens.listBuckets(provider));
+      const stored = buckets.get(provider)!;
+      const missing = bucket === '*' ? stored.length === 0 : !stored.includes(bucket);
+      if (!missing) continue;
+      const what = bucket === '*' ? `${provider} (any bucket)` : `${provider}:${bucket}`;
+      ctx.notice(`nothing is stored for ${what} yet, so its requests will fail: ${howToStore(provider, bucket === '*' ? undefined : bucket)}`);
+    }
+    if (keys.length > 0) {
+      const storedKeys = new Set(await host.stores.keys.listKeys());
+      for (const name of keys) if (!storedKeys.has(name)) ctx.notice(`no API key named ${name} is stored yet: set it on the host with \`credproxy key set ${name}\` (value on stdin)`);
+    }
+  } catch {
+    // Advice only: a store that cannot list now will say so on the first request.
+  }
+}
+
+/**
  * Start the host-side proxy for `serve` and `run`: policy from flags/profile,
  * host stores and the refresh path, a fresh socket directory, a capability
  * token. Any failure leaves nothing behind.
  */
-export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string; policy?: Policy } = {}): Promise<RunningProxy> {
+export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string; policy?: Policy; gateway?: GatewayPlacement } = {}): Promise<RunningProxy> {
   const config = await ctx.config();
   const policy = options.policy ?? policyFromFlags(flags, config);
   if (flags.allowAll) ctx.notice('serving every provider, bucket and key (--allow-all)');
@@ -112,7 +166,31 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
       server?.recordLogin(event);
     },
   });
-  server = new ProxyServer({
+  let gateway: RunningGateway | undefined;
+  if (flags.gateway) {
+    const dir = ownDir ?? flags.socketDir;
+    const listen = (options.gateway?.listen ?? [{ host: '127.0.0.1', port: 0 }]).map((w) =>
+      'path' in w && !w.path.startsWith('/') ? { path: join(dir ?? host.dirs.run, w.path) } : w,
+    );
+    try {
+      gateway = await startGateway({
+        policy,
+        config: host.config,
+        credentials: host.credentials,
+        keys: host.stores.keys,
+        placeholder: capabilityToken,
+        logger,
+        stateDir: ensurePrivateDir(host.dirs.state),
+        listen,
+        exposeOnSocket: Boolean(flags.gatewayExposeTokens),
+      });
+    } catch (err) {
+      if (ownDir) removeSocketDir(ownDir);
+      throw err;
+    }
+    if (gateway.routes.size === 0) ctx.notice('--gateway: the policy allows no credential with a gateway route; every gateway request will be refused');
+  }
+  const proxyServer = new ProxyServer({
     tokens: host.stores.tokens,
     keys: host.stores.keys,
     credentials: host.credentials,
@@ -128,29 +206,35 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     login,
     ...(rateLimit === undefined ? {} : { limits: { requestsPerWindow: rateLimit } }),
   });
+  server = proxyServer;
   try {
-    await server.start();
+    await proxyServer.start();
   } catch (err) {
     login.close();
+    await gateway?.stop();
     if (ownDir) removeSocketDir(ownDir);
     throw err;
   }
+  await warnAboutEmptyEntries(ctx, host, policy);
   let stopped: Promise<void> | undefined;
   return {
-    server,
-    socketPath: server.socketPath,
+    server: proxyServer,
+    socketPath: proxyServer.socketPath,
     ownDir,
     capabilityToken,
     logger,
+    gateway,
     stop() {
-      stopped ??= server.stop().finally(() => {
-        login.close();
-        if (ownDir) removeSocketDir(ownDir);
-      });
+      stopped ??= Promise.all([proxyServer.stop(), gateway?.stop()])
+        .then(() => undefined)
+        .finally(() => {
+          login.close();
+          if (ownDir) removeSocketDir(ownDir);
+        });
       return stopped;
     },
     removeNow() {
-      server.removeSocketNow();
+      proxyServer.removeSocketNow();
       if (ownDir) removeSocketDir(ownDir);
     },
   };

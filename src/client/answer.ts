@@ -15,8 +15,9 @@ function isRecord(v: unknown): v is Record<string, unknown> {
  * anything that does not follow the protocol: the caller treats that as a
  * broken connection, never as a result.
  */
-export function parseAnswer(frame: Record<string, unknown>): Answer | null {
-  if (frame.v !== PROTOCOL_VERSION) return null;
+export function parseAnswer(frame: Record<string, unknown>, version = PROTOCOL_VERSION): Answer | null {
+  // Any version from 1 up to the agreed one: the envelope is the same.
+  if (typeof frame.v !== 'number' || !Number.isInteger(frame.v) || frame.v < PROTOCOL_VERSION || frame.v > version) return null;
   if (frame.ok === true) {
     return isRecord(frame.data) ? { ok: true, data: frame.data } : null;
   }

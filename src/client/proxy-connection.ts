@@ -1,7 +1,7 @@
 import { connect, type Socket } from 'node:net';
 import { CredproxyError } from '../errors.js';
-import { encodeFrame, FrameDecoder, MAX_FRAME_PAYLOAD, parsePayload } from '../protocol/frame.js';
-import { PROTOCOL_VERSION, type Op } from '../protocol/messages.js';
+import { encodeFrame, FrameDecoder, frameLimitFor, parsePayload } from '../protocol/frame.js';
+import { MAX_PROTOCOL_VERSION, PROTOCOL_VERSION, type Op } from '../protocol/messages.js';
 import { answerError, parseAnswer } from './answer.js';
 import { connectOptions, describeAddress, type SocketAddress } from './socket-address.js';
 
@@ -93,7 +93,7 @@ function handshakeRejection(where: string, code: string, text: string): Credprox
   if (code === 'UNKNOWN_VERSION') {
     return new CredproxyError(
       'UNKNOWN_VERSION',
-      `The credential proxy at ${where} does not speak protocol version ${PROTOCOL_VERSION} (UNKNOWN_VERSION: ${text}). Use the same credproxy version inside and outside the sandbox.`,
+      `The credential proxy at ${where} does not speak protocol versions ${PROTOCOL_VERSION} to ${MAX_PROTOCOL_VERSION} (UNKNOWN_VERSION: ${text}). Use the same credproxy version inside and outside the sandbox.`,
     );
   }
   return new CredproxyError('CONNECTION_LOST', `The credential proxy at ${where} refused the handshake (${code}: ${text}).`);
@@ -109,7 +109,9 @@ export class ProxyConnection {
   private readonly socket: Socket;
   private readonly where: string;
   private readonly events: ProxyConnectionEvents;
-  private readonly decoder = new FrameDecoder(MAX_FRAME_PAYLOAD);
+  private readonly decoder = new FrameDecoder(frameLimitFor(PROTOCOL_VERSION));
+  /** Agreed in the handshake; 1 until then. */
+  private agreed = PROTOCOL_VERSION;
   private readonly pending = new Map<string, Pending>();
   /** Timed-out requests whose late answer is still allowed to arrive, and is then dropped. */
   private readonly abandoned = new Set<string>();
@@ -147,13 +149,18 @@ export class ProxyConnection {
     return this.pending.size > 0;
   }
 
+  /** The protocol version agreed in the handshake. */
+  get version(): number {
+    return this.agreed;
+  }
+
   /** Send one request; resolves with the answer's data or rejects with its error. */
   request(op: Op, payload: object, timeoutMs: number): Promise<Record<string, unknown>> {
     if (this.phase !== 'open') return Promise.reject(connectionLostError());
     const id = this.nextId();
     let frame: Buffer;
     try {
-      frame = encodeFrame({ v: PROTOCOL_VERSION, id, op, payload });
+      frame = encodeFrame({ v: this.agreed, id, op, payload }, frameLimitFor(this.agreed));
     } catch (err) {
       return Promise.reject(err);
     }
@@ -177,7 +184,7 @@ export class ProxyConnection {
   }
 
   private handshake(capabilityToken: string | undefined, timeoutMs: number): Promise<void> {
-    const payload: Record<string, unknown> = { minVersion: PROTOCOL_VERSION, maxVersion: PROTOCOL_VERSION };
+    const payload: Record<string, unknown> = { minVersion: PROTOCOL_VERSION, maxVersion: MAX_PROTOCOL_VERSION };
     if (capabilityToken !== undefined) payload.capabilityToken = capabilityToken;
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -208,7 +215,9 @@ export class ProxyConnection {
 
   private onHandshakeAnswer(frame: Record<string, unknown>): void {
     const answer = frame.op === 'handshake' ? parseAnswer(frame) : null;
-    if (answer === null || (answer.ok && answer.data.version !== PROTOCOL_VERSION)) {
+    const version = answer?.ok === true ? answer.data.version : undefined;
+    const understood = typeof version === 'number' && Number.isInteger(version) && version >= PROTOCOL_VERSION && version <= MAX_PROTOCOL_VERSION;
+    if (answer === null || (answer.ok && !understood)) {
       this.endHandshake(new CredproxyError('CONNECTION_LOST', `The credential proxy at ${this.where} answered the handshake with a frame this client does not understand.`));
       return;
     }
@@ -216,6 +225,8 @@ export class ProxyConnection {
       this.endHandshake(handshakeRejection(this.where, answer.code, answer.error));
       return;
     }
+    this.agreed = version as number;
+    this.decoder.setMaxPayload(frameLimitFor(this.agreed));
     const done = this.handshakeDone;
     this.handshakeDone = null;
     this.phase = 'open';
@@ -225,7 +236,9 @@ export class ProxyConnection {
 
   private onData(chunk: Buffer): void {
     try {
-      for (const payload of this.decoder.push(chunk)) {
+      this.decoder.append(chunk);
+      // One frame at a time: the handshake answer raises the limit for the frames behind it.
+      for (let payload = this.decoder.next(); payload !== null; payload = this.decoder.next()) {
         if (this.phase === 'ended') return;
         const frame = parsePayload(payload);
         if (this.phase === 'handshake') this.onHandshakeAnswer(frame);
@@ -239,7 +252,7 @@ export class ProxyConnection {
 
   private onAnswer(frame: Record<string, unknown>): void {
     const id = frame.id;
-    const answer = parseAnswer(frame);
+    const answer = parseAnswer(frame, this.agreed);
     if (typeof id !== 'string' || answer === null) {
       this.fail();
       return;
@@ -271,7 +284,7 @@ export class ProxyConnection {
     this.abandoned.add(id);
     const cancelId = this.nextId();
     this.cancels.set(cancelId, id);
-    this.socket.write(encodeFrame({ v: PROTOCOL_VERSION, id: cancelId, op: 'cancel', payload: { targetId: id } }));
+    this.socket.write(encodeFrame({ v: this.agreed, id: cancelId, op: 'cancel', payload: { targetId: id } }));
     pending.reject(new CredproxyError('TIMEOUT', `The credential proxy did not answer ${pending.op} in time; the request was cancelled.`));
     if (!this.busy) this.setBusy(false);
   }

@@ -35,10 +35,22 @@ export class ProxyKeyStore implements KeyStore {
     return data.keys;
   }
 
-  /** Answered from the (policy-filtered) key list, so no key value crosses the socket just to test presence. */
+  /**
+   * has_api_key when version 2 is agreed; an older proxy answers from the
+   * (policy-filtered) key list. Either way no key value crosses the socket
+   * just to test presence.
+   */
   async hasKey(name: string): Promise<boolean> {
     assertKeyName(name);
-    return (await this.listKeys()).includes(name);
+    if ((await this.client.protocolVersion()) < 2) return (await this.listKeys()).includes(name);
+    let data: { exists?: unknown };
+    try {
+      data = await this.client.request('has_api_key', { name });
+    } catch (err) {
+      throw storeFailure(`has_api_key ${name}`, err);
+    }
+    if (typeof data.exists !== 'boolean') throw malformedData('has_api_key');
+    return data.exists;
   }
 
   async saveKey(_name: string, _value: string): Promise<void> {

@@ -109,10 +109,29 @@ export class ProxyTokenStore implements TokenStore {
     return data.buckets;
   }
 
-  /** The proxy keeps no usage statistics; this only tells whether the bucket holds a token. */
+  /**
+   * The proxy's own counters (get_bucket_stats) when version 2 is agreed; an
+   * older proxy has none, so there it only tells whether the bucket holds a token.
+   */
   async getBucketStats(provider: string, bucket: string): Promise<BucketStats | null> {
-    const token = await this.getToken(provider, bucket);
-    return token === null ? null : { bucket, requestCount: 0, percentage: 0 };
+    checkNames(provider, bucket);
+    if ((await this.client.protocolVersion()) < 2) {
+      const token = await this.getToken(provider, bucket);
+      return token === null ? null : { bucket, requestCount: 0, percentage: 0 };
+    }
+    let data: Record<string, unknown>;
+    try {
+      data = { ...(await this.client.request('get_bucket_stats', { provider, bucket })) };
+    } catch (err) {
+      if (isCredproxyError(err, 'NOT_FOUND')) return null;
+      throw storeFailure(label('get_bucket_stats', provider, bucket), err);
+    }
+    const { requestCount, percentage, lastUsed } = data;
+    const count = (n: unknown): n is number => typeof n === 'number' && Number.isFinite(n) && n >= 0;
+    if (data.bucket !== bucket || !count(requestCount) || !count(percentage) || (lastUsed !== undefined && !count(lastUsed))) {
+      throw malformedData('get_bucket_stats');
+    }
+    return lastUsed === undefined ? { bucket, requestCount, percentage } : { bucket, requestCount, percentage, lastUsed };
   }
 
   async acquireRefreshLock(provider: string, options: RefreshLockOptions = {}): Promise<boolean> {

@@ -89,6 +89,20 @@ export class ProxySocketClient {
     }
   }
 
+  /**
+   * The protocol version agreed with the proxy (connecting if needed). Ops
+   * added with version 2 are used only when it was agreed, so an older
+   * proxy keeps working through the version-1 equivalents.
+   */
+  async protocolVersion(): Promise<number> {
+    this.assertUsable();
+    for (;;) {
+      const conn = await this.connection();
+      if (conn.isOpen) return conn.version;
+      this.assertUsable();
+    }
+  }
+
   /** Close the connection; pending and later calls fail. */
   async close(): Promise<void> {
     this.closed = true;

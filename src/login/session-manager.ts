@@ -6,10 +6,10 @@ import { shortSessionId, type Logger } from '../log.js';
 import type { OAuthProvider } from '../oauth/types.js';
 import type { FlowType, OAuthInitiateData, OAuthPollData } from '../protocol/messages.js';
 import type { LoginPort, PeerIdentity } from '../server/context.js';
-import { sanitizeToken } from '../store/sanitize.js';
-import type { OAuthToken, SanitizedToken, TokenStore } from '../store/types.js';
-import { startFlow, type FlowOutcome, type FlowStarter, type FlowTiming, type RunningFlow } from './flows/index.js';
+import type { OAuthToken, TokenStore } from '../store/types.js';
+import type { FlowOutcome, FlowStarter, FlowTiming, RunningFlow } from './flows/index.js';
 import { ownerKey, procStartTime, type ProcessStartTime } from './owner.js';
+import { loginAnswer, type LoginAnswer } from './renewal.js';
 import { accountOf } from './account.js';
 import { PollGate } from './poll-gate.js';
 
@@ -113,6 +113,9 @@ function answerFields(flow: RunningFlow): Omit<OAuthInitiateData, 'session_id'> 
   };
 }
 
+/** The real flows, loaded with the first login (they bring openid-client; an idle proxy needs neither). */
+const startFlowLazily: FlowStarter = async (provider, ctx) => (await import('./flows/index.js')).startFlow(provider, ctx);
+
 /** CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS as ms; undefined when unset. */
 export function sessionTimeoutFromEnv(env: NodeJS.ProcessEnv): number | undefined {
   const raw = env.CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS;
@@ -182,7 +185,7 @@ export class LoginSessionManager implements LoginPort {
     this.afterBulkSweep = options.afterBulkSweep ?? collectGarbage;
     this.onLogin = options.onLogin ?? (() => undefined);
     this.flowTiming = { now: this.now, ...options.flowTiming };
-    this.start = options.startFlow ?? startFlow;
+    this.start = options.startFlow ?? startFlowLazily;
     this.startTimeOf = options.processStartTime ?? procStartTime;
     this.logger = options.logger ?? pino({ level: 'silent' });
   }
@@ -281,7 +284,7 @@ export class LoginSessionManager implements LoginPort {
     }
   }
 
-  async exchange(sessionId: string, code: string, peer: PeerIdentity, signal: AbortSignal): Promise<SanitizedToken> {
+  async exchange(sessionId: string, code: string, peer: PeerIdentity, signal: AbortSignal): Promise<LoginAnswer> {
     const s = this.find(sessionId, peer);
     if (s.flowType !== 'pkce_redirect') throw wrongOp(s.flowType, 'oauth_poll', 'oauth_exchange');
     this.assertAlive(s);
@@ -291,9 +294,7 @@ export class LoginSessionManager implements LoginPort {
       if (!flow?.exchange) throw new CredproxyError('INTERNAL_ERROR', 'this login flow cannot exchange a code');
       const token = await flow.exchange(code, signal);
       await this.saveLoggedIn(s.provider, s.bucket, token);
-      this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket }, 'login completed');
-      this.announce(s, 'completed', { account: accountOf(token) });
-      return sanitizeToken(token);
+      return this.completed(s, token);
     } catch (err) {
       const code = err instanceof CredproxyError ? err.code : 'error';
       this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket, code }, 'login failed');
@@ -385,15 +386,23 @@ export class LoginSessionManager implements LoginPort {
     }
     try {
       await this.saveLoggedIn(s.provider, s.bucket, out.token);
-      s.result = { status: 'complete', ...sanitizeToken(out.token) };
-      this.logger.info({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket }, 'login completed');
-      this.announce(s, 'completed', { account: accountOf(out.token) });
+      s.result = { status: 'complete', ...this.completed(s, out.token) };
     } catch (err) {
       const code = err instanceof CredproxyError ? err.code : 'error';
       this.announce(s, 'failed', { code });
       s.result = { status: 'error', code: 'INTERNAL_ERROR', error: `the login succeeded but the token could not be stored (${code})` };
       this.logger.warn({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket, code }, 'login token not stored');
     }
+  }
+
+  /** The answer to a finished login, announced on the host; one that cannot be renewed is also said there. */
+  private completed(s: Session, token: OAuthToken): LoginAnswer {
+    const answer = loginAnswer(token);
+    const fields = { session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket };
+    this.logger.info(fields, 'login completed');
+    if (answer.login_warning !== undefined) this.logger.warn({ ...fields, expiry: token.expiry }, `${s.provider}:${s.bucket}: ${answer.login_warning}`);
+    this.announce(s, 'completed', { account: accountOf(token) });
+    return answer;
   }
 
   private announce(s: Session, phase: LoginEvent['phase'], extra: { account?: string | null; code?: string } = {}): void {

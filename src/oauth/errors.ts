@@ -1,4 +1,4 @@
-import { ClientError, ResponseBodyError, WWWAuthenticateChallengeError } from 'openid-client';
+import { openidClientIfLoaded } from './oidc-module.js';
 import { CredproxyError } from '../errors.js';
 
 /**
@@ -91,8 +91,10 @@ export function classifyProviderError(err: unknown, ctx: ClassifyContext): Provi
   };
 
   if (ctx.signal?.aborted) return new ProviderError('aborted', `${what}: cancelled`);
-  if (err instanceof ResponseBodyError) return byStatus(err.status, safeErrorCode(err.error));
-  if (err instanceof WWWAuthenticateChallengeError) {
+  // Not loaded: nothing thrown can be one of its errors.
+  const oidc = openidClientIfLoaded();
+  if (oidc && err instanceof oidc.ResponseBodyError) return byStatus(err.status, safeErrorCode(err.error));
+  if (oidc && err instanceof oidc.WWWAuthenticateChallengeError) {
     const param = err.cause.map((c) => c.parameters.error).find((e) => e !== undefined);
     return byStatus(err.status, param === undefined ? undefined : safeErrorCode(param));
   }
@@ -103,7 +105,7 @@ export function classifyProviderError(err: unknown, ctx: ClassifyContext): Provi
   if (chain.some((e) => e instanceof DOMException && e.name === 'TimeoutError')) {
     return new ProviderError('transient', `${what}: no answer within ${duration(ctx.timeoutMs)}`);
   }
-  if (err instanceof ClientError) {
+  if (oidc && err instanceof oidc.ClientError) {
     switch (err.code) {
       case 'OAUTH_TIMEOUT':
         return new ProviderError('transient', `${what}: no answer within ${duration(ctx.timeoutMs)}`);

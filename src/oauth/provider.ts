@@ -1,4 +1,5 @@
-import * as oidc from 'openid-client';
+import type * as oidc from 'openid-client';
+import { openidClient } from './oidc-module.js';
 import type { Flow, ProviderConfig } from '../config.js';
 import { CredproxyError } from '../errors.js';
 import type { OAuthToken } from '../store/types.js';
@@ -69,12 +70,13 @@ export class OpenIdProvider implements OAuthProvider {
     return out;
   }
 
-  private clientAuth(): { method: string; auth: oidc.ClientAuth } {
+  private async clientAuth(): Promise<{ method: string; auth: oidc.ClientAuth }> {
+    const lib = await openidClient();
     const secret = this.settings.client_secret;
     const method = this.settings.token_endpoint_auth_method ?? (secret === undefined ? 'none' : 'client_secret_post');
-    if (method === 'none') return { method, auth: oidc.None() };
-    if (method === 'client_secret_basic') return { method, auth: oidc.ClientSecretBasic(secret) };
-    return { method, auth: oidc.ClientSecretPost(secret) };
+    if (method === 'none') return { method, auth: lib.None() };
+    if (method === 'client_secret_basic') return { method, auth: lib.ClientSecretBasic(secret) };
+    return { method, auth: lib.ClientSecretPost(secret) };
   }
 
   private transport(signal: AbortSignal | undefined, tokenEndpoint: string | undefined): oidc.CustomFetch {
@@ -107,13 +109,14 @@ export class OpenIdProvider implements OAuthProvider {
 
   private async discover(): Promise<oidc.ServerMetadata> {
     const issuer = new URL(this.settings.issuer!);
-    const { method, auth } = this.clientAuth();
     try {
+      const lib = await openidClient();
+      const { method, auth } = await this.clientAuth();
       // Discovery is shared by concurrent callers, so it honours only the timeout, not one caller's signal.
-      const config = await oidc.discovery(issuer, this.settings.client_id, { token_endpoint_auth_method: method }, auth, {
-        execute: isInsecureLoopback(issuer) ? [oidc.allowInsecureRequests] : [],
+      const config = await lib.discovery(issuer, this.settings.client_id, { token_endpoint_auth_method: method }, auth, {
+        execute: isInsecureLoopback(issuer) ? [lib.allowInsecureRequests] : [],
         timeout: Math.max(1, Math.ceil(this.timeoutMs / 1000)),
-        [oidc.customFetch]: this.transport(undefined, undefined),
+        [lib.customFetch]: this.transport(undefined, undefined),
       });
       return { ...config.serverMetadata() };
     } catch (err) {
@@ -123,14 +126,15 @@ export class OpenIdProvider implements OAuthProvider {
 
   async configuration(signal?: AbortSignal): Promise<oidc.Configuration> {
     const metadata = await this.metadata();
-    const { method, auth } = this.clientAuth();
-    const config = new oidc.Configuration(metadata, this.settings.client_id, { token_endpoint_auth_method: method }, auth);
+    const lib = await openidClient();
+    const { method, auth } = await this.clientAuth();
+    const config = new lib.Configuration(metadata, this.settings.client_id, { token_endpoint_auth_method: method }, auth);
     // The library's own timeout is a backstop; the transport enforces the exact one.
     config.timeout = Math.max(1, Math.ceil(this.timeoutMs / 1000));
     const urls = [metadata.issuer, ...ENDPOINT_FIELDS.map((f) => metadata[f])].filter((u): u is string => typeof u === 'string');
     // http is only ever allowed for loopback IPs; the transport refuses anything else regardless.
-    if (urls.some((u) => URL.canParse(u) && isInsecureLoopback(new URL(u)))) oidc.allowInsecureRequests(config);
-    config[oidc.customFetch] = this.transport(signal, metadata.token_endpoint);
+    if (urls.some((u) => URL.canParse(u) && isInsecureLoopback(new URL(u)))) lib.allowInsecureRequests(config);
+    config[lib.customFetch] = this.transport(signal, metadata.token_endpoint);
     return config;
   }
 
@@ -141,7 +145,7 @@ export class OpenIdProvider implements OAuthProvider {
     }
     try {
       const config = await this.configuration(signal);
-      const response = await oidc.refreshTokenGrant(config, refreshToken);
+      const response = await (await openidClient()).refreshTokenGrant(config, refreshToken);
       return this.tokenFromResponse(response);
     } catch (err) {
       throw this.toError('refresh', err, signal);

@@ -8,7 +8,7 @@ import type { OAuthProvider } from './types.js';
 export type ProviderSource = 'preset' | 'config';
 
 export interface ProviderRegistryOptions {
-  /** Providers from the config file; one named like a preset replaces it entirely. */
+  /** Providers from the config file; one named like a preset was already merged over it by parseConfig, and replaces it here. */
   config?: Pick<CredproxyConfig, 'providers'>;
   /** Defaults to the built-in presets. */
   presets?: Readonly<Record<string, ProviderConfig>>;

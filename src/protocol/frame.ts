@@ -1,13 +1,20 @@
 import { CredproxyError } from '../errors.js';
 
-/** SPEC §4: maximum payload bytes of one frame. */
+/** SPEC §4: maximum payload bytes of one frame (protocol version 1, and every handshake). */
 export const MAX_FRAME_PAYLOAD = 65536;
+/** SPEC §8: maximum payload bytes of one frame once version 2 is agreed, both ways. */
+export const MAX_FRAME_PAYLOAD_V2 = 4 * 1024 * 1024;
+
+/** The frame limit of an agreed protocol version. */
+export function frameLimitFor(version: number): number {
+  return version >= 2 ? MAX_FRAME_PAYLOAD_V2 : MAX_FRAME_PAYLOAD;
+}
 /** SPEC §4: a frame must complete this long after its first byte. */
 export const FRAME_TIMEOUT_MS = 5000;
 
 const HEADER = 4;
 
-export type FrameErrorReason = 'oversize' | 'not_json' | 'not_object';
+export type FrameErrorReason = 'oversize' | 'over_budget' | 'not_json' | 'not_object';
 
 export class FrameError extends Error {
   readonly reason: FrameErrorReason;
@@ -51,13 +58,29 @@ export function parsePayload(payload: Buffer): Record<string, unknown> {
  * chunks; a frame inside one chunk is returned as a view without copying.
  * The declared length is checked before any payload buffer is allocated.
  */
+export interface FrameDecoderOptions {
+  /**
+   * Asked once per frame, with its declared length, before any of its
+   * payload is kept: false refuses the frame (FrameError 'over_budget').
+   * Lets the owner reserve memory for large frames.
+   */
+  admit?(length: number): boolean;
+}
+
 export class FrameDecoder {
   private chunks: Buffer[] = [];
   private buffered = 0;
   private expected = -1; // payload length of the frame in progress, -1 = header not read yet
-  private readonly maxPayload: number;
+  private maxPayload: number;
+  private readonly admit: ((length: number) => boolean) | undefined;
 
-  constructor(maxPayload = MAX_FRAME_PAYLOAD) {
+  constructor(maxPayload = MAX_FRAME_PAYLOAD, options: FrameDecoderOptions = {}) {
+    this.maxPayload = maxPayload;
+    this.admit = options.admit;
+  }
+
+  /** Applies to frames whose header has not been read yet (a version agreed mid-stream). */
+  setMaxPayload(maxPayload: number): void {
     this.maxPayload = maxPayload;
   }
 
@@ -71,24 +94,40 @@ export class FrameDecoder {
    * Throws FrameError('oversize') as soon as a header declares too much.
    */
   push(chunk: Buffer): Buffer[] {
-    if (chunk.length === 0) return [];
+    this.append(chunk);
+    const out: Buffer[] = [];
+    for (let p = this.next(); p !== null; p = this.next()) out.push(p);
+    return out;
+  }
+
+  /** Keep bytes without decoding them; `next()` takes frames out one at a time. */
+  append(chunk: Buffer): void {
+    if (chunk.length === 0) return;
     this.chunks.push(chunk);
     this.buffered += chunk.length;
-    const out: Buffer[] = [];
-    for (;;) {
-      if (this.expected < 0) {
-        if (this.buffered < HEADER) break;
-        const len = this.readHeader();
-        if (len > this.maxPayload) {
-          throw new FrameError('oversize', `frame of ${len} bytes exceeds the ${this.maxPayload}-byte limit`);
-        }
-        this.expected = len;
+  }
+
+  /**
+   * The next complete payload, or null when none is complete yet. One at a
+   * time, so a limit changed after a frame (the handshake) applies to the
+   * frames behind it in the same chunk.
+   */
+  next(): Buffer | null {
+    if (this.expected < 0) {
+      if (this.buffered < HEADER) return null;
+      const len = this.readHeader();
+      if (len > this.maxPayload) {
+        throw new FrameError('oversize', `frame of ${len} bytes exceeds the ${this.maxPayload}-byte limit`);
       }
-      if (this.buffered < this.expected) break;
-      out.push(this.take(this.expected));
-      this.expected = -1;
+      if (this.admit !== undefined && !this.admit(len)) {
+        throw new FrameError('over_budget', `no buffer space for a frame of ${len} bytes`);
+      }
+      this.expected = len;
     }
-    return out;
+    if (this.buffered < this.expected) return null;
+    const payload = this.take(this.expected);
+    this.expected = -1;
+    return payload;
   }
 
   private readHeader(): number {

@@ -1,14 +1,20 @@
 import { z } from 'zod';
-import { BUCKET_NAME_RE, KEY_NAME_RE, PROVIDER_NAME_RE } from '../names.js';
+import { isBucketName, KEY_NAME_RE, PROVIDER_NAME_RE } from '../names.js';
 import { sanitizeToken } from '../store/sanitize.js';
 import type { OAuthToken, SanitizedToken } from '../store/types.js';
 import type { WireErrorCode } from '../errors.js';
 
-/** SPEC §4: the only protocol version. */
+/** SPEC §4: the base protocol version; handshakes are always sent and answered in it. */
 export const PROTOCOL_VERSION = 1;
+/**
+ * SPEC §8: the highest version spoken, agreed when both sides offer it.
+ * Version 2 is version 1 with 4 MiB frames both ways (and the ops added
+ * with it, which the server also answers on version 1).
+ */
+export const MAX_PROTOCOL_VERSION = 2;
 
 const provider = z.string().regex(PROVIDER_NAME_RE, 'invalid provider name');
-const bucket = z.string().regex(BUCKET_NAME_RE, 'invalid bucket name').optional();
+const bucket = z.string().refine(isBucketName, 'invalid bucket name').optional();
 const keyName = z.string().regex(KEY_NAME_RE, 'invalid key name');
 /** Login session ids are 128-bit random values in lowercase hex. */
 export const SESSION_ID_RE = /^[0-9a-f]{32}$/;
@@ -47,6 +53,8 @@ export const OP_PAYLOADS = {
   oauth_poll: z.object({ session_id: sessionId }),
   oauth_cancel: z.object({ session_id: sessionId }),
   cancel: z.object({ targetId: z.string().min(1).max(256) }),
+  get_bucket_stats: ProviderBucket,
+  has_api_key: z.object({ name: keyName }),
 } as const;
 
 export type Op = keyof typeof OP_PAYLOADS;
@@ -91,11 +99,21 @@ export interface OpData {
   oauth_poll: OAuthPollData;
   oauth_cancel: Record<string, never>;
   cancel: { cancelled: boolean };
+  get_bucket_stats: BucketStatsData;
+  has_api_key: { exists: boolean };
+}
+
+/** get_bucket_stats: the server's own counters since it started (lastUsed in ms since the epoch). */
+export interface BucketStatsData {
+  bucket: string;
+  requestCount: number;
+  percentage: number;
+  lastUsed?: number;
 }
 
 /** Envelope of every request after the handshake. Payload is validated per op. */
 export const RequestEnvelopeSchema = z.object({
-  v: z.literal(PROTOCOL_VERSION),
+  v: z.int().min(PROTOCOL_VERSION).max(MAX_PROTOCOL_VERSION),
   id: z.string().min(1).max(256),
   op: z.string(),
   payload: z.record(z.string(), z.unknown()).optional(),
@@ -113,14 +131,14 @@ export const HandshakeSchema = z.object({
 export type Handshake = z.output<typeof HandshakeSchema>;
 
 export interface SuccessResponse<D = unknown> {
-  v: 1;
+  v: number;
   id?: string;
   op?: 'handshake';
   ok: true;
   data: D;
 }
 export interface ErrorResponse {
-  v: 1;
+  v: number;
   id?: string;
   op?: 'handshake';
   ok: false;

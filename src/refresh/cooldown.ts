@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ensurePrivateDir } from '../paths.js';
+import { encodeBucket } from '../store/entry-name.js';
 
 /**
  * When each provider:bucket was last refreshed successfully. The refresh
@@ -51,8 +52,9 @@ export class FileCooldownStore implements CooldownStore {
   }
 
   private file(provider: string, bucket: string): string {
-    // '~' cannot occur in provider or bucket names, so the pair maps to one file name.
-    return join(this.dir, `${provider}~${bucket}.last-refresh`);
+    // '~' cannot occur in a provider name, so the first one splits the pair; the bucket is
+    // encoded (a plain SPEC §2 name stays as it was, so its record is still found).
+    return join(this.dir, `${provider}~${encodeBucket(bucket)}.last-refresh`);
   }
 
   async lastRefresh(provider: string, bucket: string): Promise<number | null> {

@@ -1,6 +1,7 @@
 import { pino } from 'pino';
 import { CredproxyError, isCredproxyError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { noTokenMessage } from '../login/hints.js';
 import { assertBucketName, assertProviderName, DEFAULT_BUCKET } from '../names.js';
 import { isProviderError, ProviderError } from '../oauth/errors.js';
 import type { OAuthProvider } from '../oauth/types.js';
@@ -181,7 +182,7 @@ export class RefreshCoordinator implements CredentialService {
     assertBucketName(bucket);
     this.checkOpen();
     const token = await this.store.getToken(provider, bucket);
-    if (!token) throw new CredproxyError('NOT_FOUND', `no ${where(provider, bucket)} token is stored`);
+    if (!token) throw new CredproxyError('NOT_FOUND', noTokenMessage(provider, bucket));
     if (!hasRefreshToken(token)) throw this.reauth(provider, bucket, `the stored ${where(provider, bucket)} token has no refresh token`);
     this.providers.get(provider);
     return this.flights.run(`${provider}:${bucket}`, () => this.refreshLocked(provider, bucket, 'force', token));

@@ -16,12 +16,8 @@ export interface SandboxSpec {
   /** Host directory bound read-write at its own path, or null (--no-workdir). */
   workdir: string | null;
   shareNet: boolean;
-  /** The user's home directory (hidden behind an empty tmpfs in bwrap). */
+  /** The user's home directory: HOME inside (hidden behind an empty tmpfs in bwrap, see mounts.ts). */
   home: string;
-  /** Host directories that must never be visible inside (credproxy's config/data/state/run). */
-  hidden: string[];
-  /** Directories bound read-only at their own path so `credproxy` and `node` run inside. */
-  toolDirs: string[];
   /** The harmless environment (see sandboxEnv). */
   env: Record<string, string>;
 }

@@ -34,8 +34,8 @@ export interface AuditEntry {
 const FLUSH_BATCH = 1000;
 
 /** Where the server records entries; AuditLog is the file-backed one. */
-export interface AuditSink {
-  record(entry: AuditEntry): void;
+export interface AuditSink<E extends object = AuditEntry> {
+  record(entry: E): void;
   /** The writer is behind: stop reading new requests until whenDrained(). */
   readonly congested?: boolean;
   whenDrained?(): Promise<void>;
@@ -62,7 +62,7 @@ export interface AuditLogOptions {
  * reading (backpressure) until `whenDrained()` resolves. The file is
  * rotated before it would pass the size cap. close() flushes what is left.
  */
-export class AuditLog implements AuditSink {
+export class AuditLog<E extends object = AuditEntry> implements AuditSink<E> {
   private readonly path: string;
   private readonly logger: Logger;
   private readonly flushDelayMs: number;
@@ -110,7 +110,7 @@ export class AuditLog implements AuditSink {
     return new Promise((resolve) => this.drainWaiters.push(resolve));
   }
 
-  record(entry: AuditEntry): void {
+  record(entry: E): void {
     if (this.closed || this.file === null) return;
     this.queue.push(JSON.stringify(entry));
     // Under load a full batch goes out at once rather than piling up until the timer.

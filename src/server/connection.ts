@@ -1,9 +1,10 @@
 import type { Socket } from 'node:net';
 import type { WireErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
-import { encodeFrame, FrameDecoder, FrameError, parsePayload } from '../protocol/frame.js';
+import { encodeFrame, FrameDecoder, FrameError, frameLimitFor, parsePayload } from '../protocol/frame.js';
 import { HandshakeSchema, isOp, PROTOCOL_VERSION } from '../protocol/messages.js';
 import type { AuditEntry, AuditSink } from './audit.js';
+import { LARGE_FRAME_BYTES, type ConnectionBytes } from './byte-budget.js';
 import type { CapabilityCheck } from './capability.js';
 import type { PeerIdentity, RequestContext } from './context.js';
 import type { AuditFields, DispatchResult, Dispatcher, Outcome } from './dispatch.js';
@@ -24,6 +25,10 @@ export interface ConnectionOptions {
   frameTimeoutMs: number;
   /** Answers queued for a client that does not read; beyond this it is dropped. */
   maxOutputBytes: number;
+  /** This connection's share of the server's buffer budget for frames above the version-1 size. */
+  bytes: ConnectionBytes;
+  /** Highest protocol version this server agrees to. */
+  maxVersion: number;
   audit: AuditSink | null;
   logger: Logger;
   /** Shared by every connection of the same peer (per-peer limits). */
@@ -91,8 +96,10 @@ export class Connection {
   readonly id: number;
   private readonly o: ConnectionOptions;
   private readonly socket: Socket;
-  private readonly decoder = new FrameDecoder();
+  private readonly decoder: FrameDecoder;
   private readonly limiter: ConnectionLimiter;
+  /** The agreed protocol version; 1 until a handshake agrees on more. */
+  private version = PROTOCOL_VERSION;
   private readonly inFlight = new Map<string, InFlight>();
   private state: State = 'handshake';
   private draining = false;
@@ -103,8 +110,8 @@ export class Connection {
   private idleWaiters: Array<() => void> = [];
   /** Why reading is paused; it resumes when this is empty. */
   private readonly pauses = new Set<PauseReason>();
-  /** Complete frames read but not yet handled (reading paused between them). */
-  private backlog: Buffer[] = [];
+  /** Complete frames may wait in the decoder, unhandled (reading paused between them). */
+  private backlogged = false;
   private readonly refusals: RefusalMeter;
   private idleTimer: NodeJS.Timeout | null = null;
   /** performance.now() of the last byte received or answer finished. */
@@ -115,6 +122,11 @@ export class Connection {
     this.id = options.id;
     this.socket = options.socket;
     this.limiter = new ConnectionLimiter(options.limits);
+    // Every large frame reserves its declared size before any of it is kept, so
+    // slow senders of many large frames hit the budget, not the heap.
+    this.decoder = new FrameDecoder(frameLimitFor(PROTOCOL_VERSION), {
+      admit: (len) => len <= LARGE_FRAME_BYTES || options.bytes.tryTake(len),
+    });
     this.refusals = new RefusalMeter({
       audit: options.audit,
       peer: options.peer,
@@ -130,7 +142,7 @@ export class Connection {
 
   /** Requests running now (cancelled ones included until their work ends). */
   get busy(): boolean {
-    return this.running > 0 || this.backlog.length > 0;
+    return this.running > 0 || this.backlogged;
   }
 
   /** ms since the last byte received or answer finished. */
@@ -193,7 +205,7 @@ export class Connection {
   beginShutdown(): Promise<void> {
     this.draining = true;
     // Frames read but not yet handled are dropped unanswered, like bytes never read.
-    this.backlog = [];
+    this.backlogged = false;
     this.clearFrameTimer();
     if (this.state === 'handshake') this.abort('server stopping');
     else this.socket.pause();
@@ -201,7 +213,7 @@ export class Connection {
   }
 
   whenIdle(): Promise<void> {
-    if (this.running === 0 && (this.backlog.length === 0 || this.draining || this.state === 'closed')) return Promise.resolve();
+    if (this.running === 0 && (!this.backlogged || this.draining || this.state === 'closed')) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
@@ -213,38 +225,37 @@ export class Connection {
   private onData(chunk: Buffer): void {
     if (this.draining || (this.state !== 'handshake' && this.state !== 'ready')) return;
     this.lastActive = performance.now();
-    let payloads: Buffer[];
-    try {
-      payloads = this.decoder.push(chunk);
-    } catch (err) {
-      this.abort(err instanceof FrameError ? err.reason : 'framing error');
-      return;
-    }
-    // The timer runs from the first byte of each frame: a completed frame
-    // ends it, a frame started in this chunk starts a new one.
-    if (payloads.length > 0) this.clearFrameTimer();
-    if (this.decoder.hasPartialFrame && this.frameTimer === null) {
-      this.frameTimer = setTimeout(() => this.abort('partial frame timeout'), this.o.frameTimeoutMs);
-      this.frameTimer.unref();
-    }
-    if (payloads.length === 0) return;
-    if (this.backlog.length === 0) this.backlog = payloads;
-    else this.backlog.push(...payloads);
+    this.decoder.append(chunk);
     this.handleBacklog();
   }
 
   /**
    * Handle the frames read so far, one by one, stopping as soon as reading
    * is paused (the client does not read its answers, the audit writer is
-   * behind, or the client is being slowed): what is left waits for the
-   * pause to end, so neither answers nor audit lines pile up in memory.
+   * behind, or the client is being slowed): what is left waits in the
+   * decoder for the pause to end, so neither answers nor audit lines pile
+   * up in memory. One frame at a time also lets the handshake change the
+   * size limit for the frames behind it in the same chunk.
    */
   private handleBacklog(): void {
-    let i = 0;
-    const frames = this.backlog;
-    while (i < frames.length && this.pauses.size === 0 && !this.draining) {
+    let completed = 0;
+    this.backlogged = true;
+    while (this.pauses.size === 0 && !this.draining) {
       if (this.state !== 'handshake' && this.state !== 'ready') return;
-      const payload = frames[i++]!;
+      let payload: Buffer | null;
+      try {
+        payload = this.decoder.next();
+      } catch (err) {
+        this.abort(err instanceof FrameError ? err.reason : 'framing error');
+        return;
+      }
+      if (payload === null) {
+        this.backlogged = false;
+        break;
+      }
+      completed++;
+      // The budget the decoder reserved for a large frame stays taken until its request is done.
+      const held = payload.length > LARGE_FRAME_BYTES ? payload.length : 0;
       let message: Record<string, unknown>;
       try {
         message = parsePayload(payload);
@@ -252,13 +263,23 @@ export class Connection {
         this.abort(err instanceof FrameError ? err.reason : 'bad payload');
         return;
       }
-      if (this.state === 'handshake') this.onHandshake(message);
-      else this.onRequest(message);
+      if (this.state === 'handshake') {
+        this.o.bytes.give(held);
+        this.onHandshake(message);
+      } else this.onRequest(message, held);
       if (this.o.audit?.congested === true) this.pauseForAudit();
     }
-    this.backlog = i >= frames.length ? [] : frames.slice(i);
-    if (this.backlog.length > 0 && this.pauses.size === 0) this.socket.pause();
-    if (this.backlog.length === 0 && this.running === 0) this.wakeIdle();
+    if (this.state !== 'handshake' && this.state !== 'ready') return;
+    // The timer runs from the first byte of each frame: a completed frame
+    // ends it, a frame started meanwhile starts a new one. While reading is
+    // paused the frame cannot progress by the client's fault, so no timer runs.
+    if (completed > 0 || this.backlogged) this.clearFrameTimer();
+    if (!this.backlogged && this.decoder.hasPartialFrame && this.frameTimer === null) {
+      this.frameTimer = setTimeout(() => this.abort('partial frame timeout'), this.o.frameTimeoutMs);
+      this.frameTimer.unref();
+    }
+    if (this.backlogged && this.pauses.size === 0) this.socket.pause();
+    if (!this.backlogged && this.running === 0) this.wakeIdle();
   }
 
   private pause(reason: PauseReason): void {
@@ -270,7 +291,7 @@ export class Connection {
     if (!this.pauses.delete(reason) || this.pauses.size > 0) return;
     if (this.draining || (this.state !== 'handshake' && this.state !== 'ready')) return;
     this.handleBacklog();
-    if (this.pauses.size === 0 && this.backlog.length === 0) this.socket.resume();
+    if (this.pauses.size === 0 && !this.backlogged) this.socket.resume();
   }
 
   private pauseForAudit(): void {
@@ -340,35 +361,45 @@ export class Connection {
       reject('INVALID_REQUEST', 'minVersion is greater than maxVersion');
       return;
     }
-    if (minVersion > PROTOCOL_VERSION || maxVersion < PROTOCOL_VERSION) {
-      reject('UNKNOWN_VERSION', `this server speaks protocol version ${PROTOCOL_VERSION} only`);
+    // The highest version both sides speak (SPEC §8): a v1-only client keeps v1 and its 64 KiB frames.
+    const agreed = Math.min(maxVersion, this.o.maxVersion);
+    if (agreed < minVersion || agreed < PROTOCOL_VERSION) {
+      const spoken = this.o.maxVersion === PROTOCOL_VERSION ? `${PROTOCOL_VERSION}` : `${PROTOCOL_VERSION} to ${this.o.maxVersion}`;
+      reject('UNKNOWN_VERSION', `this server speaks protocol versions ${spoken}`);
       return;
     }
     this.state = 'ready';
     if (this.handshakeTimer !== null) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.record({ time, op: 'handshake', result: 'OK', started });
-    this.write({ v: PROTOCOL_VERSION, op: 'handshake', ok: true, data: { version: PROTOCOL_VERSION } });
+    // The answer itself is a version-1 frame: the client learns the version from it.
+    this.write({ v: PROTOCOL_VERSION, op: 'handshake', ok: true, data: { version: agreed } });
+    this.version = agreed;
+    this.decoder.setMaxPayload(frameLimitFor(agreed));
     this.o.onReady?.(this);
   }
 
-  private onRequest(msg: Record<string, unknown>): void {
+  /** `held`: budget bytes the request's frame holds, returned when the request is done. */
+  private onRequest(msg: Record<string, unknown>, held: number): void {
     const started = performance.now();
     const time = Date.now();
     const auditOp = isOp(msg.op) ? msg.op : 'unknown';
     const id = msg.id;
     if (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID_LENGTH) {
+      this.o.bytes.give(held);
       this.answerAtOnce(undefined, auditOp, time, started, 'request without a valid string id');
       return;
     }
     if (this.inFlight.has(id)) {
+      this.o.bytes.give(held);
       this.answerAtOnce(id, auditOp, time, started, 'a request with this id is already in flight');
       return;
     }
     const isCancel = msg.op === 'cancel';
     const admission = this.limiter.admitWith(this.o.peerLimiter ?? null, !isCancel);
     if (!admission.ok) {
-      this.write({ v: PROTOCOL_VERSION, id, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
+      this.o.bytes.give(held);
+      this.write({ v: this.version, id, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
       this.refuse(auditOp, 'RATE_LIMITED');
       return;
     }
@@ -377,12 +408,14 @@ export class Connection {
     this.running++;
     const ctx: RequestContext = {
       peer: this.o.peer,
+      version: this.version,
       get signal() {
         return entry.signal;
       },
       cancel: (targetId) => this.cancelRequest(targetId, id),
     };
     const finish = (result: DispatchResult): void => {
+      this.o.bytes.give(held);
       this.running--;
       if (!isCancel) {
         this.limiter.release();
@@ -396,7 +429,7 @@ export class Connection {
       this.lastActive = performance.now();
       if (result.refused === true && !entry.cancelled) this.refuse(result.op, resultCode);
       else this.record({ time, op: result.op, fields: result.audit, result: resultCode, started });
-      if (this.running === 0 && this.backlog.length === 0) this.wakeIdle();
+      if (this.running === 0 && !this.backlogged) this.wakeIdle();
     };
     // Answered in this tick when the dispatcher knows the answer at once (a cached token).
     const result = this.o.dispatcher.dispatch(msg, ctx);
@@ -407,7 +440,7 @@ export class Connection {
   /** Envelope-level rejections: answered immediately, counted by the rate limit. */
   private answerAtOnce(id: string | undefined, op: string, time: number, started: number, reason: string): void {
     const admission = this.limiter.admitWith(this.o.peerLimiter ?? null, false);
-    const base = id === undefined ? { v: PROTOCOL_VERSION } : { v: PROTOCOL_VERSION, id };
+    const base = id === undefined ? { v: this.version } : { v: this.version, id };
     if (!admission.ok) {
       this.write({ ...base, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
       this.refuse(op, 'RATE_LIMITED');
@@ -431,17 +464,24 @@ export class Connection {
 
   /** Sends the answer; returns the code actually sent (for the audit). */
   private answer(id: string, outcome: Outcome): string {
-    const response = outcome.ok ? { v: PROTOCOL_VERSION, id, ok: true, data: outcome.data } : { v: PROTOCOL_VERSION, id, ...outcome };
+    const v = this.version;
+    const response = outcome.ok ? { v, id, ok: true, data: outcome.data } : { v, id, ...outcome };
     let frame: Buffer;
     try {
-      frame = encodeFrame(response);
+      frame = encodeFrame(response, frameLimitFor(v));
     } catch {
       this.o.logger.warn({ conn: this.id }, 'answer exceeds the frame size limit');
-      frame = encodeFrame({ v: PROTOCOL_VERSION, id, ok: false, code: 'INTERNAL_ERROR', error: 'the answer exceeds the frame size limit' });
+      frame = encodeFrame({ v, id, ok: false, code: 'INTERNAL_ERROR', error: 'the answer exceeds the frame size limit' });
       this.writeFrame(frame);
       return 'INTERNAL_ERROR';
     }
-    this.writeFrame(frame);
+    const large = frame.length > LARGE_FRAME_BYTES;
+    if (large && !this.o.bytes.tryTake(frame.length)) {
+      // Transient: other large frames hold the budget; the answer is small and says when to retry.
+      this.writeFrame(encodeFrame({ v, id, ok: false, code: 'RATE_LIMITED', error: 'the host is busy with other large frames', retryAfter: 1 }));
+      return 'RATE_LIMITED';
+    }
+    this.writeFrame(frame, large ? frame.length : 0);
     return outcome.ok ? 'OK' : outcome.code;
   }
 
@@ -454,10 +494,16 @@ export class Connection {
    * does not read cannot queue new work; answers to work already admitted
    * may still pile up, and past maxOutputBytes the client is dropped.
    */
-  private writeFrame(frame: Buffer): void {
-    if (this.state === 'closed' || this.socket.destroyed || this.socket.writableEnded) return;
-    const flushed = this.socket.write(frame);
-    if (this.socket.writableLength > this.o.maxOutputBytes) {
+  private writeFrame(frame: Buffer, reserved = 0): void {
+    if (this.state === 'closed' || this.socket.destroyed || this.socket.writableEnded) {
+      this.o.bytes.give(reserved);
+      return;
+    }
+    // The budget comes back once the kernel has the bytes (or the socket is gone: close() returns the rest).
+    const flushed = reserved === 0 ? this.socket.write(frame) : this.socket.write(frame, () => this.o.bytes.give(reserved));
+    // One answer of the agreed size may always be queued on top of the bound.
+    const bound = this.o.maxOutputBytes + (this.version >= 2 ? frameLimitFor(this.version) : 0);
+    if (this.socket.writableLength > bound) {
       this.abort('client does not read its answers');
       return;
     }
@@ -502,7 +548,8 @@ export class Connection {
   private markClosed(): void {
     if (this.state !== 'closed') this.refusals.flush();
     this.state = 'closed';
-    this.backlog = [];
+    this.backlogged = false;
+    this.o.bytes.close();
     if (this.idleTimer !== null) clearTimeout(this.idleTimer);
     this.idleTimer = null;
     this.clearTimers();

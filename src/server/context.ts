@@ -14,6 +14,8 @@ export interface PeerIdentity {
 /** What a handler gets besides its validated payload. */
 export interface RequestContext {
   peer: PeerIdentity;
+  /** The protocol version agreed on this connection; requests may carry any `v` from 1 up to it. */
+  version: number;
   /** Aborted when the request is cancelled or its connection closes. */
   signal: AbortSignal;
   /** Cancel another request of the same connection; false when it is not in flight. */

@@ -1,12 +1,14 @@
 import type { z } from 'zod';
 import { CredproxyError, isWireErrorCode, type WireErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
+import { noTokenMessage } from '../login/hints.js';
 import { DEFAULT_BUCKET } from '../names.js';
 import { isOp, OP_PAYLOADS, PROTOCOL_VERSION, type Op, type OpData, type OpPayload } from '../protocol/messages.js';
 import type { CredentialService } from '../refresh/types.js';
 import { sanitizeToken } from '../store/sanitize.js';
 import { mergeSandboxSave, sandboxToken } from '../store/sandbox-token.js';
 import type { KeyStore, TokenStore } from '../store/types.js';
+import { BucketUsage } from './bucket-stats.js';
 import type { LoginPort, RequestContext } from './context.js';
 import { Deadlines } from './deadlines.js';
 import type { Policy } from './policy.js';
@@ -113,6 +115,11 @@ function denyToken(p: { provider: string; bucket?: string | undefined }, policy:
   return policy.allowsToken(p.provider, bucket) ? null : `${p.provider}:${bucket} is not allowed by the policy`;
 }
 
+/** get_token/refresh_token: also refused for a provider the gateway serves (zero credentials in the sandbox). */
+function denyTokenRead(p: { provider: string; bucket?: string | undefined }, policy: Policy): string | null {
+  return denyToken(p, policy) ?? policy.gatewayTokenRefusal(p.provider);
+}
+
 function denyWrite(policy: Policy): string | null {
   if (policy.allowsWrite) return null;
   return policy.readOnlyFlag ? 'the policy is read-only' : 'token writes from the sandbox are off (start the proxy with --allow-write)';
@@ -137,6 +144,8 @@ export class Dispatcher {
   private readonly credentialOpTimeoutMs: number;
   private readonly table: OpTable;
   private readonly deadlines: Deadlines;
+  /** Served-token counters for get_bucket_stats. */
+  readonly usage = new BucketUsage();
 
   constructor(options: DispatcherOptions) {
     this.o = options;
@@ -151,7 +160,10 @@ export class Dispatcher {
   dispatch(envelope: Record<string, unknown>, ctx: RequestContext): DispatchResult | Promise<DispatchResult> {
     const op = envelope.op;
     const knownOp = isOp(op) ? op : 'unknown';
-    if (envelope.v !== PROTOCOL_VERSION) return invalid(knownOp, `unsupported protocol version in v (expected ${PROTOCOL_VERSION})`);
+    const v = envelope.v;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < PROTOCOL_VERSION || v > ctx.version) {
+      return invalid(knownOp, `unsupported protocol version in v (expected ${PROTOCOL_VERSION}${ctx.version > PROTOCOL_VERSION ? ` to ${ctx.version}` : ''})`);
+    }
     if (!isOp(op)) return invalid('unknown', 'unknown op');
     const rawPayload = envelope.payload === undefined ? {} : envelope.payload;
     if (typeof rawPayload !== 'object' || rawPayload === null || Array.isArray(rawPayload)) {
@@ -225,18 +237,21 @@ export class Dispatcher {
       get_token: {
         bound: 'credential',
         audit: tokenFields,
-        deny: denyToken,
+        deny: denyTokenRead,
         run: async (p) => {
           const bucket = p.bucket ?? DEFAULT_BUCKET;
           const token = await credentials.getToken(p.provider, bucket);
           if (token === null) throw notStored(p.provider, bucket);
+          this.usage.noteServed(p.provider, bucket);
           return sanitizeToken(token);
         },
         fast: (p) => {
           const bucket = p.bucket ?? DEFAULT_BUCKET;
           const token = credentials.peekToken?.(p.provider, bucket);
           if (token === null) throw notStored(p.provider, bucket);
-          return token === undefined ? undefined : sanitizeToken(token);
+          if (token === undefined) return undefined;
+          this.usage.noteServed(p.provider, bucket);
+          return sanitizeToken(token);
         },
       },
       save_token: {
@@ -255,12 +270,12 @@ export class Dispatcher {
         bound: 'credential',
         audit: tokenFields,
         deny: (p, policy) => denyWrite(policy) ?? denyToken(p, policy),
+        // Idempotent (SPEC §8): removing what is already gone is the state the caller wanted.
         run: async (p) => {
           const bucket = p.bucket ?? DEFAULT_BUCKET;
-          if (!(await this.tokenExists(p.provider, bucket))) {
-            throw new CredproxyError('NOT_FOUND', `no token stored for ${p.provider}:${bucket}`);
-          }
+          if (!(await this.tokenExists(p.provider, bucket))) return {};
           const removed = await credentials.remove(p.provider, bucket, { keepRefreshToken: true });
+          this.usage.forget(p.provider, bucket);
           return { removed };
         },
       },
@@ -279,18 +294,46 @@ export class Dispatcher {
       refresh_token: {
         bound: 'credential',
         audit: tokenFields,
+        deny: denyTokenRead,
+        run: async (p) => {
+          const bucket = p.bucket ?? DEFAULT_BUCKET;
+          const token = await credentials.refresh(p.provider, bucket);
+          this.usage.noteServed(p.provider, bucket);
+          return sanitizeToken(token);
+        },
+      },
+      get_bucket_stats: {
+        bound: 'host',
+        audit: tokenFields,
         deny: denyToken,
-        run: async (p) => sanitizeToken(await credentials.refresh(p.provider, p.bucket ?? DEFAULT_BUCKET)),
+        // Whether a token is stored comes from the store (a corrupt entry is an error, not "absent"); the numbers from the counters.
+        run: async (p) => {
+          const bucket = p.bucket ?? DEFAULT_BUCKET;
+          if ((await tokens.getToken(p.provider, bucket)) === null) throw notStored(p.provider, bucket);
+          return this.usage.stats(p.provider, bucket);
+        },
+        fast: (p) => {
+          const bucket = p.bucket ?? DEFAULT_BUCKET;
+          const token = tokens.peekToken?.(p.provider, bucket);
+          if (token === null) throw notStored(p.provider, bucket);
+          return token === undefined ? undefined : this.usage.stats(p.provider, bucket);
+        },
       },
       get_api_key: {
         bound: 'host',
         audit: (p) => ({ key: p.name }),
-        deny: (p, policy) => (policy.allowsKey(p.name) ? null : `key ${p.name} is not allowed by the policy`),
+        deny: (p, policy) => (policy.allowsKey(p.name) ? policy.gatewayKeyRefusal(p.name) : `key ${p.name} is not allowed by the policy`),
         run: async (p) => {
           const key = await keys.getKey(p.name);
           if (key === null) throw new CredproxyError('NOT_FOUND', `no API key named ${p.name}`);
           return { key };
         },
+      },
+      has_api_key: {
+        bound: 'host',
+        audit: (p) => ({ key: p.name }),
+        deny: (p, policy) => (policy.allowsKey(p.name) ? null : `key ${p.name} is not allowed by the policy`),
+        run: async (p) => ({ exists: await keys.hasKey(p.name) }),
       },
       list_api_keys: {
         bound: 'host',
@@ -334,7 +377,7 @@ export class Dispatcher {
     };
   }
 
-  /** A corrupt entry still counts as present, so it can be removed. */
+
   private async tokenExists(provider: string, bucket: string): Promise<boolean> {
     try {
       return (await this.o.tokens.getToken(provider, bucket)) !== null;
@@ -346,7 +389,7 @@ export class Dispatcher {
 }
 
 function notStored(provider: string, bucket: string): CredproxyError {
-  return new CredproxyError('NOT_FOUND', `no token stored for ${provider}:${bucket}`);
+  return new CredproxyError('NOT_FOUND', noTokenMessage(provider, bucket));
 }
 
 function invalid(op: Op | 'unknown', reason: string): DispatchResult {

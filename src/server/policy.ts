@@ -1,5 +1,5 @@
 import { CredproxyError } from '../errors.js';
-import { BUCKET_NAME_RE, DEFAULT_BUCKET, KEY_NAME_RE, PROVIDER_NAME_RE } from '../names.js';
+import { DEFAULT_BUCKET, isBucketName, KEY_NAME_RE, PROVIDER_NAME_RE } from '../names.js';
 
 /** What `--allow`, `--allow-key`, `--allow-all`, `--allow-write`, `--no-login`, `--read-only` or a profile give. */
 export interface PolicyInput {
@@ -31,6 +31,9 @@ export class Policy {
   /** provider -> allowed buckets ('*' = all). */
   private readonly buckets = new Map<string, Set<string>>();
   private readonly keyNames = new Set<string>();
+  /** Credentials served only through the gateway: the socket refuses to hand them out. */
+  private readonly gatewayProviders = new Set<string>();
+  private readonly gatewayKeys = new Set<string>();
   readonly allowAll: boolean;
   /** save_token and remove_token. */
   readonly allowsWrite: boolean;
@@ -87,7 +90,7 @@ export class Policy {
     if (!PROVIDER_NAME_RE.test(provider)) {
       throw new CredproxyError('USAGE', `invalid --allow rule ${quoteRule(rule)}: expected PROVIDER, PROVIDER:BUCKET or PROVIDER:*`);
     }
-    if (bucket !== ALL_BUCKETS && !BUCKET_NAME_RE.test(bucket)) {
+    if (bucket !== ALL_BUCKETS && !isBucketName(bucket)) {
       throw new CredproxyError('USAGE', `invalid --allow rule ${quoteRule(rule)}: bad bucket name`);
     }
     const set = this.buckets.get(provider) ?? new Set<string>();
@@ -120,6 +123,25 @@ export class Policy {
 
   filterKeys(names: readonly string[]): string[] {
     return names.filter((n) => this.allowsKey(n));
+  }
+
+  /**
+   * Zero credentials in the sandbox: once the gateway serves these, the
+   * socket's get_token/refresh_token/get_api_key refuse them. Called before
+   * the server starts.
+   */
+  reserveForGateway(providers: Iterable<string>, keys: Iterable<string>): void {
+    for (const p of providers) this.gatewayProviders.add(p);
+    for (const k of keys) this.gatewayKeys.add(k);
+  }
+
+  /** Why the socket may not hand out this provider's token, or null. */
+  gatewayTokenRefusal(provider: string): string | null {
+    return this.gatewayProviders.has(provider) ? `${provider} is served through the credproxy gateway only; send API requests to the gateway (see the run's base URL) instead of fetching the token` : null;
+  }
+
+  gatewayKeyRefusal(name: string): string | null {
+    return this.gatewayKeys.has(name) ? `key ${name} is served through the credproxy gateway only; send API requests to the gateway instead of fetching the key` : null;
   }
 
   /** True when nothing at all would be served; the launcher warns about it. */

@@ -5,10 +5,12 @@ import { dirname } from 'node:path';
 import { CredproxyError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { FRAME_TIMEOUT_MS } from '../protocol/frame.js';
+import { MAX_PROTOCOL_VERSION, PROTOCOL_VERSION } from '../protocol/messages.js';
 import type { CredentialService } from '../refresh/types.js';
 import type { KeyStore, TokenStore } from '../store/types.js';
 import type { LoginEvent } from '../login/session-manager.js';
 import { AuditLog } from './audit.js';
+import { ByteBudget, ConnectionBytes, DEFAULT_CONNECTION_BUFFER_BYTES, DEFAULT_SERVER_BUFFER_BYTES } from './byte-budget.js';
 import type { AuditRotation } from './audit-rotate.js';
 import { CapabilityCheck } from './capability.js';
 import { Connection } from './connection.js';
@@ -90,6 +92,15 @@ export interface ProxyServerOptions {
   idleTimeoutMs?: number;
   /** Login sessions; oauth_* answer INTERNAL_ERROR without it. */
   login?: LoginPort;
+  /**
+   * Bytes of frames above 64 KiB (version 2) held at once, per connection
+   * and per server: receiving, being handled, or queued for sending. A frame
+   * that does not fit closes its connection; an answer that does not fit is
+   * answered RATE_LIMITED. Defaults 12 MiB and 32 MiB.
+   */
+  bufferBytes?: { perConnection?: number; perServer?: number };
+  /** Highest protocol version agreed (default 2; 1 behaves as a version-1-only server). */
+  maxProtocolVersion?: number;
 }
 
 type ServerState = 'new' | 'starting' | 'listening' | 'stopping' | 'stopped';
@@ -114,6 +125,9 @@ export class ProxyServer {
   private readonly capability: CapabilityCheck | null;
   private readonly dispatcher: Dispatcher;
   private readonly connections = new Set<Connection>();
+  private readonly buffers: ByteBudget;
+  private readonly connectionBufferBytes: number;
+  private readonly maxProtocolVersion: number;
   private state: ServerState = 'new';
   private path: string | null = null;
   private server: Server | null = null;
@@ -147,6 +161,17 @@ export class ProxyServer {
       if (!Number.isFinite(value) || value <= 0) throw new CredproxyError('USAGE', `timeout ${name} must be a positive number`);
     }
     this.limits = resolveLimits(options.limits);
+    const perServer = options.bufferBytes?.perServer ?? DEFAULT_SERVER_BUFFER_BYTES;
+    const perConnection = options.bufferBytes?.perConnection ?? DEFAULT_CONNECTION_BUFFER_BYTES;
+    for (const value of [perServer, perConnection]) {
+      if (!Number.isSafeInteger(value) || value < 1) throw new CredproxyError('USAGE', 'buffer byte bounds must be positive integers');
+    }
+    this.buffers = new ByteBudget(perServer);
+    this.connectionBufferBytes = perConnection;
+    this.maxProtocolVersion = options.maxProtocolVersion ?? MAX_PROTOCOL_VERSION;
+    if (!Number.isInteger(this.maxProtocolVersion) || this.maxProtocolVersion < PROTOCOL_VERSION || this.maxProtocolVersion > MAX_PROTOCOL_VERSION) {
+      throw new CredproxyError('USAGE', `maxProtocolVersion must be ${PROTOCOL_VERSION} to ${MAX_PROTOCOL_VERSION}`);
+    }
     this.tcpThrottle = new TcpThrottle(options.tcpThrottle);
     this.peers = new PeerTable(this.limits, { ...defaultPeerLimits(this.limits), ...options.peerLimits });
     this.capability = options.capabilityToken === undefined ? null : new CapabilityCheck(options.capabilityToken);
@@ -177,6 +202,11 @@ export class ProxyServer {
 
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  /** Bytes of large frames the server holds right now (see bufferBytes). */
+  get bufferedLargeBytes(): number {
+    return this.buffers.inUse;
   }
 
   start(): Promise<void> {
@@ -324,6 +354,8 @@ export class ProxyServer {
       handshakeTimeoutMs: this.timeouts.handshakeMs,
       frameTimeoutMs: this.timeouts.frameMs,
       maxOutputBytes: this.o.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES,
+      bytes: new ConnectionBytes(this.buffers, this.connectionBufferBytes),
+      maxVersion: this.maxProtocolVersion,
       audit: this.audit,
       logger: this.logger,
       onClose: (c) => {

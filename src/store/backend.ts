@@ -1,3 +1,4 @@
+import { decodeBucket, encodeBucket } from './entry-name.js';
 import type { StoreBackendName } from './types.js';
 
 /**
@@ -27,7 +28,8 @@ export interface SecretBackend {
   close?(): void;
 }
 
-export const tokenEntry = (provider: string, bucket: string): string => `token:${provider}:${bucket}`;
+/** The bucket is encoded (entry-name.ts): names of SPEC §2 map to the same entry as before. */
+export const tokenEntry = (provider: string, bucket: string): string => `token:${provider}:${encodeBucket(bucket)}`;
 export const keyEntry = (name: string): string => `key:${name}`;
 
 /** Inverse of tokenEntry/keyEntry; null for names that are neither. */
@@ -38,7 +40,8 @@ export function parseEntry(entry: string): { kind: 'token'; provider: string; bu
     // Provider names may contain neither ':' nor '/', so the first ':' splits.
     const i = rest.indexOf(':');
     if (i <= 0 || i === rest.length - 1) return null;
-    return { kind: 'token', provider: rest.slice(0, i), bucket: rest.slice(i + 1) };
+    const bucket = decodeBucket(rest.slice(i + 1));
+    return bucket === null ? null : { kind: 'token', provider: rest.slice(0, i), bucket };
   }
   return null;
 }

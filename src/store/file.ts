@@ -8,7 +8,8 @@ import { ensurePrivateDir } from '../paths.js';
 import type { SecretBackend } from './backend.js';
 
 const ENTRY_SUFFIX = '.enc';
-const ENTRY_NAME_RE = /^[a-z]+:[A-Za-z0-9._@:-]{1,140}$/;
+/** Provider, `:` and the encoded bucket (store/entry-name.ts): at most 6 + 64 + 1 + 161 characters. */
+const ENTRY_NAME_RE = /^[a-z]+:[A-Za-z0-9._@:~-]{1,240}$/;
 const META_FILE = 'store.json';
 const MASTER_FILE = 'master.key';
 const CHECK_TEXT = 'credproxy-key-check-v1';

@@ -7,6 +7,10 @@ import lockfile from 'proper-lockfile';
 import { CredproxyError } from '../errors.js';
 import { assertBucketName, assertProviderName } from '../names.js';
 import { ensurePrivateDir } from '../paths.js';
+import { encodeBucket } from './entry-name.js';
+
+/** A lock's file name; plain SPEC §2 names keep the name they always had. */
+const lockName = (provider: string, bucket: string): string => `${provider}:${encodeBucket(bucket)}`;
 
 /**
  * SPEC §3: a holder that died must not block others for longer than about
@@ -110,7 +114,7 @@ export class RefreshLocks {
   async acquire(provider: string, bucket: string, waitMs = 0): Promise<boolean> {
     assertProviderName(provider);
     assertBucketName(bucket);
-    const name = `${provider}:${bucket}`;
+    const name = lockName(provider, bucket);
     this.ensureDir();
     await this.probeMtimePrecision();
     const deadline = Date.now() + Math.max(0, waitMs);
@@ -204,7 +208,10 @@ export class RefreshLocks {
   }
 
   async release(provider: string, bucket: string): Promise<void> {
-    const name = `${provider}:${bucket}`;
+    await this.releaseName(lockName(provider, bucket));
+  }
+
+  private async releaseName(name: string): Promise<void> {
     const release = this.held.get(name);
     if (!release) return;
     this.held.delete(name);
@@ -214,12 +221,6 @@ export class RefreshLocks {
 
   /** Release everything this process holds (shutdown). */
   async releaseAll(): Promise<void> {
-    const names = [...this.held.keys()];
-    await Promise.all(
-      names.map((name) => {
-        const i = name.indexOf(':');
-        return this.release(name.slice(0, i), name.slice(i + 1));
-      }),
-    );
+    await Promise.all([...this.held.keys()].map((name) => this.releaseName(name)));
   }
 }

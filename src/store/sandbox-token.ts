@@ -11,8 +11,8 @@ export const SANDBOX_TOKEN_LIMITS = {
   access_token: 16 * 1024,
   token_type: 64,
   scope: 4096,
-  /** All accepted fields together (their JSON). */
-  totalChars: 48 * 1024,
+  /** All accepted fields together (their JSON): room for the largest id_token plus the rest. */
+  totalChars: 2 * 1024 * 1024 + 64 * 1024,
   /** An expiry further out than this is clamped to it: the host must get to refresh. */
   horizonSeconds: 7 * 24 * 3600,
 } as const;
@@ -24,7 +24,8 @@ export const SANDBOX_TOKEN_LIMITS = {
  * an existing entry the host's extras stay as they are.
  */
 export const SANDBOX_EXTRA_FIELDS: Readonly<Record<string, number>> = {
-  id_token: 16 * 1024,
+  // Large on purpose: llxprt-code saves tokens of 70 KB and more over protocol version 2 (SPEC §8).
+  id_token: 2 * 1024 * 1024,
   account_id: 256,
   resource_url: 2048,
 };

@@ -174,7 +174,7 @@ describe('ProxyTokenStore', () => {
   it('rejects bad names and tokens with INVALID_REQUEST before any round trip', async () => {
     const attempts: Array<Promise<unknown>> = [
       tokens.getToken('bad/provider'),
-      tokens.getToken('ok', 'bad bucket'),
+      tokens.getToken('ok', 'bad/bucket'),
       tokens.saveToken('ok', { access_token: '', expiry: 1 }),
       tokens.saveToken('ok', null as unknown as OAuthToken),
       tokens.removeToken('x'.repeat(65)),

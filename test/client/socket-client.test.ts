@@ -70,7 +70,7 @@ describe('connection set-up', () => {
 
     await expect(c.request('list_providers', {})).resolves.toEqual({ providers: ['anthropic'] });
     const conn = await proxy.connection(0);
-    expect(conn.frames[0]).toEqual({ v: 1, op: 'handshake', payload: { minVersion: 1, maxVersion: 1, capabilityToken: 'c0ffee' } });
+    expect(conn.frames[0]).toEqual({ v: 1, op: 'handshake', payload: { minVersion: 1, maxVersion: 2, capabilityToken: 'c0ffee' } });
     expect(conn.frames[1]).toEqual({ v: 1, id: expect.any(String), op: 'list_providers', payload: {} });
     expect(proxy.connections).toHaveLength(1);
   });
@@ -79,7 +79,7 @@ describe('connection set-up', () => {
     const proxy = await startProxy({ handler: () => ({ data: { keys: [] } }) });
     const c = client({ socket: proxy.address });
     await c.request('list_api_keys', {});
-    expect(proxy.connections[0]!.frames[0]).toEqual({ v: 1, op: 'handshake', payload: { minVersion: 1, maxVersion: 1 } });
+    expect(proxy.connections[0]!.frames[0]).toEqual({ v: 1, op: 'handshake', payload: { minVersion: 1, maxVersion: 2 } });
   });
 
   it('shares one connection and one handshake among concurrent first calls', async () => {
@@ -117,7 +117,7 @@ describe('connection set-up', () => {
   });
 
   it('refuses a handshake answer it does not understand', async () => {
-    const proxy = await startProxy({ handshake: () => ({ reply: { v: 1, op: 'handshake', ok: true, data: { version: 2 } }, close: false }) });
+    const proxy = await startProxy({ handshake: () => ({ reply: { v: 1, op: 'handshake', ok: true, data: { version: 3 } }, close: false }) });
     const err = await rejectionOf(client({ socket: proxy.address }).request('list_providers', {}));
     expect(err.code).toBe('CONNECTION_LOST');
     expect(err.message).toContain('handshake');

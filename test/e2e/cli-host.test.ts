@@ -83,7 +83,7 @@ describe('host CLI (file store)', () => {
     expect((await cli(['key', 'set', 'empty'], '')).code).toBe(1);
     const missing = await cli(['token', 'get', 'nobody']);
     expect(missing.code).toBe(1);
-    expect(missing.stderr).toMatch(/no token stored for nobody:default/);
+    expect(missing.stderr).toContain('no token stored for nobody:default; run `credproxy login nobody` (or, on the host, pipe a token JSON to `credproxy token import nobody`)');
   });
 
   it('refuses an invalid config file naming the file and the field', async () => {

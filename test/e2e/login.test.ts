@@ -28,7 +28,9 @@ const hostOnly = new Set<string>();
 const neverLogged = new Set<string>();
 
 function configFor(oidc: OidcTestServer): object {
-  return { providers: loginProviders(oidc.issuer) };
+  const providers = loginProviders(oidc.issuer);
+  // Without prompt=consent this server drops offline_access: a login with no refresh token.
+  return { providers: { ...providers, online: { ...providers.paste, offline_consent: false } } };
 }
 
 async function until(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
@@ -89,7 +91,7 @@ describe('login from inside the sandbox, completed on the host', () => {
     host = makeHostEnv();
     mkdirSync(join(host.home, 'config'), { recursive: true });
     writeFileSync(join(host.home, 'config', 'config.json'), JSON.stringify(configFor(oidc)));
-    serve = await startServe(['--allow', 'dev:*', '--allow', 'paste:*', '--allow', 'loop', '--allow-write'], host.env);
+    serve = await startServe(['--allow', 'dev:*', '--allow', 'paste:*', '--allow', 'loop', '--allow', 'online', '--allow-write'], host.env);
     relay = await RecordingRelay.start(serve.socket);
     stores = await openHostStores({ choice: 'file', dirs: resolveDirs(host.env), env: host.env });
   });
@@ -274,6 +276,35 @@ describe('login from inside the sandbox, completed on the host', () => {
     // The access token the sandbox could see is never served again; the host's login stays.
     expect(await stores.tokens.getToken('paste', 'cli')).toMatchObject({ expiry: 0 });
     expect(typeof (await stores.tokens.getToken('paste', 'cli'))?.refresh_token).toBe('string');
+  }, 30_000);
+
+  it('a login that ends without a refresh token says so: in the answer, in the sandbox CLI, in the host log and in status', async () => {
+    const child = spawn(process.execPath, [BIN, 'login', 'online'], { env: sandboxEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    const { match, text } = await waitForStderr(child, /(http:\/\/127\.0\.0\.1:\d+\/auth\?\S+)\n[\s\S]*paste the code/, 'URL and prompt');
+    expect(new URL(match[1]!).searchParams.has('prompt')).toBe(false);
+    const landed = await new ScriptedBrowser().authorize(match[1]!, NATIVE_REDIRECT_URI);
+    hostOnly.add(landed.searchParams.get('code')!);
+    child.stdin.end(`${landed.searchParams.get('code')}\n`);
+    expect(await exited).toBe(0);
+    cliOutput.push(text());
+    const stored = await stores.tokens.getToken('online', 'default');
+    expect(stored?.access_token).toBeTruthy();
+    expect(stored).not.toHaveProperty('refresh_token');
+    const when = new Date(stored!.expiry * 1000).toISOString();
+    const warning = `this login cannot be renewed; it expires at ${when}`;
+    expect(text()).toContain(`credproxy: warning: ${warning}`);
+    expect(relay.toClientText).toContain(`"login_warning":"${warning}`);
+    expect(serve.stderr()).toContain(`online:default: ${warning}`);
+    // The stored login is kept as it came: no warning text inside the token.
+    expect(stored).not.toHaveProperty('login_warning');
+
+    const status = await runCli(['status'], { env: host.env });
+    expect(status.code, status.stderr).toBe(0);
+    expect(status.stdout).toMatch(/online:default {2}expires \S+ \(in \d+ s\), cannot be renewed \(no refresh token\): log in again with `credproxy login online` when it expires/);
+    const json = JSON.parse((await runCli(['status', '--json'], { env: host.env })).stdout) as { tokens: { provider: string; renewable?: boolean }[] };
+    expect(json.tokens.find((t) => t.provider === 'online')).toMatchObject({ renewable: false, canRefresh: false });
+    expect(json.tokens.find((t) => t.provider === 'paste')).toMatchObject({ renewable: true, canRefresh: true });
   }, 30_000);
 
   it('Ctrl+C in the sandbox CLI mid-poll cancels the session: the host stops polling the provider', async () => {

@@ -38,7 +38,6 @@ function oidcProvider(flow: ProviderConfig['flow'], extra: Partial<ProviderConfi
     issuer: oidc.issuer,
     client_id: NATIVE_CLIENT_ID,
     scopes: ['openid', 'offline_access'],
-    ...(flow === 'device_code' ? {} : { authorization_params: { prompt: 'consent' } }),
     ...(flow === 'pkce_redirect' ? { redirect_uri: NATIVE_REDIRECT_URI } : {}),
     ...extra,
   });
@@ -132,6 +131,66 @@ describe('pkce_redirect (code paste)', () => {
       })();
       expect(err.code).toBe('EXCHANGE_FAILED');
       if (bad.length > 3) expect(err.message).not.toContain(bad);
+    }
+  });
+});
+
+describe('offline_access and prompt=consent (OpenID Connect Core §11)', () => {
+  /** Run a code flow to its token with the scripted browser; the authorization URL comes back too. */
+  async function codeFlowToken(flowType: 'pkce_redirect' | 'browser_redirect', extra: Partial<ProviderConfig> = {}) {
+    const { ctx, stop } = flowContext();
+    const flow = await startFlow(oidcProvider(flowType, extra), ctx);
+    const auth = new URL(flow.start.auth_url!);
+    try {
+      if (flowType === 'pkce_redirect') {
+        const landed = await new ScriptedBrowser().authorize(auth, NATIVE_REDIRECT_URI);
+        return { auth, token: await flow.exchange!(landed.href, new AbortController().signal) };
+      }
+      const redirect = auth.searchParams.get('redirect_uri')!;
+      const landed = await new ScriptedBrowser().authorize(auth, redirect);
+      await (await fetch(landed)).body?.cancel();
+      const out = await flow.outcome!;
+      if (!out.ok) throw new Error(out.error);
+      return { auth, token: out.token };
+    } finally {
+      stop.abort();
+    }
+  }
+
+  for (const flowType of ['pkce_redirect', 'browser_redirect'] as const) {
+    it(`${flowType}: a config without any prompt still gets a refresh token from oidc-provider`, async () => {
+      const { auth, token } = await codeFlowToken(flowType);
+      expect(auth.searchParams.get('prompt')).toBe('consent');
+      expect(typeof token.refresh_token).toBe('string');
+    });
+  }
+
+  it('offline_consent: false sends no prompt, and this server then drops offline_access (no refresh token)', async () => {
+    const { auth, token } = await codeFlowToken('pkce_redirect', { offline_consent: false });
+    expect(auth.searchParams.has('prompt')).toBe(false);
+    expect(token.refresh_token).toBeUndefined();
+    expect(token.access_token).toBeTruthy();
+  });
+
+  it('a prompt from the config wins; no offline_access or no OpenID provider means no prompt', async () => {
+    const login = (await codeFlowToken('pkce_redirect', { authorization_params: { prompt: 'login consent' } })).auth;
+    expect(login.searchParams.get('prompt')).toBe('login consent');
+    const { ctx, stop } = flowContext();
+    try {
+      const online = await startFlow(oidcProvider('pkce_redirect', { scopes: ['openid'] }), ctx);
+      expect(new URL(online.start.auth_url!).searchParams.has('prompt')).toBe(false);
+      // A plain OAuth server (explicit endpoints, no issuer, no openid scope) is not asked for OpenID consent.
+      const plain = await startFlow(new OpenIdProvider('plain', {
+        flow: 'pkce_redirect',
+        authorization_endpoint: oidc.endpoints.authorization,
+        token_endpoint: oidc.endpoints.token,
+        client_id: NATIVE_CLIENT_ID,
+        scopes: ['offline_access'],
+        redirect_uri: NATIVE_REDIRECT_URI,
+      }), ctx);
+      expect(new URL(plain.start.auth_url!).searchParams.has('prompt')).toBe(false);
+    } finally {
+      stop.abort();
     }
   });
 });

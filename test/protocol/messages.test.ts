@@ -7,6 +7,7 @@ describe('message schemas', () => {
       [
         'cancel', 'get_api_key', 'get_token', 'list_api_keys', 'list_buckets', 'list_providers', 'oauth_cancel',
         'oauth_exchange', 'oauth_initiate', 'oauth_poll', 'refresh_token', 'remove_token', 'save_token',
+        'get_bucket_stats', 'has_api_key',
       ].sort(),
     );
     expect(isOp('get_token')).toBe(true);

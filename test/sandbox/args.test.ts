@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { bwrapArgs, encodeFdArgs } from '../../src/sandbox/bwrap.js';
+import { bwrapArgs, commandExited, encodeFdArgs } from '../../src/sandbox/bwrap.js';
+import { parseBwrapVersion } from '../../src/sandbox/bwrap-features.js';
+import { planMounts, type MountInput } from '../../src/sandbox/mounts.js';
 import { containerArgs } from '../../src/sandbox/container.js';
 import { engineEnv, sandboxEnv, type SandboxSpec } from '../../src/sandbox/spec.js';
 
@@ -12,8 +14,6 @@ const spec = (over: Partial<SandboxSpec> = {}): SandboxSpec => ({
   workdir: '/home/u/project',
   shareNet: false,
   home: '/home/u',
-  hidden: ['/home/u/.config/credproxy', '/home/u/.local/share/credproxy', '/srv/state/credproxy', '/run/user/1000/credproxy'],
-  toolDirs: ['/home/u/src/credproxy', '/usr/bin'],
   env: sandboxEnv({ PATH: '/usr/bin:/bin', TERM: 'xterm', CREDPROXY_PASSPHRASE: 'secret', AWS_SECRET_ACCESS_KEY: 'x', USER: 'u' }, ['/home/u/src/credproxy/bin']),
   ...over,
 });
@@ -30,7 +30,18 @@ function singles(args: string[], flag: string): string[] {
   return args.flatMap((a, i) => (a === flag ? [args[i + 1]!] : []));
 }
 
-const argv = (s: SandboxSpec): string[] => bwrapArgs(s, { info: 3, args: 4 }).argv;
+const FDS = { status: 5, args: 6, seccomp: 7 };
+const input = (s: SandboxSpec): MountInput => ({
+  workdir: s.workdir,
+  homes: ['/home/u'],
+  credproxyDirs: ['/home/u/.config/credproxy', '/home/u/.local/share/credproxy', '/srv/state/credproxy', '/run/user/1000/credproxy'],
+  socketDir: s.socketDir,
+  toolDirs: ['/home/u/src/credproxy', '/usr/bin'],
+  binds: [],
+  unprotect: [],
+});
+const invocation = (s: SandboxSpec) => bwrapArgs(s, planMounts(input(s)).ops, FDS);
+const argv = (s: SandboxSpec): string[] => invocation(s).argv;
 
 describe('bwrap arguments', () => {
   it('mounts the root read-only, masks home, /tmp, /var/tmp, /run and credproxy’s own dirs', () => {
@@ -40,7 +51,7 @@ describe('bwrap arguments', () => {
     for (const d of ['/tmp', '/var/tmp', '/run', '/home/u', '/srv/state/credproxy']) expect(tmpfs).toContain(d);
     // Dirs already under a masked path need no extra tmpfs.
     expect(tmpfs).not.toContain('/home/u/.config/credproxy');
-    expect(a).toEqual(expect.arrayContaining(['--unshare-all', '--die-with-parent', '--clearenv', '--info-fd', '3']));
+    expect(a).toEqual(expect.arrayContaining(['--unshare-all', '--unshare-user', '--disable-userns', '--die-with-parent', '--clearenv', '--json-status-fd', '5', '--seccomp', '7']));
     // No controlling terminal inside: TIOCSTI cannot type into the user's shell.
     expect(a).toContain('--new-session');
     // Every option comes before the command, so none of them can be mistaken for its arguments.
@@ -57,7 +68,10 @@ describe('bwrap arguments', () => {
     expect(ro).toContainEqual(['/run/user/1000/credproxy/s-1-abcd', '/run/credproxy']);
     expect(ro).toContainEqual(['/home/u/src/credproxy', '/home/u/src/credproxy']); // tool under masked home comes back ro
     expect(ro).not.toContainEqual(['/usr/bin', '/usr/bin']); // already visible through the ro root
-    expect(rw).toEqual([['/home/u/project', '/home/u/project']]);
+    expect(rw[0]).toEqual(['/home/u/project', '/home/u/project']);
+    // Besides the workdir, read-write binds only pin dirs onto themselves (nothing else of the host).
+    for (const [src, dest] of rw) expect(src).toBe(dest);
+    for (const [src] of rw) expect(src.startsWith('/home/u/project')).toBe(true);
     for (const [src] of [...ro, ...rw]) {
       expect(src === '/home/u' || src.includes('.config/credproxy') || src.includes('.local/share/credproxy') || src === '/srv/state/credproxy').toBe(false);
     }
@@ -70,10 +84,10 @@ describe('bwrap arguments', () => {
   });
 
   it('sets exactly the socket, the token and harmless variables; the token only through --args', () => {
-    const { argv: a, fdArgs } = bwrapArgs(spec(), { info: 3, args: 4 });
+    const { argv: a, fdArgs } = invocation(spec());
     // /proc/PID/cmdline is readable by every local user: the token must not be on it.
     expect(a.join('\0')).not.toContain('c'.repeat(64));
-    expect(singles(a, '--args')).toEqual(['4']);
+    expect(singles(a, '--args')).toEqual(['6']);
     expect(a.indexOf('--args')).toBeGreaterThan(a.indexOf('--clearenv')); // bwrap applies them in order
     expect(encodeFdArgs(fdArgs).toString('utf8')).toBe(`--setenv\0CREDPROXY_TOKEN\0${'c'.repeat(64)}\0`);
     const env = Object.fromEntries([...binds(a, '--setenv'), ...binds(fdArgs, '--setenv')]);
@@ -85,6 +99,25 @@ describe('bwrap arguments', () => {
       CREDPROXY_SOCKET: '/run/credproxy/credproxy-1-00.sock',
       CREDPROXY_TOKEN: 'c'.repeat(64),
     });
+  });
+});
+
+describe('bwrap features', () => {
+  it('reads the version and leaves --disable-userns out where bwrap or the kernel lacks it', () => {
+    expect(parseBwrapVersion('bubblewrap 0.8.0\n')).toEqual([0, 8, 0]);
+    expect(parseBwrapVersion('bubblewrap 0.6\n')).toEqual([0, 6, 0]);
+    expect(parseBwrapVersion('nonsense')).toBeNull();
+    const old = bwrapArgs(spec(), planMounts(input(spec())).ops, FDS, { disableUserns: false }).argv;
+    expect(old).not.toContain('--disable-userns');
+    expect(old).toContain('--seccomp'); // the filter still refuses CLONE_NEWUSER
+  });
+});
+
+describe('bwrap status', () => {
+  it('tells a command that ran from a sandbox that never started', () => {
+    expect(commandExited('{ "child-pid": 10, "mnt-namespace": 4 }\n{ "exit-code": 1 }\n')).toBe(true);
+    expect(commandExited('{ "child-pid": 10, "mnt-namespace": 4 }\n')).toBe(false);
+    expect(commandExited('')).toBe(false);
   });
 });
 

@@ -20,11 +20,22 @@ describe('handshake', () => {
     });
   });
 
-  it('negotiates 1 for a client offering 1..2', async () => {
+  it('agrees 2 with a client offering 1..2 (SPEC §8), 1 with a version-1-only client', async () => {
     h = await startHarness();
     const c = await h.raw();
-    expect(await c.handshake({ minVersion: 1, maxVersion: 2, capabilityToken: CAPABILITY })).toMatchObject({ ok: true, data: { version: 1 } });
-    expect(await c.request('list_providers')).toMatchObject({ ok: true });
+    expect(await c.handshake({ minVersion: 1, maxVersion: 2, capabilityToken: CAPABILITY })).toEqual({ v: 1, op: 'handshake', ok: true, data: { version: 2 } });
+    // Requests may carry v 1 or the agreed 2; answers carry the agreed version.
+    expect(await c.request('list_providers')).toMatchObject({ v: 2, ok: true });
+    c.v = 2;
+    expect(await c.request('list_providers')).toMatchObject({ v: 2, ok: true });
+    c.v = 3;
+    expect(await c.request('list_providers')).toMatchObject({ v: 2, ok: false, code: 'INVALID_REQUEST' });
+    const old = await h.raw();
+    expect(await old.handshake({ minVersion: 1, maxVersion: 1, capabilityToken: CAPABILITY })).toMatchObject({ ok: true, data: { version: 1 } });
+    old.v = 2;
+    expect(await old.request('list_providers')).toMatchObject({ v: 1, ok: false, code: 'INVALID_REQUEST' });
+    const future = await h.raw();
+    expect(await future.handshake({ minVersion: 2, maxVersion: 9, capabilityToken: CAPABILITY })).toMatchObject({ ok: true, data: { version: 2 } });
   });
 
   it('refuses a wrong capability token with UNAUTHORIZED and closes, before looking at the version', async () => {
@@ -47,10 +58,10 @@ describe('handshake', () => {
     await b.closed;
   });
 
-  it('answers UNKNOWN_VERSION and closes when the range excludes 1', async () => {
+  it('answers UNKNOWN_VERSION and closes when the range excludes 1 and 2', async () => {
     h = await startHarness();
     const c = await h.raw();
-    const r = await c.handshake({ minVersion: 2, maxVersion: 3, capabilityToken: CAPABILITY });
+    const r = await c.handshake({ minVersion: 3, maxVersion: 4, capabilityToken: CAPABILITY });
     expect(r).toMatchObject({ v: 1, op: 'handshake', ok: false, code: 'UNKNOWN_VERSION' });
     await c.closed;
   });

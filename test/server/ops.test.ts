@@ -41,11 +41,11 @@ describe('token operations', () => {
     expect(c.receivedText).not.toContain('refresh_token');
   });
 
-  it('get_token for nothing stored is NOT_FOUND naming provider and bucket', async () => {
+  it('get_token for nothing stored is NOT_FOUND naming provider and bucket, and how to store one', async () => {
     h = await startHarness();
     const c = await h.client();
     const r = await c.request('get_token', { provider: 'gemini', bucket: 'b2' });
-    expect(r).toMatchObject({ ok: false, code: 'NOT_FOUND', error: 'no token stored for gemini:b2' });
+    expect(r).toMatchObject({ ok: false, code: 'NOT_FOUND', error: 'no token stored for gemini:b2; run `credproxy login gemini --bucket b2` (or, on the host, pipe a token JSON to `credproxy token import gemini --bucket b2`)' });
   });
 
   it('save_token drops a forged refresh_token and keeps the stored one, merging other fields', async () => {
@@ -81,14 +81,17 @@ describe('token operations', () => {
     expect(await h.tokens.inner.getToken('corp', 'ci')).toEqual({ access_token: 'at-c', expiry: 123, id_token: 'idt' });
   });
 
-  it('remove_token removes an entry without a refresh token, and a second remove is NOT_FOUND', async () => {
+  it('remove_token removes an entry without a refresh token, and a second remove is ok too (idempotent)', async () => {
     h = await startHarness();
     const { refresh_token: _rt, ...plain } = stored();
     await h.tokens.inner.saveToken('github', plain);
     const c = await h.client();
     expect(await c.request('remove_token', { provider: 'github' })).toMatchObject({ ok: true, data: { removed: 'entry' } });
     expect(await h.tokens.inner.getToken('github')).toBeNull();
-    expect(await c.request('remove_token', { provider: 'github' })).toMatchObject({ ok: false, code: 'NOT_FOUND' });
+    const again = await c.request('remove_token', { provider: 'github' });
+    expect(again).toMatchObject({ ok: true, data: {} });
+    expect(again.data).not.toHaveProperty('removed');
+    expect(await c.request('remove_token', { provider: 'github', bucket: 'never-stored' })).toMatchObject({ ok: true, data: {} });
   });
 
   it('remove_token from the sandbox keeps the host refresh token and expires the access token it could see', async () => {

@@ -72,7 +72,7 @@ describe.each(backends)('%s backend: TokenStore and KeyStore contract', (_name, 
 
   it('rejects bad names and bad tokens before storing anything', async () => {
     await expect(tokens.saveToken('a/b', { access_token: 'a', expiry: 1 })).rejects.toMatchObject({ code: 'INVALID_REQUEST' });
-    await expect(tokens.getToken('p', 'b b')).rejects.toMatchObject({ code: 'INVALID_REQUEST' });
+    await expect(tokens.getToken('p', 'b/b')).rejects.toMatchObject({ code: 'INVALID_REQUEST' });
     await expect(tokens.saveToken('ok', { expiry: 1 } as never)).rejects.toMatchObject({ code: 'INVALID_REQUEST' });
     await expect(keys.saveKey('a@b', 'v')).rejects.toMatchObject({ code: 'INVALID_REQUEST' });
     expect(await tokens.listProviders()).not.toContain('ok');

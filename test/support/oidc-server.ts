@@ -24,15 +24,15 @@ export const DEFAULT_SCOPE = 'openid offline_access';
 
 /**
  * config.json providers for this server, one per login flow (device code,
- * code paste, loopback redirect); the code flows ask for consent each time.
+ * code paste, loopback redirect), configured as a user would: no prompt of
+ * their own (credproxy adds prompt=consent for offline_access itself).
  */
 export function loginProviders(issuer: string): Record<string, object> {
   const common = { issuer, client_id: NATIVE_CLIENT_ID, scopes: ['openid', 'offline_access'] };
-  const consent = { authorization_params: { prompt: 'consent' } };
   return {
     dev: { ...common, flow: 'device_code' },
-    paste: { ...common, ...consent, flow: 'pkce_redirect', redirect_uri: NATIVE_REDIRECT_URI },
-    loop: { ...common, ...consent, flow: 'browser_redirect' },
+    paste: { ...common, flow: 'pkce_redirect', redirect_uri: NATIVE_REDIRECT_URI },
+    loop: { ...common, flow: 'browser_redirect' },
   };
 }
 

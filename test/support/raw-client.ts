@@ -28,6 +28,8 @@ export class RawClient {
   private waiters: Array<() => void> = [];
   private isClosedFlag = false;
   private nextId = 0;
+  /** The `v` put on requests: set it to the agreed version after a v2 handshake. */
+  v = 1;
 
   private constructor(readonly socket: Socket) {
     socket.on('data', (chunk: Buffer) => {
@@ -123,14 +125,14 @@ export class RawClient {
   }
 
   /** Send a request and wait for its answer. */
-  async request(op: string, payload?: Frame, id = `r${++this.nextId}`): Promise<Frame> {
-    this.send(payload === undefined ? { v: 1, id, op } : { v: 1, id, op, payload });
-    return this.answerFor(id);
+  async request(op: string, payload?: Frame, id = `r${++this.nextId}`, timeoutMs = 3000): Promise<Frame> {
+    this.send(payload === undefined ? { v: this.v, id, op } : { v: this.v, id, op, payload });
+    return this.answerFor(id, timeoutMs);
   }
 
   /** Send without waiting; returns the id. */
   fire(op: string, payload?: Frame, id = `r${++this.nextId}`): string {
-    this.send(payload === undefined ? { v: 1, id, op } : { v: 1, id, op, payload });
+    this.send(payload === undefined ? { v: this.v, id, op } : { v: this.v, id, op, payload });
     return id;
   }
 

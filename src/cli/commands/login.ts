@@ -45,6 +45,9 @@ export function registerLoginCommands(program: Command, ctx: CliContext): void {
           ? await loginThroughProxy(ctx.client(), provider, bucket, io)
           : await hostLogin(ctx, provider, bucket, { ...io, ...(opts.browser ? { onStart: (info) => openBrowser(ctx, info) } : {}) }, abort.signal);
         ctx.notice(`logged in to ${provider}:${bucket}; ${expiryText(token)}`);
+        // The host says it in the answer; shown without control characters (it crossed the socket).
+        const warning = token.login_warning;
+        if (typeof warning === 'string') ctx.notice(`warning: ${warning.replace(/[^\x20-\x7e]/g, '?')}`);
       } catch (err) {
         if (!isCredproxyError(err, 'CANCELLED')) throw err;
         ctx.notice('login cancelled');
@@ -93,7 +96,9 @@ async function hostLogin(ctx: CliContext, provider: string, bucket: string, io: 
     tokens: host.stores.tokens,
     providers: host.providers,
     timeoutMs: sessionTimeoutFromEnv(ctx.io.env),
-    logger: ctx.logger,
+    // This command prints the outcome itself (a renewal warning included): at the default
+    // level the same warning as a JSON log line would only repeat it.
+    logger: ctx.io.env.CREDPROXY_LOG_LEVEL === undefined ? ctx.logger.child({}, { level: 'error' }) : ctx.logger,
   });
   try {
     return await runLogin(localLoginOps(sessions, signal), provider, bucket, io);

@@ -7,22 +7,37 @@ import { isatty } from 'node:tty';
 import { fileURLToPath } from 'node:url';
 import { Option, type Command } from 'commander';
 import { CredproxyError } from '../../errors.js';
-import { bwrapArgs, encodeFdArgs } from '../../sandbox/bwrap.js';
+import { bwrapArgs, commandExited, encodeFdArgs, sandboxEnvironment } from '../../sandbox/bwrap.js';
+import { afterRun, layoutInput, missingPlaceholders, type LayoutRequest } from '../../sandbox/layout.js';
+import { formatPlan, planMounts, type MountInput, type MountPlan } from '../../sandbox/mounts.js';
+import { canonicalPath } from '../../sandbox/paths.js';
+import { describeFilter, seccompFilter } from '../../sandbox/seccomp.js';
+import { probeBwrap } from '../../sandbox/bwrap-features.js';
 import { bwrapCommandPid, SignalRelay, spawnChild, type ChildRun } from '../../sandbox/child.js';
 import { containerArgs } from '../../sandbox/container.js';
+import { gatewayPlan } from '../../gateway/sandbox.js';
+import { AGENTS, agentEnvPlan, locateAgentCommand, resolveAgentEnv, type Agent, type AgentEnvPlan } from '../../gateway/agents.js';
 import { engineEnv, sandboxEnv, type SandboxKind, type SandboxSpec } from '../../sandbox/spec.js';
 import type { CliContext } from '../context.js';
 import { addPolicyOptions, policyFromFlags } from '../policy-flags.js';
-import { parseTransport, startProxy, type ProxyFlags, type RunningProxy } from '../proxy.js';
+import { addGatewayOptions, parseTransport, startProxy, type ProxyFlags, type RunningProxy } from '../proxy.js';
 import { createSocketDir } from '../socket-dir.js';
 
 interface RunFlags extends ProxyFlags {
+  agent?: Agent;
   sandbox?: SandboxKind;
   image?: string;
   workdir: boolean;
   shareNet?: boolean;
   engineArg: string[];
+  roBind: string[];
+  bind: string[];
+  unprotect: string[];
+  explain?: boolean;
 }
+
+/** bwrap's fds beyond stdio: 3 and 4 stay free for the command's own use (a capability fd). */
+const BWRAP_FDS = { status: 5, args: 6, seccomp: 7 } as const;
 
 /** `run` failures of its own, as docker/podman do: never mistaken for the command's status. */
 export const RUN_FAILURE_EXIT = 125;
@@ -33,17 +48,22 @@ export function registerRunCommand(program: Command, ctx: CliContext): void {
   const cmd = program
     .command('run')
     .description('start the proxy, then CMD in a sandbox that sees only the proxy socket; exit with CMD’s status')
-    .addOption(new Option('--sandbox <kind>', 'bwrap (default when installed), docker, podman, or none').choices(['bwrap', 'docker', 'podman', 'none']))
+    .addOption(new Option('--sandbox <kind>', 'bwrap (default when installed), docker, podman, or none (no sandbox: run as root, the command can still type into a terminal it holds)').choices(['bwrap', 'docker', 'podman', 'none']))
     .option('--image <image>', 'container image (docker/podman)')
     .option('--engine-arg <arg>', 'extra argument for docker/podman run (repeatable)', collect, [])
     .option('--socket-dir <dir>', 'directory for the socket (default: a fresh one under the run dir)')
     .option('--transport <spec>', 'unix (default), or tcp[:HOST[:PORT]] for VM-based engines (docker/podman/none only)')
     .option('--no-workdir', 'do not bind the current directory into the sandbox')
-    .option('--share-net', 'keep network access inside the sandbox')
+    .option('--share-net', 'keep network access inside the sandbox (host network, including abstract Unix sockets such as X11’s)')
+    .option('--ro-bind <path>', 'bwrap: also show PATH read-only inside, at its own path (repeatable)', collect, [])
+    .option('--bind <path>', 'bwrap: also bind PATH read-write inside, at its own path (repeatable)', collect, [])
+    .option('--unprotect <path>', 'bwrap: leave PATH (e.g. .git, .vscode) writable inside (repeatable)', collect, [])
+    .option('--explain', 'print the sandbox’s mount table and environment names, and exit')
     .option('--no-peer-check', 'do not require SO_PEERCRED peer checks (Linux)')
+    .addOption(new Option('--agent <name>', 'set up the sandbox for this agent (implies --gateway)').choices([...AGENTS]))
     .argument('<command...>', 'the command to run, after --')
     .passThroughOptions();
-  addPolicyOptions(cmd).action(async (command: string[], flags: RunFlags) => {
+  addGatewayOptions(addPolicyOptions(cmd)).action(async (command: string[], flags: RunFlags) => {
     try {
       ctx.exitCode = await run(ctx, command, flags);
     } catch (err) {
@@ -90,9 +110,33 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   const dirs = ctx.dirs();
   const home = env.HOME || homedir();
   const cwd = process.cwd();
-  if (flags.workdir) {
+  const config = await ctx.config();
+  const profile = flags.profile === undefined ? undefined : config.profiles[flags.profile];
+  // Found before the mount plan: the agent's install dir becomes a read-only tool dir inside.
+  const agentTool = flags.agent === undefined ? undefined : locateAgentCommand(command, env);
+  const layout: LayoutRequest = {
+    cwd,
+    bindWorkdir: flags.workdir,
+    env,
+    dirs,
+    roBinds: [...(profile?.roBind ?? []), ...flags.roBind],
+    rwBinds: [...(profile?.bind ?? []), ...flags.bind],
+    unprotect: [...(profile?.unprotect ?? []), ...flags.unprotect],
+    packageRoot: packageRoot(),
+    nodeBinary: process.execPath,
+    ...(agentTool === undefined ? {} : { agentDir: agentTool.dir }),
+  };
+  if (kind !== 'bwrap' && (layout.roBinds.length || layout.rwBinds.length || layout.unprotect.length || flags.explain)) {
+    throw new CredproxyError('USAGE', '--ro-bind, --bind, --unprotect and --explain are for --sandbox bwrap');
+  }
+  let input: MountInput | undefined;
+  if (kind !== 'none') {
+    input = layoutInput(layout); // refuses an unsafe workdir or bind with exit 2 (a container's /work as well)
+    if (flags.explain) return explain(ctx, planMounts({ ...input, socketDir: '<socket dir, made per run>' }), command, env, home);
+  } else {
+    noneAsRootNotice(ctx);
     const own = [dirs.config, dirs.data, dirs.state].find((d) => isUnder(d, cwd));
-    if (cwd === '/' || cwd === home || own) {
+    if (flags.workdir && (cwd === '/' || cwd === home || own)) {
       throw new CredproxyError(
         'USAGE',
         `refusing to bind ${cwd} into the sandbox (${cwd === '/' ? 'the root directory' : cwd === home ? 'your home directory' : `it contains credproxy's own ${own}`}); cd into a project directory or pass --no-workdir`,
@@ -100,53 +144,63 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     }
   }
 
-  const policy = policyFromFlags(flags, await ctx.config()); // bad rules are usage errors (2); past this point failures are run's own (125)
+  const policy = policyFromFlags(flags, config); // bad rules are usage errors (2); past this point failures are run's own (125)
+  const agent = flags.agent === undefined ? undefined : agentEnvPlan(flags.agent, policy);
+  if (agent) flags.gateway = true;
+  const gateway = flags.gateway ? gatewayPlan(kind, packageRoot(), process.execPath, agent) : undefined;
+  if (gateway === null) throw new CredproxyError('USAGE', `--gateway works with --sandbox bwrap or none in this version; ${kind} is not supported yet`);
   let proxy: RunningProxy;
   try {
     // The command owns the terminal: the proxy only speaks up for warnings (the audit log has the rest).
-    proxy = await startProxy(ctx, flags, { logLevel: 'warn', policy });
+    proxy = await startProxy(ctx, flags, { logLevel: 'warn', policy, ...(gateway ? { gateway } : {}) });
   } catch (err) {
     if (err instanceof CredproxyError) throw new CredproxyError(err.code === 'USAGE' ? 'INTERNAL_ERROR' : err.code, `the proxy could not start: ${err.message}`);
     throw err;
   }
-  const root = packageRoot();
+  const root = layout.packageRoot;
   const nodeDir = dirname(process.execPath);
   const spec: SandboxSpec = {
     socketDir: tcp ? '' : dirname(proxy.socketPath),
     socketName: tcp ? '' : basename(proxy.socketPath),
     tcpPort: tcp ? Number(new URL(proxy.socketPath).port) : null,
     capabilityToken: proxy.capabilityToken,
-    command,
-    workdir: flags.workdir ? cwd : null,
+    command: gateway ? gateway.wrap(agentTool?.command ?? command) : command,
+    workdir: flags.workdir ? (input?.workdir ?? cwd) : null, // canonical: the path the mount plan protects
     shareNet: Boolean(flags.shareNet),
     home,
-    hidden: [dirs.config, dirs.data, dirs.state, dirs.run],
-    toolDirs: [root, nodeDir],
     env: sandboxEnv(env, [join(root, 'bin'), nodeDir]),
   };
+  let plan: MountPlan | undefined;
+  let created: string[] = [];
+  if (kind === 'bwrap') {
+    plan = planMounts({ ...input!, socketDir: canonicalPath(spec.socketDir) });
+    for (const w of plan.warnings) ctx.notice(`warning: ${w}`);
+    created = missingPlaceholders(plan);
+  }
   let envDir: string | undefined;
   let launched: ChildRun | undefined;
   let commandPid: () => number | null = () => null;
+  let bwrapStatus = '';
+  let statusDone: Promise<void> = Promise.resolve();
   const cleanup = async (): Promise<void> => {
     if (envDir) rmSync(envDir, { recursive: true, force: true });
+    if (plan) for (const w of afterRun(created, plan)) ctx.notice(`warning: ${w}`);
     await proxy.stop();
   };
   // Started before the spawn, so a signal in between is held for the command instead of killing the launcher.
   const relay = new SignalRelay({ target: () => commandPid(), jobControl: true, sharesTerminal: false }).start();
   try {
-    launched = launch(kind, spec, proxy, flags, dirs.run, (d) => (envDir = d));
+    launched = launch(kind, spec, plan, proxy, flags, dirs.run, (d) => (envDir = d), agent);
     const child = launched.child;
     if (kind === 'bwrap') {
       let infoPid: number | null = null;
-      const info: Buffer[] = [];
-      child.stdio[3]?.on('data', (d: Buffer) => {
-        info.push(d);
-        try {
-          infoPid = (JSON.parse(Buffer.concat(info).toString('utf8')) as { 'child-pid'?: number })['child-pid'] ?? null;
-        } catch {
-          /* not complete yet */
-        }
+      const statusStream = (child.stdio as unknown as Array<NodeJS.ReadableStream | null>)[BWRAP_FDS.status];
+      statusStream?.on('data', (d: Buffer) => {
+        bwrapStatus += d.toString('utf8');
+        const m = /"child-pid"\s*:\s*(\d+)/.exec(bwrapStatus);
+        if (m) infoPid = Number(m[1]);
       });
+      statusDone = statusStream ? new Promise<void>((r) => statusStream.once('close', () => r())) : Promise.resolve();
       // Until bwrap reports its helper and the helper has started the command, there is nobody to signal yet.
       commandPid = () => (infoPid === null ? null : bwrapCommandPid(infoPid));
     } else {
@@ -165,6 +219,14 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     await cleanup();
     throw new CredproxyError('INTERNAL_ERROR', `could not start the ${kind} sandbox: ${(err as NodeJS.ErrnoException).code ?? 'unknown error'}`);
   }
+  if (kind === 'bwrap') {
+    await statusDone;
+    if (launched.child.signalCode === null && !commandExited(bwrapStatus)) {
+      relay.stop();
+      await cleanup();
+      throw new CredproxyError('INTERNAL_ERROR', 'bwrap could not set up the sandbox (its message is above)');
+    }
+  }
   relay.stop();
   await cleanup();
   return status;
@@ -176,18 +238,34 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
  * which relays it once. bwrap's outer process, in the terminal's group,
  * would otherwise die of it and take the sandbox down with SIGKILL.
  */
-function launch(kind: SandboxKind, spec: SandboxSpec, proxy: RunningProxy, flags: RunFlags, runDir: string, setEnvDir: (d: string) => void): ChildRun {
+function launch(kind: SandboxKind, spec: SandboxSpec, plan: MountPlan | undefined, proxy: RunningProxy, flags: RunFlags, runDir: string, setEnvDir: (d: string) => void, agent?: AgentEnvPlan): ChildRun {
   if (kind === 'bwrap') {
-    const { argv, fdArgs } = bwrapArgs(spec, { info: 3, args: 4 });
-    const run = spawnChild('bwrap', argv, { stdio: ['inherit', 'inherit', 'inherit', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, detached: true });
-    const argsPipe = run.child.stdio[4] as Writable | null;
-    // bwrap closes its end on a failed start; the exit status reports that, not an EPIPE here.
-    argsPipe?.on('error', () => undefined);
-    argsPipe?.end(encodeFdArgs(fdArgs));
+    const { argv, fdArgs } = bwrapArgs(spec, plan!.ops, BWRAP_FDS, probeBwrap());
+    const run = spawnChild('bwrap', argv, {
+      stdio: ['inherit', 'inherit', 'inherit', 'ignore', 'ignore', 'pipe', 'pipe', 'pipe'],
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+      detached: true,
+    });
+    // bwrap closes its ends on a failed start; the exit status reports that, not an EPIPE here.
+    const feed = (fd: number, data: Buffer): void => {
+      const pipe = (run.child.stdio as unknown as Array<Writable | null>)[fd] ?? null;
+      pipe?.on('error', () => undefined);
+      pipe?.end(data);
+    };
+    feed(BWRAP_FDS.args, encodeFdArgs(fdArgs));
+    feed(BWRAP_FDS.seccomp, seccompFilter());
     return run;
   }
   if (kind === 'none') {
-    const env = { ...spec.env, HOME: spec.home, CREDPROXY_SOCKET: proxy.socketPath, CREDPROXY_TOKEN: spec.capabilityToken };
+    const gatewayUrl = proxy.gateway?.addresses[0];
+    const env = {
+      ...spec.env,
+      HOME: spec.home,
+      CREDPROXY_SOCKET: proxy.socketPath,
+      CREDPROXY_TOKEN: spec.capabilityToken,
+      ...(gatewayUrl === undefined ? {} : { CREDPROXY_GATEWAY_URL: gatewayUrl }),
+      ...(agent === undefined || gatewayUrl === undefined ? {} : resolveAgentEnv(agent, gatewayUrl, spec.capabilityToken)),
+    };
     return spawnChild(spec.command[0]!, spec.command.slice(1), { stdio: 'inherit', env, cwd: spec.workdir ?? spec.home, detached: true });
   }
   // docker/podman: the token goes through a 0600 env file in a private directory (swept like a socket dir if we are killed), never argv.
@@ -235,4 +313,32 @@ function removeOnceCreated(envFile: string, cidFile: string, run: ChildRun, inte
     else setTimeout(poll, intervalMs).unref();
   };
   poll();
+}
+
+/** `run --explain`: the boundary as bwrap would build it, without starting anything. */
+function explain(ctx: CliContext, plan: MountPlan, command: string[], env: NodeJS.ProcessEnv, home: string): number {
+  const out = ctx.io.stdout;
+  const spec = { env: sandboxEnv(env, [join(packageRoot(), 'bin'), dirname(process.execPath)]), home, socketName: '<socket>' };
+  const lines = [
+    'mounts (in order; a later line covers an earlier one):',
+    ...formatPlan(plan.ops).map((l) => `  ${l}`),
+    'environment:',
+    `  ${[...Object.keys(sandboxEnvironment(spec)), 'CREDPROXY_TOKEN'].sort().join(' ')}`,
+    `namespaces: all unshared (network kept with --share-net), nested user namespaces ${probeBwrap().disableUserns ? 'disabled (--disable-userns) and ' : ''}refused by seccomp, no capabilities`,
+    'seccomp:',
+    ...describeFilter().map((l) => `  ${l}`),
+    ...plan.warnings.map((w) => `warning: ${w}`),
+    `command: ${command.join(' ')}`,
+  ];
+  out.write(`${lines.join('\n')}\n`);
+  return 0;
+}
+
+/**
+ * A child of `--sandbox none` runs in a session of its own, without a
+ * controlling terminal, which stops TIOCSTI for ordinary users; root passes
+ * the kernel's capability check and can still type into a terminal it holds.
+ */
+function noneAsRootNotice(ctx: CliContext): void {
+  if (process.getuid?.() === 0 && isatty(0)) ctx.notice('warning: --sandbox none as root: the command can push keystrokes into this terminal (TIOCSTI); use bwrap for anything untrusted');
 }

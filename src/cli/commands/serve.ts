@@ -3,7 +3,7 @@ import { installSignalHandlers } from '../../server/server.js';
 import type { CliContext } from '../context.js';
 import { writeLine } from '../io.js';
 import { addPolicyOptions } from '../policy-flags.js';
-import { startProxy, type ProxyFlags } from '../proxy.js';
+import { addGatewayOptions, startProxy, type ProxyFlags } from '../proxy.js';
 
 interface ServeFlags extends ProxyFlags {
   shell?: boolean;
@@ -13,7 +13,7 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
   const cmd = program
     .command('serve')
     .description('run the proxy in the foreground for a sandbox started by another tool');
-  addPolicyOptions(cmd)
+  addGatewayOptions(addPolicyOptions(cmd))
     .option('--socket-dir <dir>', 'directory for the socket (default: a fresh one under the run dir)')
     .option('--transport <spec>', 'unix (default), or tcp[:HOST[:PORT]] for VM-based engines (loopback by default)')
     .option('--shell', 'print `export VAR=...` lines for eval')
@@ -35,6 +35,8 @@ async function serve(ctx: CliContext, flags: ServeFlags): Promise<number> {
   const line = (name: string, value: string): string => (flags.shell ? `export ${name}=${shellQuote(value)}` : `${name}=${value}`);
   writeLine(ctx.io.stdout, line('CREDPROXY_SOCKET', proxy.socketPath));
   writeLine(ctx.io.stdout, line('CREDPROXY_TOKEN', proxy.capabilityToken));
+  const gatewayUrl = proxy.gateway?.addresses[0];
+  if (gatewayUrl !== undefined) writeLine(ctx.io.stdout, line('CREDPROXY_GATEWAY_URL', gatewayUrl));
 
   // Runs until SIGINT/SIGTERM; the server is stopped (socket removed) before `exit` is called.
   const code = await new Promise<number>((resolve) => {

@@ -10,6 +10,8 @@ export interface TokenStatus {
   expiresIn?: number;
   /** Host only: a refresh token is stored and the provider is known. */
   canRefresh?: boolean;
+  /** Host only: a refresh token is stored (false: the login dies at its expiry). */
+  renewable?: boolean;
   /** A problem reading this entry (corrupt, needs login...): its code and safe text. */
   error?: { code: string; message: string };
 }
@@ -51,12 +53,14 @@ async function hostStatus(ctx: CliContext): Promise<StatusReport> {
         // Read the stored entry directly: status must not trigger a refresh.
         const t = await host.stores.tokens.getToken(provider, bucket);
         if (!t) continue;
+        const renewable = typeof t.refresh_token === 'string' && t.refresh_token !== '';
         tokens.push({
           provider,
           bucket,
           expiry: t.expiry,
           expiresIn: Math.floor(t.expiry) - nowSeconds(),
-          canRefresh: typeof t.refresh_token === 'string' && t.refresh_token !== '' && host.providers.has(provider),
+          canRefresh: renewable && host.providers.has(provider),
+          renewable,
         });
       } catch (err) {
         tokens.push({ provider, bucket, error: entryError(err) });
@@ -91,6 +95,13 @@ async function sandboxStatus(ctx: CliContext): Promise<StatusReport> {
   return { mode: 'sandbox', socket: ctx.io.env.CREDPROXY_SOCKET, tokens, keys };
 }
 
+function refreshText(t: TokenStatus): string {
+  if (t.canRefresh === undefined) return '';
+  if (t.canRefresh) return ', can refresh';
+  if (t.renewable === false) return `, cannot be renewed (no refresh token): log in again with \`credproxy login ${t.provider}${t.bucket === 'default' ? '' : ` --bucket ${t.bucket}`}\` when it expires`;
+  return `, cannot refresh (provider ${t.provider} is not configured)`;
+}
+
 function printStatus(out: NodeJS.WritableStream, r: StatusReport): void {
   if (r.mode === 'host') writeLine(out, `store: ${r.backend}${r.backendReason ? ` (${r.backendReason})` : ''}`);
   else writeLine(out, `proxy: ${r.socket}`);
@@ -104,8 +115,7 @@ function printStatus(out: NodeJS.WritableStream, r: StatusReport): void {
     const when = new Date((t.expiry ?? 0) * 1000).toISOString();
     const left = t.expiresIn ?? 0;
     const state = left > 0 ? `expires ${when} (in ${left} s)` : `expired ${when}`;
-    const refresh = t.canRefresh === undefined ? '' : t.canRefresh ? ', can refresh' : ', cannot refresh (log in again)';
-    writeLine(out, `  ${name}  ${state}${refresh}`);
+    writeLine(out, `  ${name}  ${state}${refreshText(t)}`);
   }
   writeLine(out, r.keys.length === 0 ? 'keys: none' : `keys: ${r.keys.join(', ')}`);
 }

@@ -15,4 +15,6 @@ export const anthropic: ProviderConfig = {
   redirect_uri: 'https://console.anthropic.com/oauth/code/callback',
   authorization_params: { code: 'true' },
   token_request_format: 'json',
+  /** Gateway: the API these tokens are for. */
+  api_base: 'https://api.anthropic.com',
 };

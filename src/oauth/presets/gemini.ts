@@ -22,4 +22,6 @@ export const gemini: ProviderConfig = {
   ],
   redirect_uri: 'https://codeassist.google.com/authcode',
   authorization_params: { access_type: 'offline', prompt: 'consent' },
+  /** Gateway: the API these tokens are for. */
+  api_base: 'https://cloudcode-pa.googleapis.com',
 };

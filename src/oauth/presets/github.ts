@@ -18,4 +18,6 @@ export const github: ProviderConfig = {
   errors_with_status_200: true,
   revoked_error_codes: ['bad_refresh_token'],
   default_expires_in: 365 * 24 * 3600,
+  /** Gateway: the API these tokens are for. */
+  api_base: 'https://api.github.com',
 };

@@ -1,0 +1,172 @@
+// `npm run bench -- --only=gateway`: the HTTP gateway (issue 13) against the
+// same fake HTTPS API called directly, in the same run.
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { FakeUpstream } from '../test/support/fake-upstream.js';
+import { createTestCa } from '../test/support/test-ca.js';
+
+export interface GatewayRow {
+  figure: string;
+  value: string;
+  reference: string;
+  ratio: number | null;
+  target: string;
+  ok: boolean | null;
+}
+
+const BIN = fileURLToPath(new URL('../bin/credproxy', import.meta.url));
+const PLACEHOLDER_HEADER = 'authorization';
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m![1]) / 1024;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+interface Target {
+  base: string;
+  agent: http.Agent;
+  headers: Record<string, string>;
+}
+
+/** One request; resolves with ms to the first body byte and ms to the end. */
+function timed(t: Target, path: string, onChunk?: (n: number) => void): Promise<{ first: number; total: number; bytes: number }> {
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const url = new URL(`${t.base}${path}`);
+    const mod = url.protocol === 'https:' ? https : http;
+    const req = mod.request(url, { agent: t.agent, headers: t.headers }, (res) => {
+      let first = -1;
+      let bytes = 0;
+      res.on('data', (d: Buffer) => {
+        if (first < 0) first = Number(process.hrtime.bigint() - t0) / 1e6;
+        bytes += d.length;
+        onChunk?.(d.length);
+      });
+      res.on('end', () => resolve({ first, total: Number(process.hrtime.bigint() - t0) / 1e6, bytes }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+export async function gatewayBench(): Promise<GatewayRow[]> {
+  const ca = createTestCa();
+  const fake = await FakeUpstream.start(ca);
+  const home = mkdtempSync('/tmp/cp-benchg-');
+  const env = { PATH: process.env.PATH, HOME: home, CREDPROXY_HOME: home, CREDPROXY_STORE: 'file', CREDPROXY_LOG_LEVEL: 'warn', NODE_EXTRA_CA_CERTS: ca.caPath };
+  mkdirSync(join(home, 'config'), { recursive: true, mode: 0o700 });
+  writeFileSync(join(home, 'config', 'config.json'), JSON.stringify({ providers: { anthropic: { api_base: fake.url } } }));
+  const token = 'sk-ant-oat01-bench-token-0123456789abcdef';
+  const imp = spawnSync(process.execPath, [BIN, 'token', 'import', 'anthropic'], { env, input: JSON.stringify({ access_token: token, expiry: Math.floor(Date.now() / 1000) + 86_400 }), encoding: 'utf8' });
+  if (imp.status !== 0) throw new Error(`token import failed: ${imp.stderr}`);
+  const proc = spawn(process.execPath, [BIN, 'serve', '--gateway', '--allow', 'anthropic'], { env, stdio: ['ignore', 'pipe', 'inherit'] });
+  const vars: Record<string, string> = {};
+  await new Promise<void>((resolve, reject) => {
+    createInterface({ input: proc.stdout! }).on('line', (line) => {
+      const m = /^(CREDPROXY_TOKEN|CREDPROXY_GATEWAY_URL)=(.*)$/.exec(line);
+      if (m) vars[m[1]!] = m[2]!;
+      if (vars.CREDPROXY_TOKEN && vars.CREDPROXY_GATEWAY_URL) resolve();
+    });
+    proc.once('exit', (code) => reject(new Error(`serve exited (${code})`)));
+  });
+  const direct: Target = { base: fake.url, agent: new https.Agent({ keepAlive: true, ca: ca.caPem, maxSockets: 200 }), headers: { [PLACEHOLDER_HEADER]: `Bearer ${token}` } };
+  const viaGateway: Target = { base: `${vars.CREDPROXY_GATEWAY_URL}/anthropic`, agent: new http.Agent({ keepAlive: true, maxSockets: 200 }), headers: { [PLACEHOLDER_HEADER]: `Bearer ${vars.CREDPROXY_TOKEN}` } };
+  const rows: GatewayRow[] = [];
+  try {
+    // Added latency: small requests, alternating direct and gateway, after a warm-up.
+    for (let i = 0; i < 200; i++) {
+      await timed(direct, '/ping');
+      await timed(viaGateway, '/ping');
+    }
+    const d: number[] = [];
+    const g: number[] = [];
+    for (let i = 0; i < 1500; i++) {
+      d.push((await timed(direct, '/ping')).total);
+      g.push((await timed(viaGateway, '/ping')).total);
+    }
+    d.sort((a, b) => a - b);
+    g.sort((a, b) => a - b);
+    const added50 = percentile(g, 50) - percentile(d, 50);
+    const added99 = percentile(g, 99) - percentile(d, 99);
+    rows.push({ figure: 'gateway added latency p50 (small request, 1,500 samples)', value: `${added50.toFixed(3)} ms`, reference: `${percentile(d, 50).toFixed(3)} ms direct, ${percentile(g, 50).toFixed(3)} ms via gateway`, ratio: percentile(g, 50) / percentile(d, 50), target: '≤ 1 ms', ok: added50 <= 1 });
+    rows.push({ figure: 'gateway added latency p99', value: `${added99.toFixed(3)} ms`, reference: `${percentile(d, 99).toFixed(3)} ms direct, ${percentile(g, 99).toFixed(3)} ms via gateway`, ratio: percentile(g, 99) / percentile(d, 99), target: 'report', ok: null });
+
+    // Time to the first SSE event of a streamed /v1/messages answer.
+    const sse = async (t: Target): Promise<number> => {
+      const samples: number[] = [];
+      for (let i = 0; i < 100; i++) {
+        samples.push(
+          await new Promise<number>((resolve, reject) => {
+            const t0 = process.hrtime.bigint();
+            const url = new URL(`${t.base}/v1/messages`);
+            const mod = url.protocol === 'https:' ? https : http;
+            const body = JSON.stringify({ model: 'm', max_tokens: 8, stream: true, messages: [{ role: 'user', content: 'hi' }] });
+            const req = mod.request(url, { method: 'POST', agent: t.agent, headers: { ...t.headers, 'content-type': 'application/json', 'content-length': String(body.length) } }, (res) => {
+              let first = -1;
+              res.on('data', () => {
+                if (first < 0) first = Number(process.hrtime.bigint() - t0) / 1e6;
+              });
+              res.on('end', () => resolve(first));
+            });
+            req.on('error', reject);
+            req.end(body);
+          }),
+        );
+      }
+      return percentile(samples.sort((a, b) => a - b), 50);
+    };
+    const sseDirect = await sse(direct);
+    const sseGateway = await sse(viaGateway);
+    rows.push({ figure: 'time to first SSE event (median of 100)', value: `${sseGateway.toFixed(3)} ms`, reference: `${sseDirect.toFixed(3)} ms direct`, ratio: sseGateway / sseDirect, target: 'report', ok: null });
+
+    // Streaming throughput of a 50 MB answer (best of 3 each, alternating).
+    const rate = async (t: Target): Promise<number> => {
+      const r = await timed(t, '/big?mb=50');
+      return r.bytes / 1024 / 1024 / (r.total / 1000);
+    };
+    const dr: number[] = [];
+    const gr: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      dr.push(await rate(direct));
+      gr.push(await rate(viaGateway));
+    }
+    const bestD = Math.max(...dr);
+    const bestG = Math.max(...gr);
+    rows.push({ figure: 'streaming a 50 MB answer (best of 3)', value: `${bestG.toFixed(0)} MB/s`, reference: `${bestD.toFixed(0)} MB/s direct`, ratio: bestG / bestD, target: '≥ 80% of direct', ok: bestG >= 0.8 * bestD });
+
+    // Server RSS with 100 streams held open.
+    await sleep(500);
+    const idle = rssMiB(proc.pid!);
+    fake.holdGate();
+    let firstEvents = 0;
+    const streams = Array.from({ length: 100 }, () => timed(viaGateway, '/sse-gate', () => firstEvents++));
+    const deadline = Date.now() + 30_000;
+    while (firstEvents < 100 && Date.now() < deadline) await sleep(20);
+    const held = rssMiB(proc.pid!);
+    fake.openGate();
+    await Promise.all(streams);
+    rows.push({ figure: 'serve --gateway RSS with 100 concurrent SSE streams', value: `${held.toFixed(1)} MiB`, reference: `${idle.toFixed(1)} MiB idle (after the runs above)`, ratio: held / idle, target: 'report', ok: null });
+  } finally {
+    direct.agent.destroy();
+    viaGateway.agent.destroy();
+    const exited = new Promise((r) => proc.once('exit', r));
+    proc.kill('SIGTERM');
+    await exited;
+    await fake.close();
+    ca.remove();
+    rmSync(home, { recursive: true, force: true });
+  }
+  return rows;
+}

@@ -1,0 +1,367 @@
+import http, { type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import net from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { pipeline } from 'node:stream';
+import type { Logger } from '../log.js';
+import type { CredentialService } from '../refresh/types.js';
+import type { KeyStore } from '../store/types.js';
+import { auditPath, type GatewayAuditEntry, type GatewayAuditSink, type GatewayOutcome } from './audit.js';
+import { GatewayCredentials, GatewayError, type ResolvedCredential } from './credentials.js';
+import { downstreamHeaders, hasPlaceholder, upstreamHeaders } from './inject.js';
+import { KEY_ROUTE_PREFIX, rulesAllow, type Route } from './routes.js';
+import { SecretRedactor } from './scan.js';
+import { Upstream, UpstreamTimeoutError, type UpstreamOptions } from './upstream.js';
+
+/** Request bodies up to this size are buffered, so a 401 can be replayed once after a refresh. */
+export const REPLAY_BODY_LIMIT = 1024 * 1024;
+/** How much of an upstream 401 body is kept to pass on when no replay happens. */
+const UNAUTHORIZED_BODY_LIMIT = 64 * 1024;
+/** Bytes buffered per direction and stage before backpressure applies. */
+const STREAM_HIGH_WATER_MARK = 256 * 1024;
+
+/** Connections open at once per listener; more are refused (a flood from the sandbox cannot exhaust the host). */
+export const DEFAULT_MAX_CONNECTIONS = 1024;
+
+export interface GatewayOptions {
+  maxConnections?: number;
+  routes: ReadonlyMap<string, Route>;
+  /** The run's capability token: the placeholder clients send. */
+  placeholder: string;
+  credentials: CredentialService;
+  keys: KeyStore;
+  logger: Logger;
+  audit?: GatewayAuditSink;
+  upstream?: UpstreamOptions;
+}
+
+export type GatewayListen = { host: string; port: number } | { path: string };
+
+interface Exchange {
+  req: IncomingMessage;
+  res: ServerResponse;
+  entry: GatewayAuditEntry;
+  started: number;
+  /** The upstream request in flight, aborted when the client goes away. */
+  upstream: ClientRequest | null;
+  clientGone: boolean;
+}
+
+/**
+ * The host-side HTTP/1.1 gateway (issue 13): `/<route>/<path>` is sent to
+ * `<api_base>/<path>` with the real credential in place of the placeholder.
+ * Bodies stream both ways; only small request bodies are buffered (for one
+ * replay after a refresh).
+ */
+export class GatewayServer {
+  private readonly o: GatewayOptions;
+  private readonly placeholder: Buffer;
+  private readonly creds: GatewayCredentials;
+  private readonly upstream: Upstream;
+  private readonly http: http.Server;
+  private readonly listeners: net.Server[] = [];
+  private readonly sockets = new Set<Socket>();
+
+  constructor(options: GatewayOptions) {
+    this.o = options;
+    this.placeholder = Buffer.from(options.placeholder, 'utf8');
+    this.creds = new GatewayCredentials(options.credentials, options.keys);
+    this.upstream = new Upstream(options.upstream);
+    // Larger stream buffers than Node's 16 KiB: a two-hop pipe with small ones stalls on every drain.
+    this.http = http.createServer({ requestTimeout: 0, headersTimeout: 30_000, keepAliveTimeout: 5_000, highWaterMark: STREAM_HIGH_WATER_MARK }, (req, res) => this.handle(req, res));
+    this.http.timeout = this.upstream.idleTimeoutMs;
+    this.http.on('clientError', (_err, socket: Socket) => {
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      else socket.destroy();
+    });
+  }
+
+  /** Accept connections on a TCP address or a Unix socket path; may be called more than once. */
+  async listen(where: GatewayListen): Promise<string> {
+    const server = net.createServer({ noDelay: true }, (socket) => {
+      this.sockets.add(socket);
+      socket.once('close', () => this.sockets.delete(socket));
+      this.http.emit('connection', socket);
+    });
+    server.maxConnections = this.o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      if ('path' in where) server.listen(where.path, () => resolve());
+      else server.listen(where.port, where.host, () => resolve());
+    });
+    this.listeners.push(server);
+    if ('path' in where) return where.path;
+    const addr = server.address() as AddressInfo;
+    const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+    return `http://${host}:${addr.port}`;
+  }
+
+  /** Stop accepting, end every connection, drop upstream sockets. */
+  async stop(): Promise<void> {
+    const closed = Promise.all(this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    // close() waits for open connections: end them (idle keep-alive ones included) rather than wait.
+    for (const s of this.sockets) s.destroy();
+    await closed;
+    this.upstream.close();
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    const started = performance.now();
+    const x: Exchange = {
+      req,
+      res,
+      started,
+      upstream: null,
+      clientGone: false,
+      entry: { time: new Date().toISOString(), kind: 'gateway', route: null, method: req.method ?? 'GET', path: '', status: 0, bytesIn: 0, bytesOut: 0, durationMs: 0, refreshed: false },
+    };
+    res.once('close', () => {
+      if (!res.writableFinished) {
+        x.clientGone = true;
+        x.entry.outcome ??= 'client_closed';
+        x.upstream?.destroy();
+      }
+      x.entry.status = res.statusCode;
+      x.entry.durationMs = Math.round((performance.now() - started) * 100) / 100;
+      this.o.audit?.record(x.entry);
+    });
+    this.route(x).catch((err: unknown) => this.fail(x, err));
+  }
+
+  private async route(x: Exchange): Promise<void> {
+    const { req } = x;
+    const target = parseTarget(req.url ?? '/', this.o.routes);
+    if (target === null) return this.refuse(x, 404, 'not_found_error', 'no such gateway route', 'no_route');
+    x.entry.route = target.route.name;
+    x.entry.path = auditPath(target.rest);
+    if (target.bad) return this.refuse(x, 400, 'invalid_request_error', 'the path may not contain dot segments or backslashes', 'bad_path');
+    if (!rulesAllow(target.route.rules, x.entry.method, target.pathOnly)) {
+      return this.refuse(x, 403, 'permission_error', `${x.entry.method} ${x.entry.path} is not allowed on route ${target.route.name}`, 'not_allowed');
+    }
+    if (!hasPlaceholder(req.headers, this.placeholder)) {
+      return this.refuse(x, 401, 'authentication_error', "missing or wrong placeholder credential: use the run's token as the API key", 'no_placeholder');
+    }
+    let credential: ResolvedCredential;
+    try {
+      credential = await this.creds.current(target.route);
+    } catch (err) {
+      return this.fail(x, err);
+    }
+    const body = await this.replayableBody(req);
+    if (x.clientGone) return;
+    this.send(x, target.route, target.rest, credential, body, false);
+  }
+
+  /** The whole body when it may be replayed (declared length ≤ 1 MiB); null to stream it. */
+  private async replayableBody(req: IncomingMessage): Promise<Buffer | null> {
+    if (req.headers['transfer-encoding'] !== undefined) return null;
+    const declared = Number(req.headers['content-length'] ?? '0');
+    if (!Number.isFinite(declared) || declared > REPLAY_BODY_LIMIT) return null;
+    if (declared === 0) return Buffer.alloc(0);
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks);
+  }
+
+  private send(x: Exchange, route: Route, rest: string, credential: ResolvedCredential, body: Buffer | null, isReplay: boolean): void {
+    const url = upstreamUrl(credential.apiBase, rest);
+    if (url === null) {
+      this.refuse(x, 400, 'invalid_request_error', 'the path does not stay under the route', 'bad_path');
+      return;
+    }
+    const headers = upstreamHeaders(x.req.headers, route, credential.injection, url.host);
+    if (body !== null) headers['content-length'] = String(body.length);
+    const secrets = [credential.injection.secret];
+    let upstream: ClientRequest;
+    try {
+      upstream = this.upstream.request(url, x.entry.method, headers, (up) => {
+        if (up.statusCode === 401 && route.kind === 'oauth' && body !== null && !isReplay) {
+          void this.retryAfterUnauthorized(x, route, rest, credential, body, up, secrets);
+          return;
+        }
+        this.relayResponse(x, up, secrets);
+      });
+    } catch (err) {
+      this.fail(x, err);
+      return;
+    }
+    x.upstream = upstream;
+    upstream.on('error', (err) => this.fail(x, err));
+    if (body !== null) {
+      x.entry.bytesIn = body.length;
+      upstream.end(body);
+    } else {
+      // The body is read only from here on: until now it stayed paused in the socket (backpressure on the client).
+      x.req.on('data', (chunk: Buffer) => {
+        x.entry.bytesIn += chunk.length;
+      });
+      x.req.pipe(upstream);
+    }
+  }
+
+  /** One forced refresh (shared by every request that saw the same 401) and one replay. */
+  private async retryAfterUnauthorized(
+    x: Exchange,
+    route: Route,
+    rest: string,
+    used: ResolvedCredential,
+    body: Buffer,
+    up: IncomingMessage,
+    secrets: string[],
+  ): Promise<void> {
+    const kept = await readCapped(up, UNAUTHORIZED_BODY_LIMIT);
+    if (x.clientGone) return;
+    let fresh: ResolvedCredential | null;
+    try {
+      fresh = await this.creds.afterUnauthorized(route, used.injection.secret);
+    } catch (err) {
+      if (err instanceof GatewayError && err.status === 401) return this.fail(x, err);
+      fresh = null;
+    }
+    if (x.clientGone) return;
+    if (fresh === null) {
+      // Nothing newer to try: the client gets the upstream's own answer.
+      this.writeBuffered(x, up, kept, secrets);
+      return;
+    }
+    x.entry.refreshed = true;
+    this.send(x, route, rest, fresh, body, true);
+  }
+
+  private relayResponse(x: Exchange, up: IncomingMessage, secrets: string[]): void {
+    const { res } = x;
+    if (x.clientGone) {
+      up.destroy();
+      return;
+    }
+    const encoding = up.headers['content-encoding'];
+    if (encoding !== undefined && encoding !== 'identity') {
+      // Asked for identity and got something else: it cannot be scanned, so it is not passed on.
+      up.destroy();
+      this.refuse(x, 502, 'api_error', 'the upstream answered with a compressed body the gateway cannot check', 'encoded_response');
+      return;
+    }
+    res.writeHead(up.statusCode ?? 502, up.statusMessage, downstreamHeaders(up.headers, secrets));
+    const redactor = new SecretRedactor(secrets, STREAM_HIGH_WATER_MARK);
+    pipeline(up, redactor, res, (err) => {
+      x.entry.bytesOut = redactor.bytes;
+      if (redactor.masked > 0) {
+        x.entry.masked = redactor.masked;
+        this.o.logger.warn({ route: x.entry.route, masked: redactor.masked }, 'gateway masked a credential in an upstream response');
+      }
+      if (err && !x.clientGone) {
+        x.entry.outcome = err instanceof UpstreamTimeoutError ? 'upstream_timeout' : 'upstream_error';
+        res.destroy();
+      }
+    });
+  }
+
+  private writeBuffered(x: Exchange, up: IncomingMessage, body: Buffer, secrets: string[]): void {
+    const redactor = new SecretRedactor(secrets);
+    const headers = downstreamHeaders(up.headers, secrets);
+    headers['content-length'] = String(body.length);
+    x.res.writeHead(up.statusCode ?? 502, up.statusMessage, headers);
+    redactor.pipe(x.res);
+    redactor.end(body);
+    x.res.once('finish', () => {
+      x.entry.bytesOut = redactor.bytes;
+    });
+  }
+
+  private fail(x: Exchange, err: unknown): void {
+    if (x.clientGone) return;
+    if (err instanceof GatewayError) {
+      this.refuse(x, err.status, err.type, err.message, 'credential_error');
+      return;
+    }
+    if (err instanceof UpstreamTimeoutError) {
+      this.refuse(x, 504, 'api_error', `the upstream did not answer (${err.phase} timeout)`, 'upstream_timeout');
+      return;
+    }
+    const code = (err as NodeJS.ErrnoException | undefined)?.code;
+    this.o.logger.warn({ route: x.entry.route, code: typeof code === 'string' ? code : undefined }, 'gateway upstream request failed');
+    this.refuse(x, 502, 'api_error', `the upstream could not be reached${typeof code === 'string' ? ` (${code})` : ''}`, 'upstream_error');
+  }
+
+  /** An answer of our own, shaped like the providers' error bodies (`error.type`, `error.message`). */
+  private refuse(x: Exchange, status: number, type: string, message: string, outcome: GatewayOutcome): void {
+    const { res } = x;
+    x.entry.outcome ??= outcome;
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const body = Buffer.from(JSON.stringify({ type: 'error', error: { type, message } }));
+    x.entry.bytesOut = body.length;
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': String(body.length), ...(status === 401 || status === 404 ? { connection: 'close' } : {}) });
+    res.end(body);
+    // Whatever the client still sends is not wanted.
+    x.req.resume();
+  }
+}
+
+interface Target {
+  route: Route;
+  /** What follows the route, query included, always starting with '/'. */
+  rest: string;
+  pathOnly: string;
+  /** Dot segments or backslashes: refused, they could climb out of the route's base path. */
+  bad: boolean;
+}
+
+function parseTarget(url: string, routes: ReadonlyMap<string, Route>): Target | null {
+  if (!url.startsWith('/')) return null;
+  const q = url.indexOf('?');
+  const path = q < 0 ? url : url.slice(0, q);
+  const query = q < 0 ? '' : url.slice(q);
+  const segments = path.split('/');
+  // ['', name, ...] or ['', 'keys', key, ...]
+  const take = segments[1] === KEY_ROUTE_PREFIX ? 3 : 2;
+  const name = segments.slice(1, take).join('/');
+  const route = routes.get(name);
+  if (route === undefined) return null;
+  const pathOnly = `/${segments.slice(take).join('/')}`;
+  const bad = segments.slice(take).some((s) => climbs(s)) || /\\|%5c/i.test(pathOnly);
+  return { route, rest: `${pathOnly}${query}`, pathOnly, bad };
+}
+
+/** A segment that is, or decodes to something containing, a dot segment (`..`, `%2e%2e`, `..%2f..`). */
+function climbs(segment: string): boolean {
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(segment);
+  } catch {
+    return true;
+  }
+  return decoded.split(/[/\\]/).some((part) => part === '.' || part === '..');
+}
+
+/** `<api_base><rest>`, and null unless the result stays on the base's origin and under its path. */
+export function upstreamUrl(apiBase: string, rest: string): URL | null {
+  const base = new URL(apiBase);
+  const basePath = base.pathname.replace(/\/+$/, '');
+  let url: URL;
+  try {
+    url = new URL(`${base.origin}${basePath}${rest}`);
+  } catch {
+    return null;
+  }
+  if (url.origin !== base.origin) return null;
+  if (url.pathname !== basePath && !url.pathname.startsWith(`${basePath}/`)) return null;
+  return url;
+}
+
+async function readCapped(stream: IncomingMessage, cap: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of stream) {
+      const b = chunk as Buffer;
+      if (size < cap) chunks.push(b.subarray(0, cap - size));
+      size += b.length;
+    }
+  } catch {
+    /* a cut-off 401 body is still a 401 */
+  }
+  return Buffer.concat(chunks);
+}

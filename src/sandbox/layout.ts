@@ -1,0 +1,116 @@
+import { existsSync, renameSync, rmdirSync } from 'node:fs';
+import { userInfo } from 'node:os';
+import { basename, dirname, resolve } from 'node:path';
+import { CredproxyError } from '../errors.js';
+import type { CredproxyDirs } from '../paths.js';
+import { checkBindRoot, planMounts, type MountInput, type MountPlan, type UserBind } from './mounts.js';
+import { canonicalPath } from './paths.js';
+import { appeared, gitEntries } from './protect.js';
+
+export interface LayoutRequest {
+  cwd: string;
+  bindWorkdir: boolean;
+  env: NodeJS.ProcessEnv;
+  dirs: CredproxyDirs;
+  /** As given on the command line or in a profile: absolute, `~/…`, or relative to cwd. */
+  roBinds: string[];
+  rwBinds: string[];
+  unprotect: string[];
+  packageRoot: string;
+  nodeBinary: string;
+  /** `--agent`: the agent's own install, often under the masked home; shown read-only like credproxy's. */
+  agentDir?: string;
+}
+
+/** The account's home from the password database, which `HOME=/elsewhere` does not move. */
+function passwdHome(): string | null {
+  try {
+    return userInfo().homedir || null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Where node is installed: its prefix (…/bin's parent) when the binary sits
+ * in a `bin` dir, so npm next to it keeps working, never a system dir that
+ * the read-only root already shows.
+ */
+function nodeDir(binary: string): string {
+  const dir = dirname(canonicalPath(binary));
+  const prefix = dirname(dir);
+  return basename(dir) === 'bin' && !['/', '/usr', '/usr/local'].includes(prefix) ? prefix : dir;
+}
+
+/**
+ * Canonical inputs of the bwrap mount plan, with every bound dir checked:
+ * refused (exit 2) when it is, contains or lies in credproxy's own dirs, or
+ * is or contains a hidden dir.
+ */
+export function layoutInput(req: LayoutRequest): MountInput {
+  const home = req.env.HOME || passwdHome() || '/';
+  const homes = [...new Set([home, passwdHome()].filter((h): h is string => Boolean(h)).map((h) => canonicalPath(h)))].filter((h) => h !== '/');
+  const credproxyDirs = [req.dirs.config, req.dirs.data, req.dirs.state, req.dirs.run].map((d) => canonicalPath(d));
+  const guard = { homes, credproxyDirs };
+  const cwd = canonicalPath(req.cwd);
+  if (req.bindWorkdir) checkBindRoot(cwd, 'the working directory', guard, 'cd into a project directory (a subdirectory of /tmp works: only it is bound), or pass --no-workdir');
+  const expand = (p: string): string => (p === '~' || p.startsWith('~/') ? home + p.slice(1) : p);
+  const binds: UserBind[] = [];
+  for (const [list, mode] of [[req.roBinds, 'ro'], [req.rwBinds, 'rw']] as const) {
+    for (const raw of list) {
+      const abs = resolve(cwd, expand(raw));
+      if (!existsSync(abs)) throw new CredproxyError('USAGE', `--${mode === 'ro' ? 'ro-bind' : 'bind'} ${raw}: no such file or directory`);
+      const path = canonicalPath(abs);
+      checkBindRoot(path, `--${mode === 'ro' ? 'ro-bind' : 'bind'}`, guard, 'name a directory below it instead');
+      binds.push({ path, mode });
+    }
+  }
+  return {
+    workdir: req.bindWorkdir ? cwd : null,
+    homes,
+    credproxyDirs,
+    socketDir: null, // known once the proxy has started
+    toolDirs: [...new Set([canonicalPath(req.packageRoot), nodeDir(req.nodeBinary), ...(req.agentDir === undefined ? [] : [canonicalPath(req.agentDir)])])],
+    binds,
+    unprotect: req.unprotect.map((u) => canonicalPath(resolve(cwd, expand(u)))),
+  };
+}
+
+/** Which placeholders bwrap will have to create (they did not exist before the run). */
+export function missingPlaceholders(plan: MountPlan): string[] {
+  return plan.placeholders.filter((p) => !existsSync(p));
+}
+
+/**
+ * After the run: remove the empty placeholder dirs bwrap created on the
+ * host, move aside a git `commondir` that appeared (it would redirect the
+ * host's git to a config the sandbox wrote), and warn about every other
+ * watched path that appeared (a `.git`, an editor task file) for the user
+ * to review. Returns the warnings.
+ */
+export function afterRun(created: string[], plan: MountPlan): string[] {
+  for (const p of created) {
+    try {
+      rmdirSync(p);
+    } catch {
+      /* not empty or already gone: leave it */
+    }
+  }
+  const before = new Set(plan.gitEntries);
+  const newRepos = plan.rwRoots.flatMap((r) => gitEntries(r)).filter((g) => !before.has(g) && !plan.watch.includes(g));
+  const warnings: string[] = [];
+  for (const p of [...appeared(plan.watch), ...newRepos]) {
+    if (basename(p) === 'commondir') {
+      const aside = `${p}.from-sandbox-${Date.now()}`;
+      try {
+        renameSync(p, aside);
+        warnings.push(`${p} was created inside the sandbox (it redirects where git reads its config from); moved aside to ${aside}`);
+        continue;
+      } catch {
+        /* fall through to the plain warning */
+      }
+    }
+    warnings.push(`${p} was created inside the sandbox and can make the host run code (a repository's config, editor tasks): review it before opening the project`);
+  }
+  return warnings;
+}

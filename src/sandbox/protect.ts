@@ -1,0 +1,241 @@
+import { accessSync, constants, existsSync, lstatSync, readFileSync, readdirSync, type Stats } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { canonicalPath, isUnder } from './paths.js';
+
+/**
+ * Files the host runs code from when the user merely opens, enters or
+ * reviews the project (relative to each read-write root). Each one that
+ * exists is bound read-only inside the sandbox; `.git` is handled on its own.
+ */
+export const IMPLICIT_EXEC_FILES = [
+  '.envrc', // direnv: sourced on cd
+  '.vscode', // tasks.json runOn folderOpen, settings.json (interpreter and terminal paths)
+  '.idea', // JetBrains run configurations and startup tasks
+  '.devcontainer', // devcontainer.json initializeCommand runs on the host
+  '.mise.toml', // mise: env sourcing and hooks of a trusted project
+  'mise.toml',
+  '.claude/settings.json', // Claude Code hooks run shell commands
+  '.claude/settings.local.json',
+  '.gemini/settings.json', // MCP server commands
+  '.qwen/settings.json',
+  '.mcp.json',
+  '.cursor/mcp.json',
+] as const;
+
+/**
+ * Inside a git dir: what makes git execute something (config: core.fsmonitor,
+ * core.hooksPath, core.pager, diff.external, filter drivers, sshCommand…;
+ * hooks; submodules' and worktrees' own git dirs with their configs and
+ * hooks). Missing ones become empty read-only placeholders, so nothing can be
+ * created there. Objects, refs, logs and the index stay writable.
+ */
+const GIT_PLACEHOLDER_DIRS = ['hooks', 'modules', 'worktrees'] as const;
+
+export interface Protection {
+  path: string;
+  /**
+   * 'ro' binds an existing file or dir read-only; 'pin' binds a dir onto
+   * itself read-write, so it cannot be renamed or removed (EBUSY);
+   * 'placeholder' mounts an empty read-only dir where none exists.
+   */
+  kind: 'ro' | 'pin' | 'placeholder';
+  why: string;
+}
+
+export interface ProtectionSet {
+  protections: Protection[];
+  /**
+   * Paths that must not appear during the run but cannot be held by a
+   * mount without breaking git (a `commondir` redirect, a new `.git` in a
+   * root that had none when placeholders are unprotected): checked after the run.
+   */
+  watch: string[];
+  /** The `.git` entries found at the root and below it. */
+  gitEntries: string[];
+  /** Protected names that are symlinks: the link itself cannot be held, only re-pointed by the sandbox. */
+  warnings: string[];
+}
+
+/**
+ * What to protect inside the read-write root `root` (canonical). `unprotected`
+ * (canonical) drops every protection at or below each path.
+ */
+export function protectionsFor(root: string, unprotected: string[]): ProtectionSet {
+  const set: ProtectionSet = { protections: [], watch: [], gitEntries: gitEntries(root), warnings: [] };
+  const add = (p: Protection): void => {
+    // A symlink planted by an earlier run (`.vscode -> ~/.ssh`) must not make bwrap bind its target: only what
+    // really lies in the root is held; a link that leaves it points at something read-only or hidden already.
+    const real = canonicalPath(p.path);
+    if (real !== p.path && lstatOrNull(p.path)?.isSymbolicLink() && !unprotected.some((u) => isUnder(p.path, u))) {
+      set.warnings.push(`${p.path} is a symlink: the sandbox can point it elsewhere (${p.why}); replace it with the real file or dir to have it held read-only`);
+    }
+    if (real !== p.path) {
+      if (!isUnder(real, root) || real === root) return;
+      p = { ...p, path: real };
+    }
+    if (unprotected.some((u) => isUnder(p.path, u))) return;
+    // Where we cannot create a placeholder, neither can the sandbox (same uid) create anything there.
+    if (p.kind === 'placeholder' && !writable(dirname(p.path))) return;
+    set.protections.push(p);
+  };
+  for (const rel of IMPLICIT_EXEC_FILES) {
+    const path = join(root, rel);
+    if (exists(path)) add({ path, kind: 'ro', why: 'runs code on the host when the project is opened' });
+    else if (isUnder(canonicalPath(path), root)) set.watch.push(path);
+  }
+  const dotGit = join(root, '.git');
+  if (lstatOrNull(dotGit) === null) {
+    // A `.git` created inside would make host git in this directory read the sandbox's config.
+    add({ path: dotGit, kind: 'placeholder', why: 'no repository here: none can be created inside' });
+    set.watch.push(dotGit);
+  }
+  // The root's own repository and those already below it (several checkouts in one dir, vendored repos, submodules).
+  for (const entry of set.gitEntries) protectGitEntry(root, entry, add, set.watch);
+  return set;
+}
+
+function protectGitEntry(root: string, dotGit: string, add: (p: Protection) => void, watch: string[]): void {
+  const st = lstatOrNull(dotGit);
+  if (st === null) return;
+  if (st.isDirectory()) {
+    protectGitDir(dotGit, add, watch);
+  } else if (st.isFile()) {
+    add({ path: dotGit, kind: 'ro', why: 'gitfile: where the repository lives' });
+    const target = gitfileTarget(dotGit);
+    if (target && isUnder(target, root)) protectGitDir(target, add, watch);
+  } else {
+    add({ path: dotGit, kind: 'ro', why: 'not a regular .git: held as it is' });
+  }
+}
+
+/** How far below a root existing repositories are looked for, and how many dirs at most (start-up stays quick). */
+const GIT_SCAN_DEPTH = 4;
+const GIT_SCAN_DIRS = 4000;
+const GIT_SCAN_SKIP = new Set(['node_modules', '.git', '.hg', '.svn', 'target', '.venv', 'venv', '__pycache__', '.cache']);
+
+/** `.git` entries (dirs or files) at `root` and below it, bounded in depth and dirs visited. */
+export function gitEntries(root: string): string[] {
+  const found: string[] = [];
+  let budget = GIT_SCAN_DIRS;
+  const walk = (dir: string, depth: number): void => {
+    if (budget-- <= 0) return;
+    let entries;
+    try {
+      entries = readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    if (entries.some((e) => e.name === '.git')) found.push(join(dir, '.git'));
+    if (depth >= GIT_SCAN_DEPTH) return;
+    for (const e of entries) if (e.isDirectory() && !GIT_SCAN_SKIP.has(e.name)) walk(join(dir, e.name), depth + 1);
+  };
+  walk(root, 0);
+  return found;
+}
+
+function protectGitDir(gitDir: string, add: (p: Protection) => void, watch: string[], depth = 0): void {
+  // A bind of the git dir onto itself: renaming or removing it (to `git init` a fresh one) fails with EBUSY.
+  add({ path: gitDir, kind: 'pin', why: 'git dir: cannot be renamed or replaced' });
+  const worktreeConfig = join(gitDir, 'config.worktree');
+  if (exists(worktreeConfig)) add({ path: worktreeConfig, kind: 'ro', why: 'git per-worktree config' });
+  const commondir = join(gitDir, 'commondir');
+  if (exists(commondir)) {
+    // A linked worktree's admin dir (<common>/worktrees/<name>): its commondir names where config and hooks live.
+    add({ path: commondir, kind: 'ro', why: 'git commondir: where config and hooks are read from' });
+    const common = readCommondir(gitDir);
+    if (common && depth === 0 && existsSync(common)) protectGitDir(common, add, watch, depth + 1);
+    return;
+  }
+  // A commondir file would redirect config reads; an empty mount there would break git, so it is checked after the run.
+  watch.push(commondir);
+  const config = join(gitDir, 'config');
+  if (exists(config)) add({ path: config, kind: 'ro', why: 'git config: core.fsmonitor, hooksPath, pager, diff.external, filters, sshCommand' });
+  for (const d of GIT_PLACEHOLDER_DIRS) {
+    const p = join(gitDir, d);
+    add({ path: p, kind: exists(p) ? 'ro' : 'placeholder', why: d === 'hooks' ? 'git hooks' : `git ${d}: their own configs and hooks` });
+  }
+}
+
+function readCommondir(gitDir: string): string | null {
+  try {
+    const text = readFileSync(join(gitDir, 'commondir'), 'utf8').trim();
+    return text ? canonicalPath(resolve(gitDir, text)) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** `gitdir: PATH` of a `.git` file, canonical. */
+export function gitfileTarget(file: string): string | null {
+  try {
+    const m = /^gitdir:\s*(.+?)\s*$/m.exec(readFileSync(file, 'utf8'));
+    return m ? canonicalPath(resolve(dirname(file), m[1]!)) : null;
+  } catch {
+    return null;
+  }
+}
+
+function lstatOrNull(path: string): Stats | null {
+  try {
+    return lstatSync(path);
+  } catch {
+    return null;
+  }
+}
+
+function writable(dir: string): boolean {
+  try {
+    accessSync(dir, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function exists(path: string): boolean {
+  return lstatOrNull(path) !== null;
+}
+
+/** Watched paths that appeared during the run. */
+export function appeared(watch: string[]): string[] {
+  return watch.filter((p) => exists(p));
+}
+
+/**
+ * The first Unix socket at most `depth` levels below `dir`: a dir inside
+ * /tmp or /run that holds one (an X11, ssh-agent, tmux or session-bus dir)
+ * is not a project, and binding it would hand the socket to the sandbox.
+ */
+export function firstSocket(dir: string, depth = 2, budget = { dirs: 500 }): string | null {
+  if (budget.dirs-- <= 0) return null;
+  let entries;
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return null;
+  }
+  for (const e of entries) if (e.isSocket()) return join(dir, e.name);
+  if (depth === 0) return null;
+  for (const e of entries) {
+    if (!e.isDirectory() || e.name === 'node_modules' || e.name === '.git') continue;
+    const found = firstSocket(join(dir, e.name), depth - 1, budget);
+    if (found) return found;
+  }
+  return null;
+}
+
+/** Directory names that look like credentials; a bind of a dir holding one gets a warning. */
+export const CREDENTIAL_LOOKING = ['.ssh', '.aws', '.gnupg', '.config/gcloud', '.azure', '.kube', '.docker/config.json', '.netrc', '.git-credentials', '.npmrc', '.pypirc', '.password-store', '.local/share/keyrings', '.config/gh/hosts.yml', 'id_rsa', 'id_ed25519'];
+
+export function credentialLooking(dir: string): string[] {
+  const found = CREDENTIAL_LOOKING.filter((rel) => exists(join(dir, rel)));
+  // The dir itself may be one of them (--bind ~/.ssh).
+  const base = dir.split('/').pop() ?? '';
+  if (['.ssh', '.aws', '.gnupg', '.kube', 'keyrings', 'gcloud', '.password-store'].includes(base)) found.unshift('.');
+  try {
+    if (readdirSync(dir).some((n) => /^(credentials|.*\.pem|.*\.key)$/.test(n))) found.push('*.pem/*.key/credentials');
+  } catch {
+    /* a file, or unreadable */
+  }
+  return found;
+}

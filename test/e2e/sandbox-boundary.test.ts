@@ -1,0 +1,343 @@
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BIN, makeHostEnv, runCli, type CliResult, type HostEnv } from '../support/cli.js';
+
+/**
+ * Issue 10: what a hostile command inside `credproxy run` (real bwrap) tries
+ * in order to reach the host: git metadata the host executes, the credproxy
+ * it runs next time, hidden dirs unmasked by the choice of workdir, the
+ * store through a symlinked home, the kernel keyrings and nested user
+ * namespaces. Each check is done as root and, where the kernel treats them
+ * differently, as an unprivileged user.
+ */
+
+const REPO = join(BIN, '..', '..');
+const GIT_ID = ['-c', 'user.email=agent@example.invalid', '-c', 'user.name=agent'];
+const git = (cwd: string, ...args: string[]): string => execFileSync('git', ['-c', 'safe.directory=*', ...args], { cwd, encoding: 'utf8', env: { PATH: process.env.PATH, HOME: cwd, GIT_CONFIG_NOSYSTEM: '1' } });
+
+/** An unprivileged account for the checks where root and a user differ (created once; CI runs as root). */
+const USER = 'cpx10';
+function unprivilegedUid(): number {
+  if (process.getuid!() !== 0) return process.getuid!();
+  if (spawnSync('id', ['-u', USER]).status !== 0) execFileSync('useradd', ['-m', '-d', `/home/${USER}`, '-s', '/bin/sh', USER]);
+  return Number(execFileSync('id', ['-u', USER], { encoding: 'utf8' }).trim());
+}
+
+function runAs(args: string[], o: { env: NodeJS.ProcessEnv; cwd: string; uid?: number; bin?: string; timeoutMs?: number }): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const ids = o.uid === undefined ? {} : { uid: o.uid, gid: o.uid };
+    const child = spawn(process.execPath, [o.bin ?? BIN, ...args], { env: o.env, cwd: o.cwd, stdio: ['ignore', 'pipe', 'pipe'], ...ids });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), o.timeoutMs ?? 40_000);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+function makeRepo(dir: string): void {
+  git(dir, 'init', '-q', '-b', 'main');
+  writeFileSync(join(dir, 'README'), 'hello\n');
+  mkdirSync(join(dir, '.vscode'));
+  writeFileSync(join(dir, '.vscode', 'tasks.json'), '{"tasks": []}\n');
+  git(dir, 'add', '.');
+  git(dir, ...GIT_ID, 'commit', '-q', '-m', 'start');
+}
+
+/**
+ * What the attacker tries, each line printing a tag only when it worked.
+ * Then the routine work an agent must still be able to do.
+ */
+const ATTACK = [
+  `git config core.fsmonitor 'touch "$PWD/PWNED"' 2>/dev/null && echo HIT-config`,
+  `echo 'touch PWNED' >> .git/config 2>/dev/null && echo HIT-config-append`,
+  `(echo '#!/bin/sh'; echo 'touch PWNED') > .git/hooks/post-checkout 2>/dev/null && echo HIT-hook`,
+  `mkdir -p .git/modules/evil 2>/dev/null && echo HIT-modules`,
+  `mv .git .git-away 2>/dev/null && echo HIT-rename-git`,
+  `rmdir .git/hooks 2>/dev/null; mv .git/hooks .git/h2 2>/dev/null && echo HIT-rename-hooks`,
+  `echo '{"tasks":[{"runOptions":{"runOn":"folderOpen"}}]}' > .vscode/tasks.json 2>/dev/null && echo HIT-vscode`,
+  `mv .vscode .vscode-away 2>/dev/null && echo HIT-rename-vscode`,
+  `echo 'touch PWNED' > .envrc`, // cannot be held in place: reported after the run
+  // Keyrings, nested user namespaces, terminal injection (the last on /dev/null: EPERM from the filter, ENOTTY without it).
+  `perl -e '$r = syscall(250, 0, -3, 0); print "keyctl=", ($r < 0 ? "$!" : "ok"), "\\n"'`,
+  `perl -e '$r = syscall(435, 0, 0); print "clone3=", ($! + 0), "\\n"'`,
+  `unshare -Ur true 2>/dev/null && echo HIT-userns`,
+  // The kernel reads the request as 32 bits: bit 32 set must not slip past (flatpak's CVE-2019-10063).
+  `perl -e 'open(my $f, "<", "/dev/null"); my $b = "x"; for my $req (0x5412, 0x100005412) { ioctl($f, $req, $b) or print "tiocsti=", ($! + 0), "\\n" }'`,
+  // Routine agent work.
+  `echo change >> README && git add README && git ${GIT_ID.join(' ')} commit -q -m inside && echo OK-commit`,
+  `git checkout -q -b agent-branch && echo OK-branch`,
+  `echo wip >> README && git stash -q && echo OK-stash`,
+  `echo /tmp/evil > .git/commondir`, // a git redirect cannot be held in place either: moved aside after the run
+].join('\n');
+
+function expectContained(r: CliResult, dir: string): void {
+  expect(r.code, r.stderr).toBe(0);
+  expect(r.stdout).not.toMatch(/HIT-/);
+  expect(r.stdout).toContain('keyctl=Operation not permitted');
+  expect(r.stdout).toContain('clone3=38'); // ENOSYS: libc falls back to clone, whose flags the filter sees
+  expect(r.stdout.match(/tiocsti=\d+/g)).toEqual(['tiocsti=1', 'tiocsti=1']); // EPERM both times
+  for (const ok of ['OK-commit', 'OK-branch', 'OK-stash']) expect(r.stdout).toContain(ok);
+  // Back on the host: git runs nothing planted, and the agent's work is there.
+  expect(git(dir, 'status', '--porcelain')).toBe('?? .envrc\n');
+  expect(existsSync(join(dir, 'PWNED'))).toBe(false);
+  expect(readFileSync(join(dir, '.git', 'config'), 'utf8')).not.toMatch(/fsmonitor|PWNED/);
+  expect(readFileSync(join(dir, '.vscode', 'tasks.json'), 'utf8')).toBe('{"tasks": []}\n');
+  expect(existsSync(join(dir, '.git', 'hooks', 'post-checkout'))).toBe(false);
+  expect(existsSync(join(dir, '.git', 'modules'))).toBe(false); // the placeholder is gone again
+  expect(git(dir, 'log', '--format=%s', 'agent-branch')).toMatch(/^inside\n/);
+  expect(git(dir, 'stash', 'list')).toMatch(/stash@\{0\}/);
+  expect(r.stderr).toMatch(/warning: .*\.envrc was created inside the sandbox/);
+  expect(r.stderr).toMatch(/warning: .*\.git\/commondir was created inside the sandbox .*moved aside/);
+  expect(existsSync(join(dir, '.git', 'commondir'))).toBe(false);
+}
+
+describe('the bwrap sandbox is a boundary (issue 10)', () => {
+  let host: HostEnv;
+  const scratch: string[] = [];
+  const tmp = (prefix: string): string => {
+    const d = mkdtempSync(`/tmp/${prefix}`);
+    scratch.push(d);
+    return d;
+  };
+
+  beforeAll(() => {
+    host = makeHostEnv();
+  });
+  afterAll(() => {
+    host?.cleanup();
+    for (const d of scratch) rmSync(d, { recursive: true, force: true });
+  });
+
+  it('git metadata, editor tasks, keyrings and user namespaces are out of reach; commit, branch and stash still work (root)', async () => {
+    const dir = tmp('cpg-');
+    makeRepo(dir);
+    writeFileSync('/tmp/cpg-host-socket-stand-in', ''); // what the host keeps in /tmp must stay hidden
+    scratch.push('/tmp/cpg-host-socket-stand-in');
+    const r = await runAs(['run', '--', 'sh', '-c', `${ATTACK}\ntest -e /tmp/cpg-host-socket-stand-in && echo HIT-tmp; true`], { env: host.env, cwd: dir });
+    expectContained(r, dir);
+  });
+
+  it('the same as an unprivileged user, whose password-database home stays hidden when HOME points elsewhere', async () => {
+    const uid = unprivilegedUid();
+    const base = tmp('cpu-');
+    chmodSync(base, 0o755);
+    const dir = join(base, 'project');
+    const home = join(base, 'home');
+    mkdirSync(dir);
+    mkdirSync(home);
+    makeRepo(dir);
+    execFileSync('chown', ['-R', `${uid}:${uid}`, dir, home]);
+    const pwHome = execFileSync('sh', ['-c', `getent passwd ${uid} | cut -d: -f6`], { encoding: 'utf8' }).trim();
+    const marker = join(pwHome, `.cpx10-marker-${process.pid}`);
+    writeFileSync(marker, 'x');
+    chownSync(marker, uid, uid);
+    try {
+      const env = { PATH: process.env.PATH, HOME: home, LANG: 'C.UTF-8', CREDPROXY_HOME: join(home, 'cp'), CREDPROXY_STORE: 'file' };
+      const r = await runAs(['run', '--', 'sh', '-c', `${ATTACK}\ntest -e ${marker} && echo HIT-pwhome; true`], { env, cwd: dir, uid });
+      expectContained(r, dir);
+      expect(r.stdout).not.toContain('HIT-userns'); // an unprivileged user could nest user namespaces before
+    } finally {
+      rmSync(marker, { force: true });
+    }
+  });
+
+  it('a repository whose .git is a file keeps both the file and its git dir read-only; a project without one gets none', async () => {
+    const dir = tmp('cpf-');
+    mkdirSync(join(dir, 'meta'));
+    git(dir, 'init', '-q', '--separate-git-dir', join(dir, 'meta', 'repo.git'));
+    writeFileSync(join(dir, 'f'), '1');
+    git(dir, 'add', 'f');
+    git(dir, ...GIT_ID, 'commit', '-q', '-m', 'start');
+    const gitfile = readFileSync(join(dir, '.git'), 'utf8');
+    const nested = join(dir, 'vendor', 'lib');
+    mkdirSync(nested, { recursive: true });
+    git(nested, 'init', '-q');
+    const plain = tmp('cpn-');
+    const script = [
+      `echo 'gitdir: evil' > .git 2>/dev/null && echo HIT-gitfile`,
+      `git config core.fsmonitor 'touch PWNED' 2>/dev/null && echo HIT-config`,
+      `mv meta meta2 2>/dev/null && echo HIT-rename-parent`,
+      `git -C vendor/lib config core.pager 'touch PWNED' 2>/dev/null && echo HIT-nested-config`,
+      `mv vendor vendor2 2>/dev/null && echo HIT-rename-nested`,
+      `mkdir fresh && git init -q fresh && echo OK-new-repo`, // possible, and named after the run
+      `git ${GIT_ID.join(' ')} commit -q --allow-empty -m inside && echo OK-commit`,
+      `cd ${plain} && git init -q 2>/dev/null && echo HIT-init; ls -A ${plain}`,
+    ].join('\n');
+    const r = await runAs(['run', '--bind', plain, '--', 'sh', '-c', script], { env: host.env, cwd: dir });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).not.toMatch(/HIT-/);
+    expect(r.stdout).toContain('OK-commit');
+    expect(r.stderr).toMatch(/warning: .*fresh\/\.git was created inside the sandbox/);
+    expect(readFileSync(join(nested, '.git', 'config'), 'utf8')).not.toMatch(/pager/);
+    expect(readFileSync(join(dir, '.git'), 'utf8')).toBe(gitfile);
+    expect(readFileSync(join(dir, 'meta', 'repo.git', 'config'), 'utf8')).not.toMatch(/fsmonitor/);
+    expect(existsSync(join(plain, '.git'))).toBe(false); // the empty placeholder is removed after the run
+    // --unprotect gives the choice back to the user.
+    const u = await runAs(['run', '--unprotect', '.git', '--', 'sh', '-c', 'git init -q && echo INIT-OK'], { env: host.env, cwd: plain });
+    expect(u.stdout).toContain('INIT-OK');
+    expect(u.stderr).toMatch(/\.git was created inside the sandbox/);
+  });
+
+  it('a credproxy installed in the project stays read-only, even under a later --bind and a renamed parent', async () => {
+    const dir = tmp('cpt-');
+    const pkg = join(dir, 'node_modules', 'credproxy');
+    mkdirSync(pkg, { recursive: true });
+    for (const part of ['bin', 'dist', 'package.json']) cpSync(join(REPO, part), join(pkg, part), { recursive: true });
+    symlinkSync(join(REPO, 'node_modules'), join(pkg, 'node_modules'));
+    mkdirSync(join(dir, 'node_modules', '.bin'));
+    symlinkSync('../credproxy/bin/credproxy', join(dir, 'node_modules', '.bin', 'credproxy'));
+    const main = join(pkg, 'dist', 'cli', 'main.js');
+    const before = readFileSync(main, 'utf8');
+    const script = [
+      `echo 'process.exit(99)' >> node_modules/credproxy/dist/cli/main.js 2>/dev/null && echo HIT-package`,
+      `mv node_modules/credproxy node_modules/cp2 2>/dev/null && echo HIT-rename-package`,
+      `mv node_modules nm2 2>/dev/null && echo HIT-rename-parent`,
+      `ln -sf /bin/false node_modules/.bin/credproxy 2>/dev/null && echo HIT-bin-link`,
+      `credproxy --version >/dev/null && echo OK-runs`,
+    ].join('\n');
+    const r = await runAs(['run', '--bind', join(dir, 'node_modules'), '--', 'sh', '-c', script], { env: host.env, cwd: dir, bin: join(pkg, 'bin', 'credproxy') });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).not.toMatch(/HIT-/);
+    expect(r.stdout).toContain('OK-runs');
+    expect(readFileSync(main, 'utf8')).toBe(before);
+  });
+
+  it('refuses a workdir that is or contains a hidden dir, and credproxy dirs reached through a symlink (exit 2, nothing started)', async () => {
+    const refused = async (cwd: string, env: NodeJS.ProcessEnv, why: RegExp, extra: string[] = []): Promise<void> => {
+      const r = await runAs(['run', ...extra, '--', 'sh', '-c', 'echo STARTED'], { env, cwd });
+      expect(r.code, `${cwd}: ${r.stderr}`).toBe(2);
+      expect(r.stdout).not.toContain('STARTED');
+      expect(r.stderr).toMatch(why);
+    };
+    // credproxy's own dirs elsewhere, so the refusal is about /tmp itself.
+    await refused('/tmp', { ...host.env, CREDPROXY_HOME: `/nonexistent/cp-${process.pid}` }, /\/tmp, which the sandbox hides/);
+    await refused('/var', host.env, /contains \/var\/tmp/);
+    // A dir below /tmp that holds another program's socket (ssh-agent-, tmux-, X11-like) is not a project.
+    const sockDir = tmp('cps-');
+    mkdirSync(join(sockDir, 'agent'));
+    const server = createServer();
+    await new Promise<void>((r) => server.listen(join(sockDir, 'agent', 'agent.sock'), r));
+    try {
+      await refused(sockDir, host.env, /holds the socket .*agent\/agent\.sock/);
+    } finally {
+      server.close();
+    }
+    const base = tmp('cpl-');
+    const real = join(base, 'real');
+    mkdirSync(join(real, 'data', 'sub'), { recursive: true });
+    mkdirSync(join(base, 'users', 'me'), { recursive: true });
+    symlinkSync(real, join(base, 'link'));
+    const env = { ...host.env, HOME: join(base, 'users', 'me'), CREDPROXY_HOME: join(base, 'link') };
+    await refused(join(base, 'users'), env, /contains .*users\/me \(your home directory\)/);
+    await refused(join(real, 'data'), env, /credproxy's own .*real\/data/);
+    await refused(join(real, 'data', 'sub'), env, /lies inside credproxy's own .*real\/data/);
+    await refused(base, { ...env, CREDPROXY_HOME: 'relative/home' }, /CREDPROXY_HOME must be an absolute path/);
+    await refused(join(base, 'users', 'me'), env, /credproxy's own|which the sandbox hides/, ['--no-workdir', '--ro-bind', real]);
+  });
+
+  it('--ro-bind (here from a profile) shows a dir from the hidden home read-only; --bind warns about credential-looking contents; --explain shows the boundary', async () => {
+    const dir = tmp('cpb-');
+    const tools = join(host.home, 'tools');
+    mkdirSync(tools, { recursive: true });
+    writeFileSync(join(tools, 'agent'), 'agent-binary');
+    // A link planted by an earlier run where a protected name belongs must not make bwrap bind its target in.
+    const secretDir = join(host.home, 'secret-dir');
+    mkdirSync(secretDir);
+    writeFileSync(join(secretDir, 'id'), 'SECRET-IN-HOME');
+    symlinkSync(secretDir, join(dir, '.vscode'));
+    symlinkSync(secretDir, join(dir, '.envrc'));
+    const creds = tmp('cpc-');
+    mkdirSync(join(creds, '.ssh'));
+    const script = `cat ${tools}/agent; echo; echo x > ${tools}/agent 2>/dev/null && echo HIT-ro; touch ${creds}/ok && echo OK-rw; cat .vscode/id .envrc/id 2>/dev/null; true`;
+    // The read-only bind comes from a profile (`~/` is the user's HOME), the read-write one from the command line.
+    mkdirSync(join(host.home, 'config'), { recursive: true });
+    writeFileSync(join(host.home, 'config', 'config.json'), JSON.stringify({ profiles: { agent: { roBind: ['~/tools'] } } }));
+    const r = await runAs(['run', '--profile', 'agent', '--bind', creds, '--', 'sh', '-c', script], { env: host.env, cwd: dir });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('agent-binary');
+    expect(r.stdout).not.toContain('HIT-');
+    expect(r.stdout).toContain('OK-rw');
+    expect(r.stdout).not.toContain('SECRET-IN-HOME');
+    expect(r.stderr).toMatch(/warning: .*\.vscode is a symlink: the sandbox can point it elsewhere/);
+    expect(r.stderr).toMatch(new RegExp(`warning: ${creds} holds what looks like credentials \\(\\.ssh\\)`));
+    const e = await runAs(['run', '--explain', '--', 'agent'], { env: host.env, cwd: dir });
+    expect(e.code, e.stderr).toBe(0);
+    expect(e.stdout).toMatch(new RegExp(`${dir}/\\.git\\s+empty, r-o`));
+    expect(e.stdout).toMatch(/\/tmp\s+hidden/);
+    expect(e.stdout).toMatch(/CREDPROXY_SOCKET CREDPROXY_TOKEN HOME/);
+    expect(e.stdout).toMatch(/keyctl/);
+    expect(existsSync(join(host.home, 'run')) ? execFileSync('ls', [join(host.home, 'run')], { encoding: 'utf8' }) : '').toBe(''); // nothing started
+  });
+
+  it('npm install of a local package and the project’s tests run inside (--share-net)', async () => {
+    const base = tmp('cpm-');
+    const dep = join(base, 'dep');
+    const proj = join(base, 'proj');
+    mkdirSync(dep);
+    mkdirSync(proj);
+    writeFileSync(join(dep, 'package.json'), JSON.stringify({ name: 'cp-local-dep', version: '1.0.0', main: 'index.js' }));
+    writeFileSync(join(dep, 'index.js'), 'module.exports = () => 42;\n');
+    execFileSync('npm', ['pack', '--silent', '--pack-destination', proj], { cwd: dep, env: { PATH: process.env.PATH, HOME: base } });
+    writeFileSync(join(proj, 'package.json'), JSON.stringify({ name: 'proj', version: '1.0.0', scripts: { test: "node -e \"process.exit(require('cp-local-dep')() === 42 ? 0 : 1)\"" } }));
+    git(proj, 'init', '-q');
+    const script = 'npm install --offline --no-audit --no-fund ./cp-local-dep-1.0.0.tgz >/dev/null && npm test >/dev/null && echo OK-test';
+    const r = await runAs(['run', '--share-net', '--', 'sh', '-c', script], { env: host.env, cwd: proj, timeoutMs: 120_000 });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('OK-test');
+    expect(existsSync(join(proj, 'node_modules', 'cp-local-dep', 'index.js'))).toBe(true);
+  }, 150_000);
+
+  it('a bwrap that cannot start exits 125; a closed stdout ends a command quietly', async () => {
+    const dir = tmp('cpe-');
+    const r = await runAs(['run', '--', '/nonexistent/command'], { env: host.env, cwd: dir });
+    expect(r.code).toBe(125);
+    expect(r.stderr).toMatch(/bwrap could not set up the sandbox/);
+    const child = spawn(process.execPath, [BIN, 'providers'], { env: host.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.destroy(); // the reader is gone before the first line (`credproxy providers | head -0`)
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const code = await new Promise<number | null>((res) => child.on('close', (c) => res(c)));
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
+  });
+
+  it('--sandbox none as root at a terminal says that the command can type into it', async () => {
+    const dir = tmp('cpz-');
+    const r = spawnSync('script', ['-qec', `${process.execPath} ${BIN} run --sandbox none -- true`, '/dev/null'], { env: host.env, cwd: dir, encoding: 'utf8', timeout: 30_000 });
+    expect(r.status).toBe(0);
+    if (process.getuid!() === 0) expect(r.stdout).toMatch(/--sandbox none as root: the command can push keystrokes into this terminal \(TIOCSTI\)/);
+    else expect(r.stdout).not.toMatch(/TIOCSTI/);
+  });
+
+  it('refuses a config that another user could change, naming the file and the fix', async () => {
+    const h = makeHostEnv();
+    try {
+      const dir = join(h.home, 'config');
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(join(dir, 'config.json'), '{}');
+      chmodSync(join(dir, 'config.json'), 0o666);
+      const loose = await runCli(['providers'], { env: h.env });
+      expect(loose.code).toBe(1);
+      expect(loose.stderr).toContain(`${join(dir, 'config.json')} is writable by every user`);
+      expect(loose.stderr).toContain(`chmod go-w ${join(dir, 'config.json')}`);
+      chmodSync(join(dir, 'config.json'), 0o600);
+      chownSync(dir, 4242, 4242);
+      const foreign = await runCli(['providers'], { env: h.env });
+      expect(foreign.code).toBe(1);
+      expect(foreign.stderr).toContain(`${dir} is owned by uid 4242`);
+      chownSync(dir, process.getuid!(), process.getgid!());
+      expect((await runCli(['providers'], { env: h.env })).code).toBe(0);
+    } finally {
+      h.cleanup();
+    }
+  });
+});

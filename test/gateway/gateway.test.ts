@@ -1,0 +1,440 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { Readable } from 'node:stream';
+import Anthropic from '@anthropic-ai/sdk';
+import OpenAI from 'openai';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { parseConfig, type CredproxyConfig } from '../../src/config.js';
+import type { GatewayAuditEntry } from '../../src/gateway/audit.js';
+import { buildRoutes } from '../../src/gateway/routes.js';
+import { GatewayServer } from '../../src/gateway/server.js';
+import { ProviderRegistry } from '../../src/oauth/index.js';
+import { FileCooldownStore } from '../../src/refresh/cooldown.js';
+import { RefreshCoordinator } from '../../src/refresh/coordinator.js';
+import { Policy } from '../../src/server/policy.js';
+import type { OAuthToken } from '../../src/store/types.js';
+import { FakeUpstream, TcpRecorder } from '../support/fake-upstream.js';
+import { MemoryKeyStore, MemoryTokenStore } from '../support/memory-stores.js';
+import { NATIVE_CLIENT_ID, OidcTestServer } from '../support/oidc-server.js';
+import { createTestCa, type TestCa } from '../support/test-ca.js';
+import { capturingLogger } from '../refresh/fakes.js';
+
+const PLACEHOLDER = 'a'.repeat(16) + '0123456789abcdef'.repeat(3);
+const OPENAI_KEY = 'sk-real-openai-key-canary-7f3a9c2e51';
+
+/** Every real secret this file handled: none may reach a client, the audit or a log. */
+const secrets = new Set<string>([OPENAI_KEY]);
+const logs: Array<() => string> = [];
+
+let ca: TestCa;
+let fake: FakeUpstream;
+let oidc: OidcTestServer;
+let config: CredproxyConfig;
+
+interface Rig {
+  store: MemoryTokenStore;
+  keys: MemoryKeyStore;
+  coordinator: RefreshCoordinator;
+  gateway: GatewayServer;
+  recorder: TcpRecorder;
+  audit: GatewayAuditEntry[];
+  url: string;
+  stateDir: string;
+}
+let rig: Rig;
+const recorders: TcpRecorder[] = [];
+const audits: GatewayAuditEntry[][] = [];
+
+beforeAll(async () => {
+  ca = createTestCa();
+  fake = await FakeUpstream.start(ca);
+  oidc = await OidcTestServer.start({ accessTokenTtlSeconds: 3600 });
+  // A partial entry over the anthropic preset: the rest (flow, scopes, quirks) comes from the preset.
+  config = parseConfig(
+    JSON.stringify({
+      providers: {
+        anthropic: { token_endpoint: oidc.endpoints.token, client_id: NATIVE_CLIENT_ID, token_request_format: 'form', api_base: fake.url },
+        limited: { flow: 'device_code', device_authorization_endpoint: oidc.endpoints.deviceAuthorization, token_endpoint: oidc.endpoints.token, client_id: NATIVE_CLIENT_ID, api_base: `${fake.url}/base`, gateway: { methods: ['GET'], path_prefixes: ['/echo'] } },
+      },
+      keys: { openai: { route: { api_base: `${fake.url}/v1` } } },
+    }),
+    'config.json',
+  );
+});
+
+afterAll(async () => {
+  await fake?.close();
+  await oidc?.close();
+  ca?.remove();
+  const returned = recorders.map((r) => r.received()).join('\n');
+  const auditText = audits.flat().map((e) => JSON.stringify(e)).join('\n');
+  const logText = logs.map((l) => l()).join('\n');
+  expect(returned.length).toBeGreaterThan(10_000);
+  for (const secret of secrets) {
+    expect(returned).not.toContain(secret);
+    expect(auditText).not.toContain(secret);
+    expect(logText).not.toContain(secret);
+  }
+  expect(auditText).not.toContain(PLACEHOLDER);
+  expect(logText).not.toContain(PLACEHOLDER);
+});
+
+async function login(store: MemoryTokenStore, provider = 'anthropic'): Promise<OAuthToken> {
+  const set = await oidc.issueTokens();
+  const { expires_in, ...rest } = set;
+  const token: OAuthToken = { ...rest, expiry: Math.floor(Date.now() / 1000) + (expires_in ?? 3600) };
+  for (const s of [token.access_token, token.refresh_token, token.id_token]) if (typeof s === 'string') secrets.add(s);
+  await store.saveToken(provider, token);
+  return token;
+}
+
+beforeEach(async () => {
+  const stateDir = await mkdtemp(join(tmpdir(), 'credproxy-gw-'));
+  const store = new MemoryTokenStore();
+  const keys = new MemoryKeyStore();
+  await keys.saveKey('openai', OPENAI_KEY);
+  const { logger, output } = capturingLogger();
+  logs.push(output);
+  const coordinator = new RefreshCoordinator({ store, providers: new ProviderRegistry({ config }), cooldown: FileCooldownStore.inStateDir(stateDir), logger });
+  const policy = Policy.from({ allow: ['anthropic', 'limited'], keys: ['openai'], allowAll: false, readOnly: false });
+  const table = buildRoutes({ policy, config });
+  const audit: GatewayAuditEntry[] = [];
+  audits.push(audit);
+  const gateway = new GatewayServer({ routes: table.routes, placeholder: PLACEHOLDER, credentials: coordinator, keys, logger, audit: { record: (e) => audit.push(e) }, upstream: { ca: ca.caPem } });
+  const direct = await gateway.listen({ host: '127.0.0.1', port: 0 });
+  const recorder = await TcpRecorder.start(Number(new URL(direct).port));
+  recorders.push(recorder);
+  fake.accept = (c) => c !== null;
+  rig = { store, keys, coordinator, gateway, recorder, audit, url: recorder.url, stateDir };
+});
+
+afterEach(async () => {
+  for (const t of rig.store.tokens.values()) for (const s of [t.access_token, t.refresh_token]) if (typeof s === 'string') secrets.add(s);
+  await rig.gateway.stop();
+  await rig.recorder.close();
+  await rig.coordinator.close();
+  await rm(rig.stateDir, { recursive: true, force: true });
+});
+
+function anthropic(apiKeyMode = false): Anthropic {
+  const base = { baseURL: `${rig.url}/anthropic`, maxRetries: 0 };
+  return apiKeyMode ? new Anthropic({ ...base, apiKey: PLACEHOLDER }) : new Anthropic({ ...base, authToken: PLACEHOLDER, apiKey: null });
+}
+
+/** A raw request through the gateway; the whole answer as text. */
+function raw(method: string, path: string, headers: Record<string, string> = {}, body?: Buffer | Readable): Promise<{ status: number; headers: http.IncomingHttpHeaders; text: string }> {
+  return new Promise((resolve, reject) => {
+    // host/port/path rather than a URL string: a URL would have its dot segments resolved before sending.
+    const { hostname, port } = new URL(rig.url);
+    const req = http.request({ hostname, port, path, method, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    if (body instanceof Readable) body.pipe(req);
+    else req.end(body);
+  });
+}
+
+const bearer = { authorization: `Bearer ${PLACEHOLDER}` };
+
+describe('gateway with the official SDKs', () => {
+  it('sends the real OAuth token upstream with the oauth beta merged in, never the placeholder', async () => {
+    const token = await login(rig.store);
+    const before = fake.requests.length;
+    const msg = await anthropic().messages.create(
+      { model: 'claude-fake', max_tokens: 16, messages: [{ role: 'user', content: 'hi' }] },
+      { headers: { 'anthropic-beta': 'tools-2024-04-04' } },
+    );
+    expect(msg.content[0]).toMatchObject({ type: 'text', text: expect.stringMatching(/^fake answer/) });
+    const seen = fake.requests.slice(before);
+    expect(seen).toHaveLength(1);
+    expect(seen[0]!.credential).toBe(token.access_token);
+    expect(seen[0]!.url).toBe('/v1/messages');
+    expect(String(seen[0]!.headers['anthropic-beta']).split(',')).toEqual(['tools-2024-04-04', 'oauth-2025-04-20']);
+    expect(seen[0]!.headers['accept-encoding']).toBe('identity');
+    expect(JSON.stringify(seen[0]!.headers)).not.toContain(PLACEHOLDER);
+    expect(seen[0]!.bodyText).not.toContain(PLACEHOLDER);
+    expect(rig.audit.at(-1)).toMatchObject({ route: 'anthropic', method: 'POST', path: '/v1/messages', status: 200, refreshed: false });
+    expect(rig.audit.at(-1)!.bytesIn).toBeGreaterThan(0);
+    expect(rig.audit.at(-1)!.bytesOut).toBeGreaterThan(0);
+  });
+
+  it('streams Anthropic SSE event by event', async () => {
+    await login(rig.store);
+    const stream = anthropic().messages.stream({ model: 'claude-fake', max_tokens: 16, messages: [{ role: 'user', content: 'hi' }] });
+    const deltas: string[] = [];
+    stream.on('text', (t) => deltas.push(t));
+    const final = await stream.finalMessage();
+    expect(deltas.length).toBeGreaterThan(1);
+    expect(deltas.join('')).toMatch(/^fake answer #\d+$/);
+    expect(final.stop_reason).toBe('end_turn');
+  });
+
+  it('serves a key route to the OpenAI SDK (Authorization: Bearer) in plain and streaming calls', async () => {
+    const client = new OpenAI({ baseURL: `${rig.url}/keys/openai`, apiKey: PLACEHOLDER, maxRetries: 0 });
+    const before = fake.requests.length;
+    const done = await client.chat.completions.create({ model: 'gpt-fake', messages: [{ role: 'user', content: 'hi' }] });
+    expect(done.choices[0]!.message.content).toMatch(/^fake answer/);
+    const parts: string[] = [];
+    for await (const chunk of await client.chat.completions.create({ model: 'gpt-fake', stream: true, messages: [{ role: 'user', content: 'hi' }] })) {
+      parts.push(chunk.choices[0]?.delta.content ?? '');
+    }
+    expect(parts.join('')).toMatch(/^fake answer/);
+    const seen = fake.requests.slice(before);
+    expect(seen.map((r) => [r.url, r.credential])).toEqual([
+      ['/v1/chat/completions', OPENAI_KEY],
+      ['/v1/chat/completions', OPENAI_KEY],
+    ]);
+  });
+
+  it('refuses a missing or wrong placeholder with 401 and an audit line, and sends nothing upstream', async () => {
+    await login(rig.store);
+    const before = fake.requests.length;
+    const none = await anthropic()
+      .messages.create({ model: 'm', max_tokens: 1, messages: [{ role: 'user', content: 'x' }] }, { headers: { authorization: null } })
+      .catch((e: unknown) => e);
+    expect(none).toBeInstanceOf(Anthropic.AuthenticationError);
+    const wrong = await new Anthropic({ baseURL: `${rig.url}/anthropic`, apiKey: PLACEHOLDER.replace(/.$/, 'x'), maxRetries: 0 })
+      .messages.create({ model: 'm', max_tokens: 1, messages: [{ role: 'user', content: 'x' }] })
+      .catch((e: unknown) => e);
+    expect(wrong).toBeInstanceOf(Anthropic.AuthenticationError);
+    // A real-looking token in its place is no better.
+    const forged = await raw('GET', '/anthropic/echo', { authorization: `Bearer ${[...rig.store.tokens.values()][0]!.access_token}` });
+    expect(forged.status).toBe(401);
+    expect(fake.requests.length).toBe(before);
+    expect(rig.audit.map((e) => [e.status, e.outcome])).toEqual([
+      [401, 'no_placeholder'],
+      [401, 'no_placeholder'],
+      [401, 'no_placeholder'],
+    ]);
+  });
+
+  it('answers 404 for routes the policy did not allow and 400 for paths that climb out of the base', async () => {
+    await login(rig.store);
+    const before = fake.requests.length;
+    expect((await raw('GET', '/gemini/v1/models', bearer)).status).toBe(404);
+    expect((await raw('GET', '/keys/anthropic/v1/models', bearer)).status).toBe(404);
+    expect((await raw('GET', '/limited/%2e%2e/v1/messages', bearer)).status).toBe(400);
+    expect((await raw('GET', '/limited/echo/..%2F..%2Fv1', bearer)).status).toBe(400);
+    expect((await raw('GET', '/limited/echo\\..\\x', bearer)).status).toBe(400);
+    expect(fake.requests.length).toBe(before);
+  });
+
+  it('is no open proxy: absolute-form targets, CONNECT and upgrades reach nothing', async () => {
+    await login(rig.store);
+    const before = fake.requests.length;
+    const { hostname, port } = new URL(rig.url);
+    const absolute = await raw('GET', `${fake.url}/anthropic/echo`, bearer);
+    expect(absolute.status).toBe(404);
+    const connectAnswer = await new Promise<string>((resolve) => {
+      const req = http.request({ hostname, port, method: 'CONNECT', path: new URL(fake.url).host, headers: bearer, agent: false });
+      req.on('connect', (res) => resolve(`connected ${res.statusCode}`));
+      req.on('response', (res) => resolve(`answered ${res.statusCode}`));
+      req.on('error', () => resolve('closed'));
+      req.end();
+    });
+    expect(connectAnswer).not.toMatch(/^connected 2/);
+    expect(fake.requests.length).toBe(before);
+    // An upgrade request is at most forwarded as a plain request, never upgraded into a raw tunnel.
+    const upgrade = await new Promise<string>((resolve) => {
+      const req = http.request({ hostname, port, path: '/anthropic/echo', headers: { ...bearer, connection: 'upgrade', upgrade: 'websocket' }, agent: false });
+      req.on('upgrade', () => resolve('upgraded'));
+      req.on('response', (res) => resolve(`answered ${res.statusCode}`));
+      req.on('error', () => resolve('closed'));
+      req.end();
+    });
+    expect(upgrade).not.toBe('upgraded');
+    const last = fake.requests.at(-1)!;
+    if (fake.requests.length > before) expect([last.headers.upgrade, last.headers.connection]).not.toContain('websocket');
+  });
+
+  it('enforces a route allowlist of methods and path prefixes', async () => {
+    await login(rig.store, 'limited');
+    const before = fake.requests.length;
+    expect((await raw('POST', '/limited/echo', bearer, Buffer.from('{}'))).status).toBe(403);
+    expect((await raw('GET', '/limited/echoes', bearer)).status).toBe(403);
+    expect((await raw('GET', '/limited/v1/messages', bearer)).status).toBe(403);
+    expect(fake.requests.length).toBe(before);
+    const ok = await raw('GET', '/limited/echo?x=1', bearer);
+    expect(ok.status).toBe(200);
+    expect(fake.requests.at(-1)!.url).toBe('/base/echo?x=1');
+    expect(rig.audit.at(-1)).toMatchObject({ route: 'limited', path: '/echo', status: 200 });
+    expect(JSON.stringify(rig.audit)).not.toContain('x=1');
+  });
+});
+
+describe('the real credential never comes back', () => {
+  it('masks the credential an upstream echoes in its body and drops a header carrying it', async () => {
+    const token = await login(rig.store);
+    const res = await raw('GET', '/anthropic/echo', { ...bearer, 'x-api-key': 'client-junk-value', cookie: 'session=abc' });
+    expect(res.status).toBe(200);
+    expect(res.text).not.toContain(token.access_token);
+    expect(res.text).toContain('*'.repeat(token.access_token.length));
+    expect(res.headers['x-echo-auth']).toBeUndefined();
+    const seen = fake.requests.at(-1)!;
+    expect(seen.headers['x-api-key']).toBeUndefined();
+    expect(seen.headers.cookie).toBeUndefined();
+    expect(rig.audit.at(-1)!.masked).toBe(1);
+  });
+
+  it('masks a credential split across two upstream chunks (SSE)', async () => {
+    const token = await login(rig.store);
+    const res = await raw('GET', '/anthropic/leak-split', bearer);
+    expect(res.text).not.toContain(token.access_token);
+    expect(res.text).toBe(`data: {"token":"${'*'.repeat(token.access_token.length)}"}\n\n`);
+  });
+
+  it('refuses a compressed answer it cannot scan', async () => {
+    await login(rig.store);
+    const res = await raw('GET', '/anthropic/gzip', bearer);
+    expect(res.status).toBe(502);
+    expect(rig.audit.at(-1)!.outcome).toBe('encoded_response');
+  });
+});
+
+describe('streaming', () => {
+  it('delivers the first SSE event before the upstream has finished', async () => {
+    await login(rig.store);
+    fake.holdGate();
+    const first = await new Promise<{ text: string; res: http.IncomingMessage }>((resolve, reject) => {
+      const req = http.request(`${rig.url}/anthropic/sse-gate`, { headers: bearer, agent: false }, (res) => {
+        res.once('data', (d: Buffer) => resolve({ text: d.toString('utf8'), res }));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    expect(first.text).toBe('event: first\ndata: {"n":1}\n\n');
+    const rest: Buffer[] = [];
+    first.res.on('data', (d: Buffer) => rest.push(d));
+    const ended = new Promise((r) => first.res.once('end', r));
+    fake.openGate();
+    await ended;
+    expect(Buffer.concat(rest).toString('utf8')).toBe('event: last\ndata: {"n":2}\n\n');
+  });
+
+  it('aborts the upstream request when the client disconnects', async () => {
+    await login(rig.store);
+    fake.holdGate();
+    const aborted = fake.abortedResponses;
+    await new Promise<void>((resolve, reject) => {
+      const req = http.request(`${rig.url}/anthropic/sse-gate`, { headers: bearer, agent: false }, (res) => {
+        res.once('data', () => {
+          req.destroy();
+          resolve();
+        });
+      });
+      req.on('error', () => undefined);
+      req.on('timeout', () => reject(new Error('timeout')));
+      req.end();
+    });
+    const deadline = Date.now() + 10_000;
+    while (fake.abortedResponses === aborted && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(fake.abortedResponses).toBe(aborted + 1);
+    fake.openGate();
+    while (rig.audit.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(rig.audit.at(-1)!.outcome).toBe('client_closed');
+  });
+
+  it('streams a 50 MB upload: the upstream gets bytes before the client has sent them all', async () => {
+    await login(rig.store);
+    const total = 50 * 1024 * 1024;
+    const block = Buffer.alloc(256 * 1024, 0x62);
+    let lastChunkAt = 0;
+    const body = Readable.from(
+      (function* () {
+        for (let sent = 0; sent < total; sent += block.length) {
+          if (sent + block.length >= total) lastChunkAt = performance.now();
+          yield block;
+        }
+      })(),
+    );
+    const res = await raw('POST', '/anthropic/upload', { ...bearer, 'content-type': 'application/octet-stream' }, body);
+    expect(res.status).toBe(200);
+    expect(JSON.parse(res.text)).toMatchObject({ bytes: total });
+    expect(fake.firstBodyByteAt).toBeGreaterThan(0);
+    expect(fake.firstBodyByteAt).toBeLessThan(lastChunkAt);
+    expect(rig.audit.at(-1)).toMatchObject({ bytesIn: total, status: 200 });
+  });
+
+  it('streams a 50 MB download', async () => {
+    await login(rig.store);
+    const res = await new Promise<number>((resolve, reject) => {
+      http
+        .get(`${rig.url}/anthropic/big?mb=50`, { headers: bearer, agent: false }, (r) => {
+          let n = 0;
+          r.on('data', (d: Buffer) => (n += d.length));
+          r.on('end', () => resolve(n));
+        })
+        .on('error', reject);
+    });
+    expect(res).toBe(50 * 1024 * 1024);
+  });
+});
+
+describe('refresh through the one credential path', () => {
+  it('a 401 makes one refresh and one replay with the new token', async () => {
+    const old = await login(rig.store);
+    fake.accept = (c) => c !== null && c !== old.access_token;
+    const refreshes = oidc.refreshSuccesses;
+    const before = fake.requests.length;
+    const msg = await anthropic().messages.create({ model: 'claude-fake', max_tokens: 16, messages: [{ role: 'user', content: 'hi' }] });
+    expect(msg.content[0]).toMatchObject({ type: 'text' });
+    expect(oidc.refreshSuccesses).toBe(refreshes + 1);
+    const seen = fake.requests.slice(before);
+    const now = rig.store.tokens.get('anthropic:default')!;
+    expect(seen.map((r) => r.credential)).toEqual([old.access_token, now.access_token]);
+    expect(seen[1]!.bodyText).toBe(seen[0]!.bodyText);
+    expect(rig.audit.at(-1)).toMatchObject({ status: 200, refreshed: true });
+  });
+
+  it('a storm of 200 concurrent 401s makes exactly one refresh', async () => {
+    const old = await login(rig.store);
+    fake.accept = (c) => c !== null && c !== old.access_token;
+    const refreshes = oidc.refreshSuccesses;
+    const client = anthropic();
+    const results = await Promise.all(
+      Array.from({ length: 200 }, () => client.messages.create({ model: 'claude-fake', max_tokens: 4, messages: [{ role: 'user', content: 'hi' }] }).then(
+        () => 'ok',
+        (e: unknown) => String(e),
+      )),
+    );
+    expect(results.filter((r) => r !== 'ok')).toEqual([]);
+    expect(oidc.refreshSuccesses).toBe(refreshes + 1);
+  });
+
+  it('a revoked refresh token answers 401 telling to log in on the host', async () => {
+    const old = await login(rig.store);
+    await oidc.revoke(old.refresh_token!);
+    fake.accept = (c) => c !== null && c !== old.access_token;
+    const err = await anthropic()
+      .messages.create({ model: 'claude-fake', max_tokens: 4, messages: [{ role: 'user', content: 'hi' }] })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(Anthropic.AuthenticationError);
+    expect(String((err as Error).message)).toContain('credproxy login anthropic');
+    expect(rig.audit.at(-1)).toMatchObject({ status: 401, outcome: 'credential_error' });
+  });
+
+  it('refreshes a near-expiry token before using it', async () => {
+    const old = await login(rig.store);
+    await rig.store.saveToken('anthropic', { ...old, expiry: Math.floor(Date.now() / 1000) + 20 });
+    const refreshes = oidc.refreshSuccesses;
+    const res = await raw('GET', '/anthropic/echo', bearer);
+    expect(res.status).toBe(200);
+    expect(oidc.refreshSuccesses).toBe(refreshes + 1);
+    expect(fake.requests.at(-1)!.credential).not.toBe(old.access_token);
+    expect(fake.requests.at(-1)!.credential).toBe(rig.store.tokens.get('anthropic:default')!.access_token);
+  });
+
+  it('answers 401 with the login hint when nothing is stored', async () => {
+    const res = await raw('GET', '/anthropic/echo', bearer);
+    expect(res.status).toBe(401);
+    expect(JSON.parse(res.text)).toMatchObject({ type: 'error', error: { type: 'authentication_error' } });
+    expect(res.text).toContain('credproxy login anthropic');
+  });
+});
