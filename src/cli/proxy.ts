@@ -73,6 +73,17 @@ function isLoopback(host: string): boolean {
 }
 
 /** `tcp`, `tcp:HOST`, `tcp:HOST:PORT`, `tcp:[V6]:PORT`; undefined for the Unix socket. */
+/** CREDPROXY_IDLE_TIMEOUT_SECONDS: how long the server keeps a connection with nothing going on (default 6 minutes). */
+export function idleTimeoutFromEnv(env: NodeJS.ProcessEnv): { idleTimeoutMs?: number } {
+  const raw = env.CREDPROXY_IDLE_TIMEOUT_SECONDS;
+  if (raw === undefined || raw === '') return {};
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(n) || n < 1 || n > 24 * 3600) {
+    throw new UsageError('CREDPROXY_IDLE_TIMEOUT_SECONDS must be a whole number of seconds (1 to 86400)');
+  }
+  return { idleTimeoutMs: n * 1000 };
+}
+
 /** The host-side line for a login started from the sandbox. */
 export function describeLoginEvent(e: LoginEvent): string {
   const who = e.peer.pid === null ? `connection ${e.peer.connectionId}` : `pid ${e.peer.pid}`;
@@ -192,6 +203,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     allowRoot: Boolean(flags.allowRoot),
     auditPath: join(ensurePrivateDir(host.dirs.state), 'audit.jsonl'),
     ...(config.audit ? { auditRotation: { ...config.audit } } : {}),
+    ...idleTimeoutFromEnv(ctx.io.env),
     logger,
     login,
     ...(rateLimit === undefined ? {} : { limits: { requestsPerWindow: rateLimit } }),

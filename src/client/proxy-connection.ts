@@ -21,6 +21,12 @@ export interface ProxyConnectionOptions {
 export interface ProxyConnectionEvents {
   /** The connection broke on its own (peer gone, socket error, malformed answer); not called after close(). */
   onLost(): void;
+  /**
+   * The server closed the connection while nothing was awaited (its idle
+   * timeout, or a connection cap making room): nothing was lost, the next
+   * call may open a new connection. Without it, such a close counts as lost.
+   */
+  onIdleClose?(): void;
   /** Whether any request is awaiting its answer; not called after the connection ended. */
   onBusyChange(busy: boolean): void;
 }
@@ -123,7 +129,7 @@ export class ProxyConnection {
     this.closedPromise = new Promise((resolve) => socket.once('close', () => resolve()));
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', () => this.fail());
-    socket.on('close', () => this.fail());
+    socket.on('close', () => this.closedByServer());
   }
 
   /** Connect and complete the handshake within options.connectTimeoutMs. */
@@ -281,6 +287,18 @@ export class ProxyConnection {
     this.socket.write(encodeFrame({ v: this.agreed, id: cancelId, op: 'cancel', payload: { targetId: id } }));
     pending.reject(new CredproxyError('TIMEOUT', `The credential proxy did not answer ${pending.op} in time; the request was cancelled.`));
     if (!this.busy) this.setBusy(false);
+  }
+
+  /** A clean close by the server with nothing awaited is an idle close, not a loss. */
+  private closedByServer(): void {
+    if (this.phase === 'open' && this.pending.size === 0 && this.cancels.size === 0 && this.events.onIdleClose !== undefined) {
+      this.phase = 'ended';
+      this.socket.destroy();
+      this.abandoned.clear();
+      this.events.onIdleClose();
+      return;
+    }
+    this.fail();
   }
 
   /** The connection broke by itself: every pending call gets the one lost message. */

@@ -49,6 +49,8 @@ export class ProxySocketClient {
   private opening: Promise<ProxyConnection> | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
   private lost = false;
+  /** The server closed our connection while it was idle; a failed reconnect then means the server is gone. */
+  private serverClosedIdle = false;
   private closed = false;
 
   constructor(options: ProxySocketClientOptions) {
@@ -150,17 +152,33 @@ export class ProxySocketClient {
         if (this.conn === conn) this.conn = null;
         this.clearIdle();
       },
+      // The server's idle timeout or a connection cap: reconnect on the next call, as after our own idle close.
+      onIdleClose: () => {
+        if (this.conn === conn) this.conn = null;
+        this.clearIdle();
+        this.serverClosedIdle = true;
+      },
       onBusyChange: (busy: boolean) => {
         if (this.conn !== conn) return;
         if (busy) this.clearIdle();
         else this.armIdle();
       },
     };
-    conn = await ProxyConnection.open(
-      this.address,
-      { connectTimeoutMs: this.connectTimeoutMs, ...(this.capabilityToken === undefined ? {} : { capabilityToken: this.capabilityToken }) },
-      events,
-    );
+    try {
+      conn = await ProxyConnection.open(
+        this.address,
+        { connectTimeoutMs: this.connectTimeoutMs, ...(this.capabilityToken === undefined ? {} : { capabilityToken: this.capabilityToken }) },
+        events,
+      );
+    } catch (err) {
+      // The server closed our idle connection and now cannot be reached: it is gone, as SPEC §6 reports it.
+      if (this.serverClosedIdle) {
+        this.lost = true;
+        throw connectionLostError();
+      }
+      throw err;
+    }
+    this.serverClosedIdle = false;
     if (this.closed || this.lost || !conn.isOpen) {
       await conn.close(this.closed ? closedError : connectionLostError);
       this.assertUsable();

@@ -11,6 +11,12 @@ import type { FlowOutcome, FlowStarter, FlowTiming, RunningFlow } from './flows/
 import { ownerKey, procStartTime, type ProcessStartTime } from './owner.js';
 import { loginAnswer, type LoginAnswer } from './renewal.js';
 import { accountOf } from './account.js';
+import { PollGate } from './poll-gate.js';
+
+/** A sandbox as login caps see it: the peer's uid (one proxy serves one sandbox's capability), else the whole server. */
+function sandboxKey(peer: PeerIdentity): string {
+  return peer.uid === null ? 'any' : `uid:${peer.uid}`;
+}
 
 /** SPEC §5 defaults. */
 export const DEFAULT_SESSION_TIMEOUT_MS = 10 * 60_000;
@@ -19,6 +25,11 @@ export const DEFAULT_SWEEP_INTERVAL_MS = 60_000;
 export const DEFAULT_MAX_SESSIONS = 10_000;
 /** Per peer process: a person logs in to one or two accounts at a time; a looping agent is stopped here. */
 export const DEFAULT_MAX_SESSIONS_PER_OWNER = 32;
+/**
+ * Logins in progress per sandbox (uid; forking new processes does not add
+ * room): each may hold a loopback listener or poll a provider.
+ */
+export const DEFAULT_MAX_LIVE_PER_SANDBOX = 4;
 /** A sweep dropping at least this many sessions is followed by one full garbage collection. */
 export const BULK_SWEEP = 1000;
 
@@ -31,6 +42,8 @@ export interface LoginSessionManagerOptions {
   sweepIntervalMs?: number;
   maxSessions?: number;
   maxSessionsPerOwner?: number;
+  /** Logins in progress (not yet used, cancelled or expired) per sandbox (default 4). */
+  maxLivePerSandbox?: number;
   /** Poll intervals of the flows (tests shorten them). */
   flowTiming?: FlowTiming;
   /** How a flow is started (default: the real flows for the provider's flow type). */
@@ -72,6 +85,9 @@ interface Session {
   flow: RunningFlow | null;
   /** Aborting it stops the flow's background work (polling, loopback listener). */
   readonly stop: AbortController;
+  /** The sandbox it counts against while live. */
+  readonly sandbox: string;
+  live: boolean;
   /** Fires at expiry for flows with background work, so nothing polls or listens past it. */
   expiryTimer: NodeJS.Timeout | null;
   used: boolean;
@@ -135,6 +151,9 @@ const LOGIN_SAVE_LOCK_WAIT_MS = 30_000;
 export class LoginSessionManager implements LoginPort {
   private readonly sessions = new Map<string, Session>();
   private readonly perOwner = new Map<string, number>();
+  private readonly livePerSandbox = new Map<string, number>();
+  private readonly maxLivePerSandbox: number;
+  private readonly pollGate: PollGate;
   private readonly tokens: TokenStore;
   private readonly providers: { get(name: string): OAuthProvider };
   private readonly timeoutMs: number;
@@ -160,7 +179,9 @@ export class LoginSessionManager implements LoginPort {
     this.sweepIntervalMs = positive(options.sweepIntervalMs, DEFAULT_SWEEP_INTERVAL_MS, 'sweepIntervalMs');
     this.maxSessions = positive(options.maxSessions, DEFAULT_MAX_SESSIONS, 'maxSessions');
     this.maxPerOwner = positive(options.maxSessionsPerOwner, DEFAULT_MAX_SESSIONS_PER_OWNER, 'maxSessionsPerOwner');
+    this.maxLivePerSandbox = positive(options.maxLivePerSandbox, DEFAULT_MAX_LIVE_PER_SANDBOX, 'maxLivePerSandbox');
     this.now = options.now ?? Date.now;
+    this.pollGate = new PollGate(this.now);
     this.afterBulkSweep = options.afterBulkSweep ?? collectGarbage;
     this.onLogin = options.onLogin ?? (() => undefined);
     this.flowTiming = { now: this.now, ...options.flowTiming };
@@ -181,6 +202,10 @@ export class LoginSessionManager implements LoginPort {
     if (this.sessions.size + this.starting >= this.maxSessions) {
       throw new CredproxyError('RATE_LIMITED', 'too many login sessions in progress on this host; try again later', { retryAfter: Math.ceil(this.sweepIntervalMs / 1000) });
     }
+    const sandbox = sandboxKey(peer);
+    if ((this.livePerSandbox.get(sandbox) ?? 0) >= this.maxLivePerSandbox) {
+      throw new CredproxyError('RATE_LIMITED', `${this.maxLivePerSandbox} logins are already in progress from this sandbox; finish or cancel one first`, { retryAfter: 5 });
+    }
     if ((this.perOwner.get(owner) ?? 0) >= this.maxPerOwner) {
       throw new CredproxyError('RATE_LIMITED', `this process already has ${this.maxPerOwner} login sessions; finish or cancel one first`, { retryAfter: Math.ceil(this.sweepIntervalMs / 1000) });
     }
@@ -188,13 +213,20 @@ export class LoginSessionManager implements LoginPort {
     // The slot is taken before the provider is contacted, so concurrent initiations cannot overshoot the caps.
     this.starting++;
     this.countOwner(owner, +1);
+    this.countLive(sandbox, +1);
     const stop = new AbortController();
     let flow: RunningFlow;
     try {
-      flow = await this.start(oauth, { signal, stop: stop.signal, timing: this.flowTiming });
+      flow = await this.start(oauth, {
+        signal,
+        stop: stop.signal,
+        timing: this.flowTiming,
+        pollTurn: (ms, stopped) => this.pollGate.wait(provider, ms, stopped),
+      });
     } catch (err) {
       stop.abort();
       this.countOwner(owner, -1);
+      this.countLive(sandbox, -1);
       throw err;
     } finally {
       this.starting--;
@@ -202,6 +234,7 @@ export class LoginSessionManager implements LoginPort {
     if (this.closed || signal.aborted) {
       stop.abort();
       this.countOwner(owner, -1);
+      this.countLive(sandbox, -1);
       throw new CredproxyError('INTERNAL_ERROR', this.closed ? 'login is not available: the proxy is shutting down' : 'the login request was cancelled');
     }
 
@@ -216,6 +249,8 @@ export class LoginSessionManager implements LoginPort {
       peer: { ...peer },
       flow,
       stop,
+      sandbox,
+      live: true,
       expiryTimer: null,
       used: false,
       result: null,
@@ -383,6 +418,10 @@ export class LoginSessionManager implements LoginPort {
 
   /** Stop the flow's background work and drop its secrets; the entry itself stays (used/expired answers). */
   private release(s: Session): void {
+    if (s.live) {
+      s.live = false;
+      this.countLive(s.sandbox, -1);
+    }
     if (s.expiryTimer) clearTimeout(s.expiryTimer);
     s.expiryTimer = null;
     s.flow = null;
@@ -395,6 +434,12 @@ export class LoginSessionManager implements LoginPort {
     this.countOwner(s.owner, -1);
     this.release(s);
     s.result = null;
+  }
+
+  private countLive(sandbox: string, delta: number): void {
+    const n = (this.livePerSandbox.get(sandbox) ?? 0) + delta;
+    if (n <= 0) this.livePerSandbox.delete(sandbox);
+    else this.livePerSandbox.set(sandbox, n);
   }
 
   private countOwner(owner: string, delta: number): void {

@@ -31,6 +31,8 @@ export interface ConnectionOptions {
   maxVersion: number;
   audit: AuditSink | null;
   logger: Logger;
+  /** Shared by every connection of the same peer (per-peer limits). */
+  peerLimiter?: ConnectionLimiter;
   /** TCP: the client's address:port, recorded on its audit lines. */
   remote?: string | null;
   /** Close the connection after this long with nothing in flight and nothing received (default: never). */
@@ -146,6 +148,17 @@ export class Connection {
   /** ms since the last byte received or answer finished. */
   get idleForMs(): number {
     return this.busy ? 0 : performance.now() - this.lastActive;
+  }
+
+  /**
+   * May be closed to make room for a new connection: no host work running.
+   * Frames read but not handled (a client that does not read its answers)
+   * were never admitted, so they do not protect it; such a client goes first.
+   */
+  get evictionRank(): number | null {
+    if (this.running > 0 || this.state === 'closed') return null;
+    if (this.pauses.has('output')) return Number.MAX_SAFE_INTEGER;
+    return performance.now() - this.lastActive;
   }
 
   get isReady(): boolean {
@@ -383,7 +396,7 @@ export class Connection {
       return;
     }
     const isCancel = msg.op === 'cancel';
-    const admission = this.limiter.admit(!isCancel);
+    const admission = this.limiter.admitWith(this.o.peerLimiter ?? null, !isCancel);
     if (!admission.ok) {
       this.o.bytes.give(held);
       this.write({ v: this.version, id, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });
@@ -404,7 +417,10 @@ export class Connection {
     const finish = (result: DispatchResult): void => {
       this.o.bytes.give(held);
       this.running--;
-      if (!isCancel) this.limiter.release();
+      if (!isCancel) {
+        this.limiter.release();
+        this.o.peerLimiter?.release();
+      }
       if (this.inFlight.get(id) === entry) this.inFlight.delete(id);
       let resultCode: string = result.outcome.ok ? 'OK' : result.outcome.code;
       if (entry.cancelled) resultCode = 'CANCELLED';
@@ -423,7 +439,7 @@ export class Connection {
 
   /** Envelope-level rejections: answered immediately, counted by the rate limit. */
   private answerAtOnce(id: string | undefined, op: string, time: number, started: number, reason: string): void {
-    const admission = this.limiter.admit(false);
+    const admission = this.limiter.admitWith(this.o.peerLimiter ?? null, false);
     const base = id === undefined ? { v: this.version } : { v: this.version, id };
     if (!admission.ok) {
       this.write({ ...base, ok: false, code: 'RATE_LIMITED', error: 'too many requests', retryAfter: admission.retryAfter });

@@ -51,6 +51,29 @@ export class ConnectionLimiter {
 
   /** `takesSlot`: false for requests that never stay in flight (cancel, rejected envelopes). */
   admit(takesSlot: boolean): Admission {
+    const a = this.check(takesSlot);
+    if (a.ok) this.take(takesSlot);
+    return a;
+  }
+
+  /** Admit through this limiter and a shared one (the peer's): both or neither record the request. */
+  admitWith(shared: ConnectionLimiter | null, takesSlot: boolean): Admission {
+    const own = this.check(takesSlot);
+    if (!own.ok) return own;
+    const other = shared?.check(takesSlot) ?? own;
+    if (!other.ok) return other;
+    this.take(takesSlot);
+    shared?.take(takesSlot);
+    return own;
+  }
+
+  private take(takesSlot: boolean): void {
+    this.times.push(this.now());
+    if (takesSlot) this.inFlightCount++;
+  }
+
+  /** Would a request be admitted now? Records nothing. */
+  check(takesSlot: boolean): Admission {
     const now = this.now();
     const windowStart = now - this.limits.windowMs;
     const times = this.times;
@@ -64,8 +87,6 @@ export class ConnectionLimiter {
       const freeAt = this.times[this.head]! + this.limits.windowMs;
       return { ok: false, retryAfter: Math.max(1, Math.ceil((freeAt - now) / 1000)) };
     }
-    this.times.push(now);
-    if (takesSlot) this.inFlightCount++;
     return { ok: true };
   }
 

@@ -15,7 +15,9 @@ import type { AuditRotation } from './audit-rotate.js';
 import { CapabilityCheck } from './capability.js';
 import { Connection } from './connection.js';
 import { RefusalMeter } from './refusals.js';
+import { collectGarbage } from '../heap.js';
 import { TcpThrottle, type TcpThrottleOptions } from './tcp-throttle.js';
+import { defaultPeerLimits, PeerTable, peerKey, type PeerLimitOptions } from './peer-limits.js';
 import type { LoginPort, PeerIdentity } from './context.js';
 import { CREDENTIAL_OP_TIMEOUT_MS, Dispatcher, HOST_OP_TIMEOUT_MS } from './dispatch.js';
 import { resolveLimits, type LimitOptions } from './limits.js';
@@ -80,8 +82,14 @@ export interface ProxyServerOptions {
   maxOutputBytes?: number;
   /** TCP transport: how failed handshakes are delayed. */
   tcpThrottle?: TcpThrottleOptions;
-  /** Simultaneous connections (default 1024). */
+  /** Simultaneous connections (default 1024); past it the longest-idle one is closed to admit a new one. */
   maxConnections?: number;
+  /** Per-peer limits across connections (default: 4 × the per-connection rate, 64 in flight, 256 connections). */
+  peerLimits?: Partial<PeerLimitOptions>;
+  /** Run once things are quiet after a burst of closed connections (default: one full garbage collection). */
+  afterBurst?: () => void;
+  /** Close a connection idle (nothing in flight, nothing received) this long (default 6 minutes; the client reconnects). */
+  idleTimeoutMs?: number;
   /** Login sessions; oauth_* answer INTERNAL_ERROR without it. */
   login?: LoginPort;
   /**
@@ -100,6 +108,10 @@ type ServerState = 'new' | 'starting' | 'listening' | 'stopping' | 'stopped';
 const DEFAULT_MAX_OUTPUT_BYTES = 2 * 1024 * 1024;
 /** Enough for many agents and tools sharing one proxy; each idle connection costs a few KiB. */
 const DEFAULT_MAX_CONNECTIONS = 1024;
+/** Connections closed since the last full collection that make a burst worth one. */
+const BURST_CLOSES = 256;
+/** Longer than the client's own 5-minute idle close, so a well-behaved client always closes first. */
+export const DEFAULT_IDLE_TIMEOUT_MS = 6 * 60_000;
 
 /**
  * The proxy server (SPEC §4, §5). Owns the listening socket and its file,
@@ -129,6 +141,9 @@ export class ProxyServer {
   private handshakeRefusals: RefusalMeter | null = null;
   /** TCP transport: failed handshakes are delayed, never valid ones. */
   private readonly tcpThrottle: TcpThrottle;
+  private readonly peers: PeerTable;
+  private closedSinceCollect = 0;
+  private collectTimer: NodeJS.Timeout | null = null;
 
   constructor(options: ProxyServerOptions) {
     if ([options.socketDir, options.socketPath, options.tcp].filter((x) => x !== undefined).length !== 1) {
@@ -158,6 +173,7 @@ export class ProxyServer {
       throw new CredproxyError('USAGE', `maxProtocolVersion must be ${PROTOCOL_VERSION} to ${MAX_PROTOCOL_VERSION}`);
     }
     this.tcpThrottle = new TcpThrottle(options.tcpThrottle);
+    this.peers = new PeerTable(this.limits, { ...defaultPeerLimits(this.limits), ...options.peerLimits });
     this.capability = options.capabilityToken === undefined ? null : new CapabilityCheck(options.capabilityToken);
     this.ownUid = typeof process.getuid === 'function' ? process.getuid() : -1;
     const dispatcherOptions: ConstructorParameters<typeof Dispatcher>[0] = {
@@ -242,7 +258,6 @@ export class ProxyServer {
     }
     this.handshakeRefusals = new RefusalMeter({ audit: this.audit, peer: { connectionId: 0, pid: null, uid: null }, remote: null });
     const server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
-    server.maxConnections = this.o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     this.server = server;
     return server;
   }
@@ -317,10 +332,20 @@ export class ProxyServer {
         return;
       }
     }
+    const key = peerKey(peer, this.o.tcp !== undefined ? 'tcp' : 'unix');
+    if (!this.makeRoom(key)) {
+      this.logger.warn({ conn: id, peerPid: peer.pid }, 'refused a connection: every connection is busy');
+      this.auditConnectRefused(peer, 'RATE_LIMITED');
+      socket.destroy();
+      return;
+    }
     const conn = new Connection({
       id,
       socket,
       peer,
+      peerLimiter: this.peers.limiterFor(key),
+      idleTimeoutMs: this.o.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
+      onReady: (c) => this.peers.add(key, c),
       remote: remote === null ? null : `${remote}:${socket.remotePort ?? 0}`,
       onHandshakeRefused: (code) => this.handshakeRefusals?.note('handshake', code),
       capability: this.capability,
@@ -333,7 +358,11 @@ export class ProxyServer {
       maxVersion: this.maxProtocolVersion,
       audit: this.audit,
       logger: this.logger,
-      onClose: (c) => this.connections.delete(c),
+      onClose: (c) => {
+        this.connections.delete(c);
+        this.peers.remove(key, c);
+        this.noteClosed();
+      },
       ...(remote !== null ? { handshakeFailureDelayMs: () => this.tarpit(remote, socket) } : {}),
     });
     this.connections.add(conn);
@@ -355,6 +384,59 @@ export class ProxyServer {
       result: event.code ?? 'OK',
       durationMs: 0,
     });
+  }
+
+  /**
+   * Connection caps (per peer, and in total) never lock a client out: at a
+   * cap the longest-idle connection (nothing in flight) is closed for the
+   * new one; its client reconnects on its next call. Only when every
+   * connection is busy is the new one refused.
+   */
+  private makeRoom(key: string): boolean {
+    if (this.peers.count(key) >= this.peers.maxConnections) {
+      const victim = this.peers.longestIdle(key);
+      if (victim === null) return false;
+      this.evict(victim, 'peer connection cap');
+    }
+    const max = this.o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    if (this.connections.size < max) return true;
+    // A connection still in its handshake first (oldest first), else the longest-idle one.
+    let victim: Connection | null = null;
+    for (const c of this.connections) {
+      if (!c.isReady && !c.isClosed) {
+        victim = c;
+        break;
+      }
+    }
+    victim ??= this.peers.longestIdle();
+    if (victim === null) return false;
+    this.evict(victim, 'connection cap');
+    return true;
+  }
+
+  /**
+   * After a burst of connections has gone (a flood, hundreds of clients that
+   * never read), one full collection once things are quiet: V8 keeps a grown
+   * heap for good otherwise, and an idle proxy would hold the burst's memory.
+   */
+  private noteClosed(): void {
+    this.closedSinceCollect++;
+    if (this.closedSinceCollect < BURST_CLOSES || this.state !== 'listening') return;
+    if (this.collectTimer !== null) clearTimeout(this.collectTimer);
+    this.collectTimer = setTimeout(() => {
+      this.collectTimer = null;
+      this.closedSinceCollect = 0;
+      (this.o.afterBurst ?? collectGarbage)();
+    }, 500);
+    this.collectTimer.unref();
+  }
+
+  private evict(conn: Connection, why: string): void {
+    this.logger.debug({ conn: conn.id, why }, 'closing an idle connection to admit a new one');
+    // Counted as gone at once: the socket's close event comes later.
+    this.connections.delete(conn);
+    this.peers.remove(peerKey(conn.peer, this.o.tcp !== undefined ? 'tcp' : 'unix'), conn);
+    conn.destroy();
   }
 
   /** TCP: a failed handshake's answer waits this long (the socket's tarpit slot is freed when it closes). */
@@ -406,6 +488,7 @@ export class ProxyServer {
     });
     await Promise.race([idle, grace]);
     clearTimeout(graceTimer);
+    if (this.collectTimer !== null) clearTimeout(this.collectTimer);
     for (const c of this.connections) c.destroy();
     await closed;
     this.removeSocketFile();

@@ -349,12 +349,26 @@ describe('connection loss', () => {
     const c = client({ socket: proxy.address });
     await c.request('list_providers', {});
     const conn = proxy.connections[0]!;
-    conn.destroy();
+    await proxy.close();
     await conn.closed;
     await sleep(20);
     const err = await rejectionOf(c.request('list_providers', {}));
     expect(err.message).toBe(CONNECTION_LOST_MESSAGE);
+    const later = await rejectionOf(c.request('list_providers', {}));
+    expect(later.message).toBe(CONNECTION_LOST_MESSAGE);
     expect(proxy.connections).toHaveLength(1);
+  });
+
+  it('reconnects after the server closed an idle connection (its idle timeout or a connection cap) and is still there', async () => {
+    const proxy = await startProxy({ handler: () => ({ data: { providers: [] } }) });
+    const c = client({ socket: proxy.address });
+    await c.request('list_providers', {});
+    const conn = proxy.connections[0]!;
+    conn.destroy();
+    await conn.closed;
+    await sleep(20);
+    expect(await c.request('list_providers', {})).toEqual({ providers: [] });
+    expect(proxy.connections).toHaveLength(2);
   });
 
   it('close() ends the connection and fails pending and later calls', async () => {

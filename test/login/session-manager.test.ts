@@ -87,6 +87,8 @@ function setup(options: Partial<LoginSessionManagerOptions> = {}) {
     startFlow: flows.starter,
     processStartTime: () => 'boot-1',
     now: () => now,
+    // The per-sandbox cap has its own test; the others exercise the per-process and overall caps.
+    maxLivePerSandbox: 1_000_000,
     ...options,
   });
   return { manager, flows, tokens, clock };
@@ -310,6 +312,19 @@ describe('LoginSessionManager', () => {
     manager.close();
   });
 
+  it('caps logins in progress per sandbox (uid), so forking new processes gains nothing; a used or cancelled one frees its slot', async () => {
+    const { manager } = setup({ maxLivePerSandbox: 4 });
+    const ids: string[] = [];
+    for (let pid = 100; pid < 104; pid++) ids.push((await manager.initiate('dev', 'default', { ...A, pid }, never)).session_id);
+    // A fifth process of the same sandbox is refused, whatever its pid.
+    expect(await codeOf(manager.initiate('dev', 'default', { ...A, pid: 999 }, never))).toBe('RATE_LIMITED');
+    await manager.cancel(ids[0]!, { ...A, pid: 100 });
+    expect(await codeOf(manager.initiate('dev', 'default', { ...A, pid: 999 }, never))).toBe('OK');
+    // Another uid is another sandbox.
+    expect(await codeOf(manager.initiate('dev', 'default', { ...A, uid: 2000 }, never))).toBe('OK');
+    manager.close();
+  });
+
   it('frees a slot when an initiation fails, and refuses logins after close', async () => {
     const { manager, flows } = setup({ maxSessionsPerOwner: 1 });
     expect(await codeOf(manager.initiate('nope', 'default', A, never))).toBe('PROVIDER_NOT_FOUND');
@@ -409,6 +424,7 @@ describe('LoginSessionManager', () => {
       providers: new ProviderRegistry({ presets: {}, config: { providers: PROVIDERS } }),
       now: () => now,
       afterBulkSweep: () => calls++,
+      maxLivePerSandbox: 1_000_000,
     });
     const fill = async (n: number, from: number): Promise<void> => {
       for (let i = 0; i < n; i++) await manager.initiate('paste', 'default', { connectionId: from + i, pid: null, uid: null }, never);
@@ -437,6 +453,7 @@ describe('LoginSessionManager', () => {
       tokens: new MemoryTokenStore(),
       providers: new ProviderRegistry({ presets: {}, config: { providers: PROVIDERS } }),
       now: () => now,
+      maxLivePerSandbox: 1_000_000,
     });
     await manager.initiate('paste', 'default', A, never); // warm caches (provider instance, library state)
     manager.sweep();

@@ -56,6 +56,7 @@ export async function startDeviceCode(provider: OAuthProvider, ctx: FlowContext)
       if (left <= 0) return expired;
       try {
         await sleepUnlessStopped(Math.min(interval, left), ctx.stop);
+        await ctx.pollTurn?.(interval, ctx.stop);
       } catch {
         return cancelledOutcome();
       }

@@ -34,6 +34,11 @@ export interface FlowContext {
    */
   stop: AbortSignal;
   timing?: FlowTiming;
+  /**
+   * device_code: waits before each poll of the token endpoint for this
+   * provider's turn, shared by every session (rejects when `stop` aborts).
+   */
+  pollTurn?: (intervalMs: number, stop: AbortSignal) => Promise<void>;
 }
 
 /** What the user is shown; never a verifier, state, device code or auth code. */
