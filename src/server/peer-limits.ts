@@ -13,14 +13,14 @@ import { ConnectionLimiter, type LimitOptions } from './limits.js';
 export interface PeerLimitOptions {
   /** Requests per window across the peer's connections (default 4 × the per-connection limit). */
   requestsPerWindow: number;
-  /** In flight across the peer's connections (default 64). */
+  /** In flight across the peer's connections (default 128: eight connections' worth, so a refresh storm of a few clients still fits). */
   maxInFlight: number;
   /** Open connections per peer (default 256); past it the peer's longest-idle connection is closed. */
   maxConnections: number;
 }
 
 export function defaultPeerLimits(perConnection: LimitOptions): PeerLimitOptions {
-  return { requestsPerWindow: perConnection.requestsPerWindow * 4, maxInFlight: 64, maxConnections: 256 };
+  return { requestsPerWindow: perConnection.requestsPerWindow * 4, maxInFlight: perConnection.maxInFlight * 8, maxConnections: 256 };
 }
 
 export function peerKey(peer: PeerIdentity, transport: 'unix' | 'tcp'): string {

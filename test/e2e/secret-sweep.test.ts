@@ -538,6 +538,10 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
       },
     }));
 
+    // These three finish first: a sandbox may have at most 4 logins in progress at once.
+    const [devToken, pasteToken, loopToken] = await Promise.all([device, paste, loop]);
+    await delivered;
+
     // Raw-op sessions: denied, cancelled, failing.
     const c = await session();
     const ok = async (op: string, payload: Frame): Promise<Frame> => {
@@ -571,8 +575,6 @@ describe('secret sweep: every op and flow against one real serve, every frame, l
     const { match } = await hostDevPrompt;
     await new ScriptedBrowser().completeDevice(match[1]!, match[2]!);
 
-    const [devToken, pasteToken, loopToken] = await Promise.all([device, paste, loop]);
-    await delivered;
     for (const [bucket, t] of [['dev:devlogin', devToken], ['paste:pastelogin', pasteToken], ['loop:looplogin', loopToken]] as const) {
       expect(t).not.toHaveProperty('refresh_token');
       expect(t.access_token.length).toBeGreaterThan(10);
