@@ -1,3 +1,4 @@
+import { capabilityTokenFromEnv } from './capability-token.js';
 import { CredproxyError } from '../errors.js';
 import { isOp, OP_PAYLOADS, type Op, type OpData, type OpInput } from '../protocol/messages.js';
 import { connectionLostError, ProxyConnection } from './proxy-connection.js';
@@ -64,7 +65,7 @@ export class ProxySocketClient {
     this.connectTimeoutMs = positiveMs(options.connectTimeoutMs, DEFAULT_CONNECT_TIMEOUT_MS, 'connectTimeoutMs');
   }
 
-  /** A client for the proxy named by CREDPROXY_SOCKET (and CREDPROXY_TOKEN) in `env`. */
+  /** A client for the proxy named by CREDPROXY_SOCKET (and CREDPROXY_TOKEN or CREDPROXY_TOKEN_FILE) in `env`. */
   static fromEnv(env: NodeJS.ProcessEnv = process.env, timeouts: ProxySocketClientTimeouts = {}): ProxySocketClient {
     const socket = env.CREDPROXY_SOCKET;
     if (socket === undefined || socket === '') {
@@ -73,7 +74,7 @@ export class ProxySocketClient {
         'CREDPROXY_SOCKET is not set: the credential proxy client only works inside a sandbox started by `credproxy run`, or with the variables printed by `credproxy serve`.',
       );
     }
-    const token = env.CREDPROXY_TOKEN;
+    const token = capabilityTokenFromEnv(env);
     return new ProxySocketClient({ ...timeouts, socket, ...(token ? { capabilityToken: token } : {}) });
   }
 

@@ -1,11 +1,16 @@
+import { TOKEN_FILE_ENV, TOKEN_FILE_NAME } from '../client/capability-token.js';
 import { LLXPRT_SOCKET_ENV } from './llxprt.js';
 import { SANDBOX_SOCKET_DIR, socketPathInside, type SandboxSpec } from './spec.js';
 
 export interface ContainerOptions {
   engine: 'docker' | 'podman';
   image: string;
-  /** 0600 file with CREDPROXY_TOKEN=...; `--env` would show the token in `inspect`. */
-  envFile: string;
+  /**
+   * 0600 env file, only for llxprt images (LLXPRT_CAPABILITY_TOKEN) and the
+   * TCP transport (no socket mount to carry a token file); otherwise the
+   * token is the 0400 file in the socket mount and no variable holds it.
+   */
+  envFile?: string;
   /** Where the engine writes the container id once created: the launcher removes envFile then. */
   cidFile: string;
   tty: boolean;
@@ -41,7 +46,10 @@ export function containerArgs(spec: SandboxSpec, o: ContainerOptions): string[] 
   }
   if (spec.workdir !== null) args.push('-v', `${spec.workdir}:/work`, '-w', '/work');
   // llxprt images take the token from LLXPRT_CAPABILITY_TOKEN in the env file and put it on fd 3 themselves.
-  args.push('--cidfile', o.cidFile, '--env-file', o.envFile, '-e', `${spec.llxprt ? LLXPRT_SOCKET_ENV : 'CREDPROXY_SOCKET'}=${socket}`);
+  args.push('--cidfile', o.cidFile);
+  if (o.envFile !== undefined) args.push('--env-file', o.envFile);
+  else args.push('-e', `${TOKEN_FILE_ENV}=${SANDBOX_SOCKET_DIR}/${TOKEN_FILE_NAME}`);
+  args.push('-e', `${spec.llxprt ? LLXPRT_SOCKET_ENV : 'CREDPROXY_SOCKET'}=${socket}`);
   for (const name of ['TERM', 'LANG', 'TZ']) if (spec.env[name] !== undefined) args.push('-e', `${name}=${spec.env[name]}`);
   args.push(...o.engineArgs, o.image, ...spec.command);
   return args;

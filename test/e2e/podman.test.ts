@@ -1,5 +1,5 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -108,11 +108,11 @@ describe('credproxy run --sandbox podman', () => {
     }
   }, 90_000);
 
-  it('removes the token’s env file once the container exists, and keeps the token off every command line', async () => {
+  it('gives the token as a 0400 file in the socket mount: not in inspect, not in any environ, not on any command line', async () => {
     const work = mkdtempSync('/tmp/cpw-');
     const child = spawn(
       process.execPath,
-      [BIN, 'run', '--sandbox', 'podman', '--image', IMAGE, '--allow-key', 'openai', '--engine-arg=-v', '--engine-arg=/usr:/usr:ro', '--', 'sh', '-c', 'echo "$CREDPROXY_TOKEN" > tok; while [ ! -e go ]; do sleep 0.05; done'],
+      [BIN, 'run', '--sandbox', 'podman', '--image', IMAGE, '--allow-key', 'openai', '--engine-arg=-v', '--engine-arg=/usr:/usr:ro', '--', 'sh', '-c', 'echo "env=$CREDPROXY_TOKEN" > env-seen; cat "$CREDPROXY_TOKEN_FILE" > tok; while [ ! -e go ]; do sleep 0.05; done'],
       { env, cwd: work, stdio: 'ignore' },
     );
     const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
@@ -125,21 +125,33 @@ describe('credproxy run --sandbox podman', () => {
       }
       const token = readFileSync(tokFile, 'utf8').trim();
       expect(token).toMatch(/^[0-9a-f]{64}$/);
-      // The container is running (it waits for "go"): the env file must already be gone.
+      expect(readFileSync(join(work, 'env-seen'), 'utf8')).toBe('env=\n'); // no CREDPROXY_TOKEN variable inside
+      // The container is running (it waits for "go"): no env file, only the cid and the 0400 token file in the socket dir.
       const files = execFileSync('find', [join(host.home, 'run'), '-type', 'f'], { encoding: 'utf8' }).trim().split('\n').filter(Boolean);
-      expect(files.map((f) => f.split('/').pop())).toEqual(['cid']);
-      const onCommandLine = readdirSync('/proc').filter((p) => {
-        try {
-          return /^\d+$/.test(p) && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(token);
-        } catch {
-          return false;
-        }
-      });
-      expect(onCommandLine).toEqual([]);
+      expect(files.map((f) => f.split('/').pop()).sort()).toEqual(['cid', 'token']);
+      const tokenFile = files.find((f) => f.endsWith('/token'))!;
+      expect(statSync(tokenFile).mode & 0o777).toBe(0o400);
+      // What anyone who may use the engine sees: the container's configuration.
+      const cid = readFileSync(files.find((f) => f.endsWith('/cid'))!, 'utf8').trim();
+      const inspect = execFileSync('podman', ['inspect', cid], { encoding: 'utf8', env: { ...process.env, CONTAINERS_CONF: env.CONTAINERS_CONF } });
+      expect(inspect).toContain('CREDPROXY_TOKEN_FILE=/run/credproxy/token'); // the positive control: we did look at its env
+      expect(inspect).not.toContain(token);
+      const holding = (what: 'cmdline' | 'environ'): string[] =>
+        readdirSync('/proc').filter((p) => {
+          try {
+            return /^\d+$/.test(p) && readFileSync(`/proc/${p}/${what}`, 'utf8').includes(token);
+          } catch {
+            return false;
+          }
+        });
+      expect(holding('cmdline')).toEqual([]);
+      expect(holding('environ')).toEqual([]);
     } finally {
       writeFileSync(join(work, 'go'), '');
       expect(await exited).toBe(0);
       rmSync(work, { recursive: true, force: true });
     }
+    // The run is over: the token file went with the socket dir.
+    expect(execFileSync('find', [join(host.home, 'run'), '-type', 'f'], { encoding: 'utf8' }).trim()).toBe('');
   }, 90_000);
 });

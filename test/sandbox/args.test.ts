@@ -124,11 +124,20 @@ describe('bwrap status', () => {
 describe('docker/podman arguments', () => {
   const base = { image: 'img:1', envFile: '/run/x/env-1/env', cidFile: '/run/x/env-1/cid', tty: false, uid: 1000, gid: 1000, engineArgs: ['--memory', '1g'] };
 
+  it('without an env file the token is named by CREDPROXY_TOKEN_FILE in the read-only socket mount, never passed as a value', () => {
+    const { envFile: _e, ...noEnvFile } = base;
+    const a = containerArgs(spec(), { ...noEnvFile, engine: 'podman' });
+    expect(a).not.toContain('--env-file');
+    expect(singles(a, '-e')).toContain('CREDPROXY_TOKEN_FILE=/run/credproxy/token');
+    expect(a.join(' ')).not.toContain('CREDPROXY_TOKEN=');
+  });
+
   it('mounts only the socket dir and the workdir, passes the token through an env file, no network', () => {
     for (const engine of ['docker', 'podman'] as const) {
       const a = containerArgs(spec(), { ...base, engine });
       expect(singles(a, '-v')).toEqual(['/run/user/1000/credproxy/s-1-abcd:/run/credproxy:ro', '/home/u/project:/work']);
       expect(singles(a, '--env-file')).toEqual(['/run/x/env-1/env']);
+      expect(singles(a, '-e').some((e) => e.startsWith('CREDPROXY_TOKEN_FILE='))).toBe(false);
       expect(singles(a, '--cidfile')).toEqual(['/run/x/env-1/cid']); // tells the launcher when the env file has been read
       expect(a.join(' ')).not.toContain('c'.repeat(64)); // never on the command line (visible in ps / inspect)
       expect(singles(a, '-e')).toContain('CREDPROXY_SOCKET=/run/credproxy/credproxy-1-00.sock');

@@ -1,3 +1,4 @@
+import { capabilityTokenFromEnv, TOKEN_FILE_ENV } from '../../client/capability-token.js';
 import type { Writable } from 'node:stream';
 import type { Command } from 'commander';
 import { CredproxyError } from '../../errors.js';
@@ -38,7 +39,7 @@ export function registerExecCommand(program: Command, ctx: CliContext): void {
       const sources = opts.env.map(parseEnvSpec);
       if (!ctx.inSandbox) throw new CredproxyError('USAGE', 'exec runs inside a sandbox started by `credproxy run` (CREDPROXY_SOCKET is not set)');
       const llxprt = llxprtWanted(llxprtMode(opts.llxprt), command);
-      const token = ctx.io.env.CREDPROXY_TOKEN ?? '';
+      const token = capabilityTokenFromEnv(ctx.io.env) ?? '';
       // Checked before anything runs: a tcp:// proxy or a token of another shape cannot be handed on.
       const childEnv: NodeJS.ProcessEnv = { ...ctx.io.env };
       let fd3: Buffer | undefined;
@@ -47,6 +48,7 @@ export function registerExecCommand(program: Command, ctx: CliContext): void {
         fd3 = capabilityFdBytes(token);
         // llxprt-code scrubs only its own names: ours would reach every tool it runs.
         delete childEnv.CREDPROXY_TOKEN;
+        delete childEnv[TOKEN_FILE_ENV];
         delete childEnv.CREDPROXY_SOCKET;
       }
       const client = ctx.client();

@@ -1,3 +1,4 @@
+import { TOKEN_FILE_NAME } from '../../client/capability-token.js';
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
@@ -191,6 +192,8 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   let statusDone: Promise<void> = Promise.resolve();
   const cleanup = async (): Promise<void> => {
     if (envDir) rmSync(envDir, { recursive: true, force: true });
+    // A --socket-dir of the user's outlives the run: the token file must not.
+    if ((kind === 'docker' || kind === 'podman') && spec.socketDir !== '') rmSync(join(spec.socketDir, TOKEN_FILE_NAME), { force: true });
     if (plan) for (const w of afterRun(created, plan)) ctx.notice(`warning: ${w}`);
     await proxy.stop();
   };
@@ -281,13 +284,17 @@ function launch(kind: SandboxKind, spec: SandboxSpec, plan: MountPlan | undefine
   // docker/podman: the token goes through a 0600 env file in a private directory (swept like a socket dir if we are killed), never argv.
   const envDir = createSocketDir(runDir);
   setEnvDir(envDir);
-  const envFile = join(envDir, 'env');
   const cidFile = join(envDir, 'cid');
-  writeFileSync(envFile, `${spec.llxprt ? LLXPRT_TOKEN_ENV : 'CREDPROXY_TOKEN'}=${spec.capabilityToken}\n`, { mode: 0o600 });
+  // The token as a 0400 file in the read-only socket mount: nothing in the container's configuration holds it.
+  // llxprt images read theirs from the environment, and the TCP transport has no mount to carry a file.
+  const viaFile = !spec.llxprt && spec.tcpPort === null;
+  const envFile = viaFile ? undefined : join(envDir, 'env');
+  if (envFile === undefined) writeFileSync(join(spec.socketDir, TOKEN_FILE_NAME), `${spec.capabilityToken}\n`, { mode: 0o400, flag: 'wx' });
+  else writeFileSync(envFile, `${spec.llxprt ? LLXPRT_TOKEN_ENV : 'CREDPROXY_TOKEN'}=${spec.capabilityToken}\n`, { mode: 0o600 });
   const args = containerArgs(spec, {
     engine: kind,
     image: flags.image!,
-    envFile,
+    ...(envFile === undefined ? {} : { envFile }),
     cidFile,
     tty: isatty(0),
     uid: process.getuid?.() ?? 0,
@@ -295,7 +302,7 @@ function launch(kind: SandboxKind, spec: SandboxSpec, plan: MountPlan | undefine
     engineArgs: flags.engineArg,
   });
   const run = spawnChild(kind, args, { stdio: 'inherit', env: engineEnv(process.env), detached: true });
-  removeOnceCreated(envFile, cidFile, run);
+  if (envFile !== undefined) removeOnceCreated(envFile, cidFile, run);
   return run;
 }
 
