@@ -5,17 +5,19 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
+import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { startKeyringSession } from '../test/support/keyring-session.js';
 import { NATIVE_CLIENT_ID, OidcTestServer, type TokenSet } from '../test/support/oidc-server.js';
+import { encodeFrame, FrameDecoder, parsePayload } from '../src/protocol/frame.js';
 import { FrameClient } from './frame-client.js';
 import { gatewayBench } from './gateway.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'credproxy');
 const json = process.argv.includes('--json');
-const SECTIONS = ['round-trip', 'throughput', 'storm', 'memory', 'launch', 'gateway'] as const;
+const SECTIONS = ['round-trip', 'throughput', 'storm', 'memory', 'launch', 'gateway', 'hostile'] as const;
 type Section = (typeof SECTIONS)[number];
 const onlyArg = process.argv.find((a) => a.startsWith('--only='));
 const only = new Set<string>(onlyArg ? onlyArg.slice('--only='.length).split(',') : SECTIONS);
@@ -458,6 +460,87 @@ function launchCost(): Row[] {
   return rows;
 }
 
+/** Paced get_token samples (one every 20 ms) on one connection: latencies in µs and how many were refused. */
+async function pacedSamples(c: FrameClient, n: number): Promise<{ us: number[]; refused: number }> {
+  const us: number[] = [];
+  let refused = 0;
+  for (let i = 0; i < n; i++) {
+    const t0 = process.hrtime.bigint();
+    const a = await c.call(GET_TOKEN);
+    us.push(Number(process.hrtime.bigint() - t0) / 1000);
+    if (a.ok !== true) refused++;
+    await sleep(20);
+  }
+  return { us: us.sort((a, b) => a - b), refused };
+}
+
+/**
+ * A second connection floods get_token as fast as the socket takes it, for
+ * 3 s (under the 5 s after which a flooder is disconnected), while the
+ * legitimate client keeps its paced requests. Every served request must have
+ * its audit line (backpressure, never a drop); refusals are aggregated.
+ */
+async function hostileLoad(): Promise<Row[]> {
+  const home = mkdtempSync('/tmp/cp-bench-');
+  try {
+    const env = benchEnv(home);
+    cli(['token', 'import', 'bench'], env, BENCH_TOKEN);
+    const proxy = await serve(['--allow', 'bench'], env);
+    const legit = await FrameClient.connect(proxy.socket);
+    await legit.handshake(proxy.token);
+    await pacedSamples(legit, 25);
+    const quiet = await pacedSamples(legit, 150);
+
+    const flood = connect(proxy.socket);
+    await new Promise<void>((r) => flood.once('connect', () => r()));
+    const decoder = new FrameDecoder();
+    let served = 0;
+    let refusedAnswers = 0;
+    flood.on('data', (chunk: Buffer) => {
+      for (const p of decoder.push(chunk)) {
+        const m = parsePayload(p);
+        if (m.id === undefined) continue;
+        if (m.ok === true) served++;
+        else refusedAnswers++;
+      }
+    });
+    flood.on('error', () => undefined);
+    flood.write(encodeFrame({ v: 1, op: 'handshake', payload: { minVersion: 1, maxVersion: 1, capabilityToken: proxy.token } }));
+    let sent = 0;
+    const floodEnd = performance.now() + 3000;
+    const pump = (async () => {
+      while (performance.now() < floodEnd && !flood.destroyed) {
+        const batch = Array.from({ length: 200 }, () => encodeFrame({ ...GET_TOKEN, id: `f${++sent}` }));
+        if (!flood.write(Buffer.concat(batch))) await new Promise<void>((r) => flood.once('drain', () => r()));
+        await new Promise((r) => setImmediate(r));
+      }
+    })();
+    const during = await pacedSamples(legit, 100);
+    await pump;
+    await sleep(500); // answers still in flight
+    flood.destroy();
+    legit.close();
+    await proxy.stop(); // flushes the audit log
+    const audit = readFileSync(join(home, 'state', 'audit.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => ({ line: l, e: JSON.parse(l) as Record<string, unknown> }));
+    const servedLines = audit.filter(({ e }) => e.op === 'get_token' && e.result === 'OK').length;
+    const legitServed = 25 + 150 + 100 - quiet.refused - during.refused;
+    const refusedLines = audit.filter(({ e }) => e.op === 'refused');
+    const refusedBytes = refusedLines.reduce((n, { line }) => n + line.length + 1, 0);
+    const refusedCounted = refusedLines.reduce((n, { e }) => n + Object.values((e.refused ?? {}) as Record<string, number>).reduce((a, b) => a + b, 0), 0);
+    const p99q = percentile(quiet.us, 99);
+    const p99d = percentile(during.us, 99);
+    return [
+      { figure: 'hostile load: served get_token vs their audit lines (flood + legit)', value: `${servedLines} lines`, reference: `${served + legitServed} served`, ratio: servedLines / (served + legitServed), target: '= 1.00×', ok: servedLines === served + legitServed },
+      report('hostile load: flood requests sent / served / refused in 3 s', `${sent} / ${served} / ${refusedAnswers}`),
+      { figure: 'hostile load: audit bytes per refused request', value: `${(refusedBytes / Math.max(1, refusedCounted)).toFixed(2)} B`, reference: `${refusedCounted} refusals in ${refusedLines.length} lines`, ratio: null, target: 'report', ok: null },
+      { figure: 'hostile load: legit client p99 during the flood', value: `${p99d.toFixed(0)} µs`, reference: `${p99q.toFixed(0)} µs quiet p99`, ratio: p99d / p99q, target: 'report', ok: null },
+      report('hostile load: legit requests refused (quiet / during the flood)', `${quiet.refused} / ${during.refused}`),
+    ];
+  } finally {
+    rmSync(home, { recursive: true, force: true });
+  }
+}
+
 const run: Record<Section, () => Promise<Row[]>> = {
   'round-trip': async () => [...(await roundTrip('file')), ...(await roundTrip('keyring'))],
   throughput,
@@ -465,6 +548,7 @@ const run: Record<Section, () => Promise<Row[]>> = {
   memory: async () => [...(await idleMemory()), ...(await memory())],
   launch: async () => launchCost(),
   gateway: gatewayBench,
+  hostile: hostileLoad,
 };
 const rows: Row[] = [];
 for (const section of SECTIONS) {
