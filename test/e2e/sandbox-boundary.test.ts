@@ -1,5 +1,5 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -192,7 +192,8 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     const pkg = join(dir, 'node_modules', 'credproxy');
     mkdirSync(pkg, { recursive: true });
     for (const part of ['bin', 'dist', 'package.json']) cpSync(join(REPO, part), join(pkg, part), { recursive: true });
-    symlinkSync(join(REPO, 'node_modules'), join(pkg, 'node_modules'));
+    const deps = realpathSync(join(REPO, 'node_modules'));
+    symlinkSync(deps, join(pkg, 'node_modules'));
     mkdirSync(join(dir, 'node_modules', '.bin'));
     symlinkSync('../credproxy/bin/credproxy', join(dir, 'node_modules', '.bin', 'credproxy'));
     const main = join(pkg, 'dist', 'cli', 'main.js');
@@ -204,7 +205,8 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
       `ln -sf /bin/false node_modules/.bin/credproxy 2>/dev/null && echo HIT-bin-link`,
       `credproxy --version >/dev/null && echo OK-runs`,
     ].join('\n');
-    const r = await runAs(['run', '--bind', join(dir, 'node_modules'), '--', 'sh', '-c', script], { env: host.env, cwd: dir, bin: join(pkg, 'bin', 'credproxy') });
+    // The copied package's dependencies are the checkout's own; shown read-only, wherever the checkout lives (CI clones under /tmp, which the sandbox replaces).
+    const r = await runAs(['run', '--bind', join(dir, 'node_modules'), '--ro-bind', deps, '--', 'sh', '-c', script], { env: host.env, cwd: dir, bin: join(pkg, 'bin', 'credproxy') });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).not.toMatch(/HIT-/);
     expect(r.stdout).toContain('OK-runs');
