@@ -4,13 +4,18 @@ import type { PeerIdentity } from '../server/context.js';
 /** A process's start time, to tell a pid apart from a later process that reuses it; null when unknown. */
 export type ProcessStartTime = (pid: number) => string | null;
 
-/** Linux: field 22 of /proc/<pid>/stat (clock ticks since boot). Elsewhere, or when the process is gone: null. */
+/**
+ * Linux: field 22 of /proc/<pid>/stat (clock ticks since boot). Elsewhere,
+ * or when the process is gone (a zombie is gone: its sockets are closed and
+ * it will never ask again): null.
+ */
 export function procStartTime(pid: number): string | null {
   if (process.platform !== 'linux') return null;
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // The command name (field 2) may hold spaces and parentheses; the fields after its last ')' are fixed.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (fields[0] === 'Z' || fields[0] === 'X') return null;
     return fields[19] ?? null;
   } catch {
     return null;
@@ -30,4 +35,16 @@ export function procStartTime(pid: number): string | null {
 export function ownerKey(peer: PeerIdentity, startTimeOf: ProcessStartTime = procStartTime): string {
   if (peer.pid === null || peer.uid === null) return `conn:${peer.connectionId}`;
   return `proc:${peer.uid}:${peer.pid}:${startTimeOf(peer.pid) ?? '-'}`;
+}
+
+/**
+ * Whether the owner of a session is certainly gone: its connection closed
+ * (owners without peer credentials), or its process exited. An owner whose
+ * start time was unknown is never declared gone (its session still expires).
+ */
+export function ownerGone(owner: string, closedConnectionId: number | null, startTimeOf: ProcessStartTime = procStartTime): boolean {
+  if (owner.startsWith('conn:')) return closedConnectionId !== null && owner === `conn:${closedConnectionId}`;
+  const [, , pid, start] = owner.split(':');
+  if (start === undefined || start === '-') return false;
+  return startTimeOf(Number(pid)) !== start;
 }

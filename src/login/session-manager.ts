@@ -8,7 +8,7 @@ import type { FlowType, OAuthInitiateData, OAuthPollData } from '../protocol/mes
 import type { LoginPort, PeerIdentity } from '../server/context.js';
 import type { OAuthToken, TokenStore } from '../store/types.js';
 import type { FlowOutcome, FlowStarter, FlowTiming, RunningFlow } from './flows/index.js';
-import { ownerKey, procStartTime, type ProcessStartTime } from './owner.js';
+import { ownerGone, ownerKey, procStartTime, type ProcessStartTime } from './owner.js';
 import { loginAnswer, type LoginAnswer } from './renewal.js';
 import { accountOf } from './account.js';
 import { PollGate } from './poll-gate.js';
@@ -30,6 +30,8 @@ export const DEFAULT_MAX_SESSIONS_PER_OWNER = 32;
  * room): each may hold a loopback listener or poll a provider.
  */
 export const DEFAULT_MAX_LIVE_PER_SANDBOX = 4;
+/** After a connection closes, when to look again whether its process has exited. */
+const ABANDON_RECHECK_MS = 1000;
 /** A sweep dropping at least this many sessions is followed by one full garbage collection. */
 export const BULK_SWEEP = 1000;
 
@@ -168,6 +170,7 @@ export class LoginSessionManager implements LoginPort {
   private readonly afterBulkSweep: () => void;
   private readonly onLogin: (event: LoginEvent) => void;
   private sweeper: NodeJS.Timeout | null = null;
+  private recheck: NodeJS.Timeout | null = null;
   /** Initiations between the cap check and their session's creation (they await the provider). */
   private starting = 0;
   private closed = false;
@@ -332,12 +335,44 @@ export class LoginSessionManager implements LoginPort {
     this.closed = true;
     for (const s of [...this.sessions.values()]) this.drop(s);
     this.disarmSweeper();
+    if (this.recheck !== null) clearTimeout(this.recheck);
+    this.recheck = null;
   }
 
-  /** Forget sessions past their expiry, stopping whatever they still run. */
+  /**
+   * A connection closed. Logins whose owner is gone (that connection, or a
+   * process that exited) stop polling and listening at once and free their
+   * sandbox's slot: nobody is left to collect them. A process that is still
+   * running keeps its logins (the client reconnects after an idle close).
+   */
+  connectionClosed(peer: PeerIdentity): void {
+    if (this.sessions.size === 0) return;
+    this.releaseAbandoned(peer.connectionId);
+    // An exiting process closes its sockets before it is a zombie: look again shortly (one timer for any number of closes).
+    if (peer.pid !== null && this.recheck === null) {
+      this.recheck = setTimeout(() => {
+        this.recheck = null;
+        this.releaseAbandoned(null);
+      }, ABANDON_RECHECK_MS);
+      this.recheck.unref();
+    }
+  }
+
+  private releaseAbandoned(closedConnectionId: number | null): void {
+    for (const s of this.sessions.values()) {
+      if (!s.live || s.used) continue;
+      if (!ownerGone(s.owner, closedConnectionId, this.startTimeOf)) continue;
+      this.logger.debug({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket }, 'login session abandoned: its owner is gone');
+      this.release(s);
+    }
+  }
+
+  /** Forget sessions past their expiry, stopping whatever they still run; stop the abandoned ones. */
   sweep(): void {
     const now = this.now();
     let dropped = 0;
+    // An owner that closed its socket a moment before exiting is caught here.
+    this.releaseAbandoned(null);
     for (const s of this.sessions.values()) {
       if (s.expiresAt > now) continue;
       this.drop(s);

@@ -32,4 +32,6 @@ export interface LoginPort {
   exchange(sessionId: string, code: string, owner: PeerIdentity, signal: AbortSignal): Promise<SanitizedToken>;
   poll(sessionId: string, owner: PeerIdentity, signal: AbortSignal): Promise<OAuthPollData>;
   cancel(sessionId: string, owner: PeerIdentity): Promise<void>;
+  /** A connection closed: logins whose owner is gone stop their background work. */
+  connectionClosed?(peer: PeerIdentity): void;
 }

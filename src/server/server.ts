@@ -361,6 +361,7 @@ export class ProxyServer {
       onClose: (c) => {
         this.connections.delete(c);
         this.peers.remove(key, c);
+        this.o.login?.connectionClosed?.(c.peer);
         this.noteClosed();
       },
       ...(remote !== null ? { handshakeFailureDelayMs: () => this.tarpit(remote, socket) } : {}),

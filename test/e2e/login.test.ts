@@ -324,6 +324,24 @@ describe('login from inside the sandbox, completed on the host', () => {
     expect(await stores.tokens.getToken('dev', 'interrupted')).toBeNull();
   }, 30_000);
 
+  it('a sandbox CLI killed mid-poll (no cancel sent) stops the host polling at once and frees its login slot', async () => {
+    // Straight to serve's socket, so that the peer is the CLI process itself.
+    const env = { ...sandboxEnv(), CREDPROXY_SOCKET: serve.socket };
+    const child = spawn(process.execPath, [BIN, 'login', 'dev', '--bucket', 'killed'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<void>((r) => child.on('exit', () => r()));
+    const { text } = await waitForStderr(child, /enter the code: \S+\n[\s\S]*waiting for the login/, 'device prompt');
+    const before = oidc.tokenRequests;
+    await until(() => oidc.tokenRequests > before, 10_000, 'the host to poll the device grant');
+    child.kill('SIGKILL');
+    await exited;
+    cliOutput.push(text());
+    await until(() => serve.stderr().includes('login session abandoned: its owner is gone'), 10_000, 'the host to drop the abandoned login');
+    const polled = oidc.tokenRequests;
+    await new Promise((r) => setTimeout(r, 6000)); // more than the 5 s poll interval
+    expect(oidc.tokenRequests).toBe(polled);
+    expect(await stores.tokens.getToken('dev', 'killed')).toBeNull();
+  }, 40_000);
+
   it('on the host, `credproxy login` runs the device flow in-process and stores the token; logout removes it', async () => {
     const child = spawn(process.execPath, [BIN, 'login', 'dev', '--bucket', 'hostside', '--no-browser'], { env: host.env, stdio: ['ignore', 'pipe', 'pipe'] });
     const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));

@@ -1,4 +1,5 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { promisify } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
@@ -273,6 +274,41 @@ describe('LoginSessionManager', () => {
     manager.close();
   });
 
+  it('stops an abandoned login at once: its connection closed (no peer credentials) or its process exited; a live process keeps it', async () => {
+    const starts = new Map<number, string>([[100, 'boot-100'], [200, 'boot-200']]);
+    const { manager, flows } = setup({ maxLivePerSandbox: 2, processStartTime: (pid) => starts.get(pid) ?? null });
+    const P100 = { ...A, pid: 100 };
+    const P200 = { ...A, pid: 200 };
+    const conn7 = { connectionId: 7, pid: null, uid: null };
+    await manager.initiate('dev', 'default', P100, never);
+    await manager.initiate('loop', 'default', P200, never);
+    await manager.initiate('dev', 'default', conn7, never);
+    const [f100, f200, f7] = flows.started;
+    // The sandbox's two slots are taken.
+    expect(await codeOf(manager.initiate('dev', 'default', { ...A, pid: 300 }, never))).toBe('RATE_LIMITED');
+    // Process 100's connection closes while it still runs (an idle close): its login goes on.
+    manager.connectionClosed(P100);
+    expect(f100!.stopped).toBe(false);
+    // Process 100 exits: the next close (any connection) or sweep stops its polling and frees the slot.
+    starts.delete(100);
+    manager.connectionClosed({ connectionId: 99, pid: 555, uid: 1000 });
+    expect(f100!.stopped).toBe(true);
+    expect(f200!.stopped).toBe(false);
+    expect(f7!.stopped).toBe(false);
+    starts.set(300, 'boot-300');
+    expect(await codeOf(manager.initiate('dev', 'default', { ...A, pid: 300 }, never))).toBe('OK');
+    // A pid reused by another process is not the owner.
+    starts.set(200, 'boot-200-again');
+    manager.sweep();
+    expect(f200!.stopped).toBe(true);
+    // Without peer credentials the owner is the connection.
+    manager.connectionClosed({ connectionId: 8, pid: null, uid: null });
+    expect(f7!.stopped).toBe(false);
+    manager.connectionClosed(conn7);
+    expect(f7!.stopped).toBe(true);
+    manager.close();
+  });
+
   it('oauth_cancel drops the session at once and stops its flow', async () => {
     const { manager, flows, tokens } = setup();
     const dev = await manager.initiate('dev', 'default', A, never);
@@ -394,6 +430,21 @@ describe('LoginSessionManager', () => {
     const child = await run(process.execPath, ['-e', 'console.log(process.pid)']);
     const gone = Number(child.stdout.trim());
     expect(procStartTime(gone)).toBeNull(); // exited
+    // A zombie (exited, not yet reaped) is gone too.
+    // (`sleep 30`, exec'd over the shell, never reaps the shell's child.)
+    const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const zpid = Number(await new Promise<string>((r) => parent.stdout.once('data', (d: Buffer) => r(d.toString()))));
+    try {
+      let stat = '';
+      for (let i = 0; i < 200 && !/\) Z /.test(stat); i++) {
+        await new Promise((r) => setTimeout(r, 25));
+        stat = readFileSync(`/proc/${zpid}/stat`, 'utf8');
+      }
+      expect(stat).toMatch(/\) Z /);
+      expect(procStartTime(zpid)).toBeNull();
+    } finally {
+      parent.kill();
+    }
     expect(ownerKey({ ...A, pid: gone }, procStartTime)).toBe(`proc:1000:${gone}:-`);
     expect(ownerKey({ ...A, pid: process.pid }, procStartTime)).toBe(`proc:1000:${process.pid}:${mine}`);
     expect(ownerKey({ connectionId: 3, pid: null, uid: null })).toBe('conn:3');
