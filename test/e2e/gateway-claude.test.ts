@@ -42,9 +42,9 @@ afterAll(async () => {
 async function claude(policy: string[]): Promise<{ stdout: string; placeholderSeen: boolean; requests: typeof fake.requests }> {
   const before = fake.requests.length;
   // After the answer, everything Claude Code wrote in the sandbox's writable places and its environment go to stdout, for the sweep below.
-  // claude's answer goes to a file first: Claude Code leaves its stdout non-blocking, and on
-  // the shared pipe a later `env` then fails with EAGAIN when the reader is slow (a loaded machine).
-  const script = 'claude -p "say hi" >/tmp/claude.out && cat /tmp/claude.out && find "$HOME" /tmp -type f -exec cat {} + 2>/dev/null; env';
+  // Claude Code gets stdio of its own: it leaves inherited stdio non-blocking (seen: O_NONBLOCK on
+  // the shared socket after it ran), and a later `env` then fails with EAGAIN when the reader is slow.
+  const script = 'claude -p "say hi" </dev/null >/tmp/claude.out 2>/tmp/claude.err && cat /tmp/claude.out && find "$HOME" /tmp -type f -exec cat {} + 2>/dev/null; env';
   const r = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--agent', 'claude', ...policy, '--', 'sh', '-c', script], { env: host.env, timeoutMs: 120_000 });
   expect(r.code, r.stderr).toBe(0);
   expect(r.stdout).toContain('CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1');
