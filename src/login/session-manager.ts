@@ -152,6 +152,8 @@ const LOGIN_SAVE_LOCK_WAIT_MS = 30_000;
 
 export class LoginSessionManager implements LoginPort {
   private readonly sessions = new Map<string, Session>();
+  /** The live ones (at most 4 per sandbox): what a connection close looks at, not every session held. */
+  private readonly liveSessions = new Set<Session>();
   private readonly perOwner = new Map<string, number>();
   private readonly livePerSandbox = new Map<string, number>();
   private readonly maxLivePerSandbox: number;
@@ -259,6 +261,7 @@ export class LoginSessionManager implements LoginPort {
       result: null,
     };
     this.sessions.set(id, session);
+    this.liveSessions.add(session);
     if (flow.outcome) {
       session.expiryTimer = setTimeout(() => this.release(session), this.timeoutMs);
       session.expiryTimer.unref();
@@ -346,7 +349,7 @@ export class LoginSessionManager implements LoginPort {
    * running keeps its logins (the client reconnects after an idle close).
    */
   connectionClosed(peer: PeerIdentity): void {
-    if (this.sessions.size === 0) return;
+    if (this.liveSessions.size === 0) return;
     this.releaseAbandoned(peer.connectionId);
     // An exiting process closes its sockets before it is a zombie: look again shortly (one timer for any number of closes).
     if (peer.pid !== null && this.recheck === null) {
@@ -359,8 +362,8 @@ export class LoginSessionManager implements LoginPort {
   }
 
   private releaseAbandoned(closedConnectionId: number | null): void {
-    for (const s of this.sessions.values()) {
-      if (!s.live || s.used) continue;
+    for (const s of [...this.liveSessions]) {
+      if (s.used) continue;
       if (!ownerGone(s.owner, closedConnectionId, this.startTimeOf)) continue;
       this.logger.debug({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket }, 'login session abandoned: its owner is gone');
       this.release(s);
@@ -455,6 +458,7 @@ export class LoginSessionManager implements LoginPort {
   private release(s: Session): void {
     if (s.live) {
       s.live = false;
+      this.liveSessions.delete(s);
       this.countLive(s.sandbox, -1);
     }
     if (s.expiryTimer) clearTimeout(s.expiryTimer);
