@@ -42,9 +42,10 @@ afterAll(async () => {
 async function claude(policy: string[]): Promise<{ stdout: string; placeholderSeen: boolean; requests: typeof fake.requests }> {
   const before = fake.requests.length;
   // After the answer, everything Claude Code wrote in the sandbox's writable places and its environment go to stdout, for the sweep below.
-  // Claude Code gets stdio of its own: it leaves inherited stdio non-blocking (seen: O_NONBLOCK on
-  // the shared socket after it ran), and a later `env` then fails with EAGAIN when the reader is slow.
-  const script = 'claude -p "say hi" </dev/null >/tmp/claude.out 2>/tmp/claude.err && cat /tmp/claude.out && find "$HOME" /tmp -type f -exec cat {} + 2>/dev/null; env';
+  // The dump goes through a Node copier, which waits out EAGAIN: on Node 24 and on a loaded machine the
+  // run's stdio socket was found O_NONBLOCK after claude ran (even with claude's own stdio redirected;
+  // the process that sets it is not found yet), and a plain `env` writing to it failed with EAGAIN.
+  const script = '{ claude -p "say hi" </dev/null >/tmp/claude.out 2>/tmp/claude.err && cat /tmp/claude.out && find "$HOME" /tmp -type f -exec cat {} + 2>/dev/null; env; } | node -e "process.stdin.pipe(process.stdout)"';
   const r = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--agent', 'claude', ...policy, '--', 'sh', '-c', script], { env: host.env, timeoutMs: 120_000 });
   expect(r.code, r.stderr).toBe(0);
   expect(r.stdout).toContain('CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1');
