@@ -38,13 +38,11 @@ export function ownerKey(peer: PeerIdentity, startTimeOf: ProcessStartTime = pro
 }
 
 /**
- * Whether the owner of a session is certainly gone: its connection closed
- * (owners without peer credentials), or its process exited. An owner whose
- * start time was unknown is never declared gone (its session still expires).
+ * Whether the owner of a session is gone: without peer credentials, its
+ * connection closed; with them, the peer's process no longer has the owner
+ * key it had (it exited, or its pid now names another process).
  */
-export function ownerGone(owner: string, closedConnectionId: number | null, startTimeOf: ProcessStartTime = procStartTime): boolean {
-  if (owner.startsWith('conn:')) return closedConnectionId !== null && owner === `conn:${closedConnectionId}`;
-  const [, , pid, start] = owner.split(':');
-  if (start === undefined || start === '-') return false;
-  return startTimeOf(Number(pid)) !== start;
+export function ownerGone(owner: string, peer: PeerIdentity, closedConnectionId: number | null, startTimeOf: ProcessStartTime = procStartTime): boolean {
+  if (peer.pid === null || peer.uid === null) return peer.connectionId === closedConnectionId;
+  return ownerKey(peer, startTimeOf) !== owner;
 }

@@ -364,7 +364,7 @@ export class LoginSessionManager implements LoginPort {
   private releaseAbandoned(closedConnectionId: number | null): void {
     for (const s of [...this.liveSessions]) {
       if (s.used) continue;
-      if (!ownerGone(s.owner, closedConnectionId, this.startTimeOf)) continue;
+      if (!ownerGone(s.owner, s.peer, closedConnectionId, this.startTimeOf)) continue;
       this.logger.debug({ session: shortSessionId(s.id), provider: s.provider, bucket: s.bucket }, 'login session abandoned: its owner is gone');
       this.release(s);
     }
