@@ -1,8 +1,8 @@
-import { capabilityTokenFromEnv } from './capability-token.js';
 import { CredproxyError } from '../errors.js';
 import { isOp, OP_PAYLOADS, type Op, type OpData, type OpInput } from '../protocol/messages.js';
 import { connectionLostError, ProxyConnection } from './proxy-connection.js';
 import { parseSocketAddress, type SocketAddress } from './socket-address.js';
+import { capabilityTokenFromEnv } from './capability-token.js';
 
 /** SPEC §6 defaults. */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;

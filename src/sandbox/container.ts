@@ -1,6 +1,6 @@
-import { TOKEN_FILE_ENV, TOKEN_FILE_NAME } from '../client/capability-token.js';
 import { LLXPRT_SOCKET_ENV } from './llxprt.js';
 import { SANDBOX_SOCKET_DIR, socketPathInside, type SandboxSpec } from './spec.js';
+import { TOKEN_FILE_ENV, TOKEN_FILE_NAME } from '../client/capability-token.js';
 
 export interface ContainerOptions {
   engine: 'docker' | 'podman';

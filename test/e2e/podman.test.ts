@@ -1,6 +1,6 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
@@ -154,4 +154,27 @@ describe('credproxy run --sandbox podman', () => {
     // The run is over: the token file went with the socket dir.
     expect(execFileSync('find', [join(host.home, 'run'), '-type', 'f'], { encoding: 'utf8' }).trim()).toBe('');
   }, 90_000);
+  it('a --socket-dir holding a killed run\'s token file, or a link planted in its place, still gets a fresh token file, never written through the link', async () => {
+    const dir = mkdtempSync('/tmp/cps-');
+    chmodSync(dir, 0o700);
+    const target = join(dir, '..', `${basename(dir)}-target`);
+    writeFileSync(target, 'untouched');
+    try {
+      for (const plant of ['stale', 'link'] as const) {
+        if (plant === 'stale') writeFileSync(join(dir, 'token'), 'stale-token\n', { mode: 0o400 });
+        else symlinkSync(target, join(dir, 'token'));
+        const r = await runCli(
+          ['run', '--sandbox', 'podman', '--image', IMAGE, '--socket-dir', dir, '--allow-key', 'openai', '--engine-arg=-v', '--engine-arg=/usr:/usr:ro', '--', 'sh', '-c', 'cat "$CREDPROXY_TOKEN_FILE"'],
+          { env, timeoutMs: 60_000 },
+        );
+        expect(r.code, r.stderr).toBe(0);
+        expect(r.stdout.trim(), plant).toMatch(/^[0-9a-f]{64}$/);
+        expect(existsSync(join(dir, 'token')), plant).toBe(false);
+        expect(readFileSync(target, 'utf8')).toBe('untouched');
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      rmSync(target, { force: true });
+    }
+  }, 120_000);
 });

@@ -1,4 +1,3 @@
-import { capabilityTokenFromEnv, TOKEN_FILE_ENV } from '../../client/capability-token.js';
 import type { Writable } from 'node:stream';
 import type { Command } from 'commander';
 import { CredproxyError } from '../../errors.js';
@@ -7,6 +6,7 @@ import { SignalRelay, spawnChild } from '../../sandbox/child.js';
 import { capabilityFdBytes, llxprtEnv, llxprtMode, llxprtWanted } from '../../sandbox/llxprt.js';
 import type { CliContext } from '../context.js';
 import { UsageError } from '../io.js';
+import { capabilityTokenFromEnv, TOKEN_FILE_ENV } from '../../client/capability-token.js';
 
 export type EnvSource = { var: string; kind: 'token'; provider: string; bucket: string } | { var: string; kind: 'key'; name: string };
 

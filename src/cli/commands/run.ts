@@ -1,4 +1,3 @@
-import { TOKEN_FILE_NAME } from '../../client/capability-token.js';
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
@@ -16,6 +15,7 @@ import { describeFilter, seccompFilter } from '../../sandbox/seccomp.js';
 import { probeBwrap } from '../../sandbox/bwrap-features.js';
 import { bwrapCommandPid, SignalRelay, spawnChild, type ChildRun } from '../../sandbox/child.js';
 import { containerArgs } from '../../sandbox/container.js';
+import { TOKEN_FILE_NAME } from '../../client/capability-token.js';
 import { capabilityFdBytes, llxprtEnv, llxprtMode, llxprtWanted, LLXPRT_TOKEN_ENV } from '../../sandbox/llxprt.js';
 import { gatewayPlan } from '../../gateway/sandbox.js';
 import { AGENTS, agentEnvPlan, locateAgentCommand, resolveAgentEnv, type Agent, type AgentEnvPlan } from '../../gateway/agents.js';
@@ -289,7 +289,12 @@ function launch(kind: SandboxKind, spec: SandboxSpec, plan: MountPlan | undefine
   // llxprt images read theirs from the environment, and the TCP transport has no mount to carry a file.
   const viaFile = !spec.llxprt && spec.tcpPort === null;
   const envFile = viaFile ? undefined : join(envDir, 'env');
-  if (envFile === undefined) writeFileSync(join(spec.socketDir, TOKEN_FILE_NAME), `${spec.capabilityToken}\n`, { mode: 0o400, flag: 'wx' });
+  if (envFile === undefined) {
+    // A run killed before its cleanup leaves its file in a --socket-dir of the user's; wx then never follows a planted link.
+    const tokenFile = join(spec.socketDir, TOKEN_FILE_NAME);
+    rmSync(tokenFile, { force: true });
+    writeFileSync(tokenFile, `${spec.capabilityToken}\n`, { mode: 0o400, flag: 'wx' });
+  }
   else writeFileSync(envFile, `${spec.llxprt ? LLXPRT_TOKEN_ENV : 'CREDPROXY_TOKEN'}=${spec.capabilityToken}\n`, { mode: 0o600 });
   const args = containerArgs(spec, {
     engine: kind,
