@@ -1,4 +1,5 @@
 import type { AuditSink } from '../server/audit.js';
+import { SecondTally } from '../server/refusals.js';
 
 /**
  * One audit line per gateway request. Names, numbers and codes only: never
@@ -33,9 +34,44 @@ export type GatewayOutcome =
   | 'upstream_error'
   | 'upstream_timeout'
   | 'encoded_response'
-  | 'client_closed';
+  | 'client_closed'
+  | 'bad_request';
 
-export type GatewayAuditSink = AuditSink<GatewayAuditEntry>;
+/** Outcomes where the gateway answered itself and nothing was served: counted per second, not a line each. */
+export const REFUSAL_OUTCOMES: ReadonlySet<GatewayOutcome> = new Set(['no_route', 'bad_path', 'not_allowed', 'no_placeholder', 'credential_error', 'bad_request']);
+
+/**
+ * The gateway's refusals of one second: a sandbox sending requests without
+ * the placeholder, to routes it does not have, or malformed HTTP, grows the
+ * audit file by at most this one line a second.
+ */
+export interface GatewayRefusedEntry {
+  time: string;
+  kind: 'gateway_refused';
+  /** By outcome (no_placeholder, no_route, …). */
+  refused: Record<string, number>;
+  /** By route name; '-' when the path named none. */
+  routes: Record<string, number>;
+}
+
+export type GatewayAuditSink = AuditSink<GatewayAuditEntry | GatewayRefusedEntry>;
+
+/** Counts refusals into one GatewayRefusedEntry per second. */
+export class GatewayRefusals {
+  private readonly tally: SecondTally;
+
+  constructor(sink: GatewayAuditSink | undefined, now?: () => number) {
+    this.tally = new SecondTally((windowStart, refused, routes) => sink?.record({ time: new Date(windowStart).toISOString(), kind: 'gateway_refused', refused, routes }), now);
+  }
+
+  note(outcome: GatewayOutcome, route: string | null): void {
+    this.tally.note(outcome, route ?? '-');
+  }
+
+  flush(): void {
+    this.tally.flush();
+  }
+}
 
 /** Paths in the audit are cut to a readable length; the query never goes in. */
 export function auditPath(path: string): string {

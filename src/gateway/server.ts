@@ -5,7 +5,7 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from '../log.js';
 import type { CredentialService } from '../refresh/types.js';
 import type { KeyStore } from '../store/types.js';
-import { auditPath, type GatewayAuditEntry, type GatewayAuditSink, type GatewayOutcome } from './audit.js';
+import { auditPath, GatewayRefusals, REFUSAL_OUTCOMES, type GatewayAuditEntry, type GatewayAuditSink, type GatewayOutcome } from './audit.js';
 import { GatewayCredentials, GatewayError, type ResolvedCredential } from './credentials.js';
 import { downstreamHeaders, hasPlaceholder, upstreamHeaders } from './inject.js';
 import { KEY_ROUTE_PREFIX, rulesAllow, type Route } from './routes.js';
@@ -60,16 +60,20 @@ export class GatewayServer {
   private readonly http: http.Server;
   private readonly listeners: net.Server[] = [];
   private readonly sockets = new Set<Socket>();
+  private readonly refusals: GatewayRefusals;
 
   constructor(options: GatewayOptions) {
     this.o = options;
+    this.refusals = new GatewayRefusals(options.audit);
     this.placeholder = Buffer.from(options.placeholder, 'utf8');
     this.creds = new GatewayCredentials(options.credentials, options.keys);
     this.upstream = new Upstream(options.upstream);
     // Larger stream buffers than Node's 16 KiB: a two-hop pipe with small ones stalls on every drain.
     this.http = http.createServer({ requestTimeout: 0, headersTimeout: 30_000, keepAliveTimeout: 5_000, highWaterMark: STREAM_HIGH_WATER_MARK }, (req, res) => this.handle(req, res));
     this.http.timeout = this.upstream.idleTimeoutMs;
-    this.http.on('clientError', (_err, socket: Socket) => {
+    this.http.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+      // A reset by the client is its own business; malformed or too slow HTTP is a refusal.
+      if (err.code !== 'ECONNRESET') this.refusals.note('bad_request', null);
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
       else socket.destroy();
     });
@@ -102,6 +106,7 @@ export class GatewayServer {
     for (const s of this.sockets) s.destroy();
     await closed;
     this.upstream.close();
+    this.refusals.flush();
   }
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
@@ -122,7 +127,9 @@ export class GatewayServer {
       }
       x.entry.status = res.statusCode;
       x.entry.durationMs = Math.round((performance.now() - started) * 100) / 100;
-      this.o.audit?.record(x.entry);
+      // Every request that reached the upstream has its own line; what the gateway refused itself is counted.
+      if (x.entry.outcome !== undefined && REFUSAL_OUTCOMES.has(x.entry.outcome)) this.refusals.note(x.entry.outcome, x.entry.route);
+      else this.o.audit?.record(x.entry);
     });
     this.route(x).catch((err: unknown) => this.fail(x, err));
   }

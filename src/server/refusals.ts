@@ -21,6 +21,54 @@ const WINDOW_MS = 1000;
 const MAX_PAUSE_MS = 1000;
 
 /**
+ * Counts events of one second by two keys and hands the second's counts to
+ * `flush` once: when the next event falls in a later second, when the
+ * second's timer fires, or on an explicit flush(). A flood of refusals so
+ * costs at most one audit line a second, and nothing counted is lost.
+ */
+export class SecondTally {
+  private windowStart = 0;
+  private first: Record<string, number> = {};
+  private second: Record<string, number> = {};
+  private count = 0;
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly onFlush: (windowStart: number, first: Record<string, number>, second: Record<string, number>) => void,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Start of the second the last note fell in. */
+  get window(): number {
+    return this.windowStart;
+  }
+
+  note(first: string, second: string): void {
+    const now = this.now();
+    if (this.count > 0 && now - this.windowStart >= WINDOW_MS) this.flush();
+    if (this.count === 0) {
+      this.windowStart = now;
+      this.timer = setTimeout(() => this.flush(), WINDOW_MS);
+      this.timer.unref();
+    }
+    this.count++;
+    this.first[first] = (this.first[first] ?? 0) + 1;
+    this.second[second] = (this.second[second] ?? 0) + 1;
+  }
+
+  flush(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    if (this.count === 0) return;
+    const [first, second] = [this.first, this.second];
+    this.first = {};
+    this.second = {};
+    this.count = 0;
+    this.onFlush(this.windowStart, first, second);
+  }
+}
+
+/**
  * Refused requests of one connection (schema, policy, rate limit): one audit
  * line per second with counts instead of one per request, so a flood cannot
  * grow the audit file faster than a line a second. A client that keeps
@@ -28,26 +76,34 @@ const MAX_PAUSE_MS = 1000;
  * for longer each second) and then disconnected.
  */
 export class RefusalMeter {
-  private readonly o: RefusalMeterOptions;
   private readonly floodPerSecond: number;
   private readonly disconnectAfter: number;
   private readonly slowStepMs: number;
-  private readonly now: () => number;
-  private windowStart = 0;
-  private byCode: Record<string, number> = {};
-  private byOp: Record<string, number> = {};
+  private readonly tally: SecondTally;
   private rateLimited = 0;
-  private total = 0;
   private strikes = 0;
   private lastFloodWindow = -Infinity;
-  private timer: NodeJS.Timeout | null = null;
 
   constructor(options: RefusalMeterOptions) {
-    this.o = options;
     this.floodPerSecond = options.floodPerSecond ?? 60;
     this.disconnectAfter = options.disconnectAfter ?? 5;
     this.slowStepMs = options.slowStepMs ?? 200;
-    this.now = options.now ?? Date.now;
+    this.tally = new SecondTally((windowStart, byCode, byOp) => {
+      this.rateLimited = 0;
+      const entry: AuditEntry = {
+        time: new Date(windowStart).toISOString(),
+        conn: options.peer.connectionId,
+        peerPid: options.peer.pid,
+        peerUid: options.peer.uid,
+        ...(options.remote !== null ? { remote: options.remote } : {}),
+        op: 'refused',
+        refused: byCode,
+        ops: byOp,
+        result: 'REFUSED',
+        durationMs: 0,
+      };
+      options.audit?.record(entry);
+    }, options.now);
   }
 
   /** Consecutive flooding seconds so far. */
@@ -56,47 +112,20 @@ export class RefusalMeter {
   }
 
   note(op: string, code: string): RefusalAction {
-    const now = this.now();
-    if (this.total > 0 && now - this.windowStart >= WINDOW_MS) this.flush();
-    if (this.total === 0) {
-      this.windowStart = now;
-      this.timer = setTimeout(() => this.flush(), WINDOW_MS);
-      this.timer.unref();
-    }
-    this.total++;
-    this.byCode[code] = (this.byCode[code] ?? 0) + 1;
-    this.byOp[op] = (this.byOp[op] ?? 0) + 1;
+    this.tally.note(code, op);
     if (code !== 'RATE_LIMITED') return { kind: 'none' };
     this.rateLimited++;
     if (this.rateLimited !== this.floodPerSecond) return { kind: 'none' };
     // This second floods: a strike, counted once per second, kept only while the seconds are consecutive.
-    this.strikes = this.windowStart - this.lastFloodWindow <= WINDOW_MS + MAX_PAUSE_MS + WINDOW_MS ? this.strikes + 1 : 1;
-    this.lastFloodWindow = this.windowStart;
+    const windowStart = this.tally.window;
+    this.strikes = windowStart - this.lastFloodWindow <= WINDOW_MS + MAX_PAUSE_MS + WINDOW_MS ? this.strikes + 1 : 1;
+    this.lastFloodWindow = windowStart;
     if (this.strikes >= this.disconnectAfter) return { kind: 'disconnect' };
     return { kind: 'slow', pauseMs: Math.min(MAX_PAUSE_MS, this.strikes * this.slowStepMs) };
   }
 
   /** Write the current second's line (also on close, so nothing counted is lost). */
   flush(): void {
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
-    if (this.total === 0) return;
-    const entry: AuditEntry = {
-      time: new Date(this.windowStart).toISOString(),
-      conn: this.o.peer.connectionId,
-      peerPid: this.o.peer.pid,
-      peerUid: this.o.peer.uid,
-      ...(this.o.remote !== null ? { remote: this.o.remote } : {}),
-      op: 'refused',
-      refused: this.byCode,
-      ops: this.byOp,
-      result: 'REFUSED',
-      durationMs: 0,
-    };
-    this.o.audit?.record(entry);
-    this.byCode = {};
-    this.byOp = {};
-    this.rateLimited = 0;
-    this.total = 0;
+    this.tally.flush();
   }
 }

@@ -136,11 +136,13 @@ describe('serve --gateway', () => {
       hostLogs.push(serve.stderr(), serve.stdout().replace(serve.token, ''));
     }
     const lines = readFileSync(join(host.home, 'state', 'gateway-audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-    expect(lines.map((l) => [l.route, l.status, l.refreshed])).toEqual([
-      ['anthropic', 200, false],
-      ['anthropic', 200, true],
-      ['anthropic', 401, false],
+    // A line per request the upstream saw; the refused guess is counted in its second's line (written at stop).
+    expect(lines.map((l) => [l.kind, l.route, l.status, l.refreshed])).toEqual([
+      ['gateway', 'anthropic', 200, false],
+      ['gateway', 'anthropic', 200, true],
+      ['gateway_refused', undefined, undefined, undefined],
     ]);
+    expect(lines[2]).toMatchObject({ refused: { no_placeholder: 1 }, routes: { anthropic: 1 } });
     expect(JSON.stringify(lines)).not.toContain(serve.token);
   });
 

@@ -1,14 +1,15 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Readable } from 'node:stream';
 import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { parseConfig, type CredproxyConfig } from '../../src/config.js';
-import type { GatewayAuditEntry } from '../../src/gateway/audit.js';
+import type { GatewayAuditEntry, GatewayRefusedEntry } from '../../src/gateway/audit.js';
 import { buildRoutes } from '../../src/gateway/routes.js';
 import { GatewayServer } from '../../src/gateway/server.js';
 import { ProviderRegistry } from '../../src/oauth/index.js';
@@ -40,13 +41,16 @@ interface Rig {
   coordinator: RefreshCoordinator;
   gateway: GatewayServer;
   recorder: TcpRecorder;
+  /** A line per request the upstream saw. */
   audit: GatewayAuditEntry[];
+  /** The per-second counts of what the gateway refused itself. */
+  refused: GatewayRefusedEntry[];
   url: string;
   stateDir: string;
 }
 let rig: Rig;
 const recorders: TcpRecorder[] = [];
-const audits: GatewayAuditEntry[][] = [];
+const audits: Array<Array<GatewayAuditEntry | GatewayRefusedEntry>> = [];
 
 beforeAll(async () => {
   ca = createTestCa();
@@ -91,6 +95,17 @@ async function login(store: MemoryTokenStore, provider = 'anthropic'): Promise<O
   return token;
 }
 
+/** The per-second refusal lines, summed, come to these counts (the second's line is written when its timer fires). */
+async function expectRefused(refused: Record<string, number>, routes: Record<string, number>): Promise<void> {
+  const sum = (pick: (e: GatewayRefusedEntry) => Record<string, number>): Record<string, number> => {
+    const out: Record<string, number> = {};
+    for (const e of rig.refused) for (const [k, n] of Object.entries(pick(e))) out[k] = (out[k] ?? 0) + n;
+    return out;
+  };
+  await vi.waitFor(() => expect(sum((e) => e.refused)).toEqual(refused), { timeout: 10_000, interval: 100 });
+  expect(sum((e) => e.routes)).toEqual(routes);
+}
+
 beforeEach(async () => {
   const stateDir = await mkdtemp(join(tmpdir(), 'credproxy-gw-'));
   const store = new MemoryTokenStore();
@@ -102,13 +117,15 @@ beforeEach(async () => {
   const policy = Policy.from({ allow: ['anthropic', 'limited'], keys: ['openai'], allowAll: false, readOnly: false });
   const table = buildRoutes({ policy, config });
   const audit: GatewayAuditEntry[] = [];
-  audits.push(audit);
-  const gateway = new GatewayServer({ routes: table.routes, placeholder: PLACEHOLDER, credentials: coordinator, keys, logger, audit: { record: (e) => audit.push(e) }, upstream: { ca: ca.caPem } });
+  const refused: GatewayRefusedEntry[] = [];
+  audits.push(audit, refused);
+  const record = (e: GatewayAuditEntry | GatewayRefusedEntry): void => void (e.kind === 'gateway' ? audit.push(e) : refused.push(e));
+  const gateway = new GatewayServer({ routes: table.routes, placeholder: PLACEHOLDER, credentials: coordinator, keys, logger, audit: { record }, upstream: { ca: ca.caPem } });
   const direct = await gateway.listen({ host: '127.0.0.1', port: 0 });
   const recorder = await TcpRecorder.start(Number(new URL(direct).port));
   recorders.push(recorder);
   fake.accept = (c) => c !== null;
-  rig = { store, keys, coordinator, gateway, recorder, audit, url: recorder.url, stateDir };
+  rig = { store, keys, coordinator, gateway, recorder, audit, refused, url: recorder.url, stateDir };
 });
 
 afterEach(async () => {
@@ -193,7 +210,7 @@ describe('gateway with the official SDKs', () => {
     ]);
   });
 
-  it('refuses a missing or wrong placeholder with 401 and an audit line, and sends nothing upstream', async () => {
+  it('refuses a missing or wrong placeholder with 401, counted in the audit, and sends nothing upstream', async () => {
     await login(rig.store);
     const before = fake.requests.length;
     const none = await anthropic()
@@ -208,11 +225,36 @@ describe('gateway with the official SDKs', () => {
     const forged = await raw('GET', '/anthropic/echo', { authorization: `Bearer ${[...rig.store.tokens.values()][0]!.access_token}` });
     expect(forged.status).toBe(401);
     expect(fake.requests.length).toBe(before);
-    expect(rig.audit.map((e) => [e.status, e.outcome])).toEqual([
-      [401, 'no_placeholder'],
-      [401, 'no_placeholder'],
-      [401, 'no_placeholder'],
-    ]);
+    // Nothing was served: no line of its own; the refusals are counted in the second's line.
+    expect(rig.audit).toEqual([]);
+    await expectRefused({ no_placeholder: 3 }, { anthropic: 3 });
+  });
+
+  it('a flood of refused requests (no placeholder, unknown routes, malformed HTTP) grows the audit by a line a second, with every refusal counted', async () => {
+    await login(rig.store);
+    const before = fake.requests.length;
+    const started = Date.now();
+    const url = new URL(rig.url);
+    const garbage = async (): Promise<void> => {
+      const s = connect(Number(url.port), url.hostname);
+      await new Promise<void>((resolve) => {
+        s.on('error', () => resolve());
+        s.on('close', () => resolve());
+        s.end('NOT HTTP AT ALL\r\n\r\n');
+      });
+    };
+    for (let round = 0; round < 40; round++) {
+      await Promise.all([
+        ...Array.from({ length: 20 }, () => raw('GET', '/anthropic/v1/models', {})),
+        ...Array.from({ length: 20 }, () => raw('GET', '/nope/v1/models', bearer)),
+        ...Array.from({ length: 5 }, () => garbage()),
+      ]);
+    }
+    const seconds = Math.ceil((Date.now() - started) / 1000) + 1;
+    expect(fake.requests.length).toBe(before);
+    expect(rig.audit).toEqual([]);
+    await expectRefused({ no_placeholder: 800, no_route: 800, bad_request: 200 }, { anthropic: 800, '-': 1000 });
+    expect(rig.refused.length).toBeLessThanOrEqual(seconds);
   });
 
   it('answers 404 for routes the policy did not allow and 400 for paths that climb out of the base', async () => {
@@ -417,7 +459,7 @@ describe('refresh through the one credential path', () => {
       .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(Anthropic.AuthenticationError);
     expect(String((err as Error).message)).toContain('credproxy login anthropic');
-    expect(rig.audit.at(-1)).toMatchObject({ status: 401, outcome: 'credential_error' });
+    await expectRefused({ credential_error: 1 }, { anthropic: 1 });
   });
 
   it('refreshes a near-expiry token before using it', async () => {
