@@ -9,6 +9,7 @@ import { registerServeCommand } from './commands/serve.js';
 import { registerRunCommand } from './commands/run.js';
 import { registerExecCommand } from './commands/exec.js';
 import { registerLoginCommands } from './commands/login.js';
+import { registerImportCommand } from './commands/import.js';
 
 export interface CliProgram {
   /** Parse and run; resolves with the process exit code. */
@@ -41,6 +42,7 @@ export function buildProgram(io: CliIO): CliProgram {
   registerRunCommand(program, ctx);
   registerExecCommand(program, ctx);
   registerLoginCommands(program, ctx);
+  registerImportCommand(program, ctx);
 
   // Subcommands inherit the output and exit behaviour of the root.
   for (const cmd of allCommands(program)) {

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { CredproxyError } from '../../errors.js';
 import { TokenSchema } from '../../protocol/messages.js';
-import type { OAuthToken } from '../../store/types.js';
+import type { OAuthToken, TokenStore } from '../../store/types.js';
 import type { CliContext } from '../context.js';
 import { readAll, writeJson, writeLine } from '../io.js';
 import { bucketArg, providerArg } from '../names.js';
@@ -33,12 +33,26 @@ export function registerTokenCommands(program: Command, ctx: CliContext): void {
       const bucket = bucketArg(opts.bucket);
       const tokens = await ctx.hostOnlyTokenStore('token import');
       const parsed = parseTokenJson(await readAll(ctx.io.stdin));
-      await tokens.saveToken(provider, parsed, bucket);
-      const left = Math.round(parsed.expiry - Date.now() / 1000);
-      ctx.notice(
-        `imported ${provider}:${bucket} (${left > 0 ? `expires in ${left} s` : 'already expired'}${parsed.refresh_token ? ', refreshable' : ', no refresh token'})`,
-      );
+      await saveImportedToken(tokens, provider, bucket, parsed);
+      ctx.notice(importedSummary(provider, bucket, parsed));
     });
+}
+
+/**
+ * The one path by which a token handed to the CLI is stored (`token import`
+ * and `import <agent>`): checked against the token schema, then saved,
+ * replacing the entry. Returns the token as stored.
+ */
+export async function saveImportedToken(tokens: TokenStore, provider: string, bucket: string, token: unknown): Promise<OAuthToken> {
+  const parsed = validateToken(token);
+  await tokens.saveToken(provider, parsed, bucket);
+  return parsed;
+}
+
+/** "imported P:B (expires in N s, refreshable)": no secret. */
+export function importedSummary(provider: string, bucket: string, token: OAuthToken): string {
+  const left = Math.round(token.expiry - Date.now() / 1000);
+  return `imported ${provider}:${bucket} (${left > 0 ? `expires in ${left} s` : 'already expired'}${token.refresh_token ? ', refreshable' : ', no refresh token'})`;
 }
 
 /** Parse token JSON from stdin; errors name the field, never echo the input. */
@@ -49,6 +63,11 @@ export function parseTokenJson(text: string): OAuthToken {
   } catch {
     throw new CredproxyError('INVALID_REQUEST', 'stdin is not valid JSON (expected a token object)');
   }
+  return validateToken(value);
+}
+
+/** Check a token object against the schema; errors name the field, never echo the input. */
+export function validateToken(value: unknown): OAuthToken {
   const result = TokenSchema.safeParse(value);
   if (!result.success) {
     const issue = result.error.issues[0];
