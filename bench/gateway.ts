@@ -143,20 +143,25 @@ export async function gatewayBench(): Promise<GatewayRow[]> {
     const sseGateway = await sse(viaGateway);
     rows.push({ figure: 'time to first SSE event (median of 100)', value: `${sseGateway.toFixed(3)} ms`, reference: `${sseDirect.toFixed(3)} ms direct`, ratio: sseGateway / sseDirect, target: 'report', ok: null });
 
-    // Streaming throughput of a 50 MB answer (best of 3 each, alternating).
+    // Streaming throughput of a 50 MB answer (best of 5 each, alternating, after two warm-up streams
+    // each: the small requests above leave the bulk paths of all three processes cold).
     const rate = async (t: Target): Promise<number> => {
       const r = await timed(t, '/big?mb=50');
       return r.bytes / 1024 / 1024 / (r.total / 1000);
     };
+    for (let i = 0; i < 2; i++) {
+      await rate(direct);
+      await rate(viaGateway);
+    }
     const dr: number[] = [];
     const gr: number[] = [];
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < 5; i++) {
       dr.push(await rate(direct));
       gr.push(await rate(viaGateway));
     }
     const bestD = Math.max(...dr);
     const bestG = Math.max(...gr);
-    rows.push({ figure: 'streaming a 50 MB answer (best of 3)', value: `${bestG.toFixed(0)} MB/s`, reference: `${bestD.toFixed(0)} MB/s direct`, ratio: bestG / bestD, target: '≥ 80% of direct', ok: bestG >= 0.8 * bestD });
+    rows.push({ figure: 'streaming a 50 MB answer (best of 5, after warm-up)', value: `${bestG.toFixed(0)} MB/s`, reference: `${bestD.toFixed(0)} MB/s direct`, ratio: bestG / bestD, target: '≥ 80% of direct', ok: bestG >= 0.8 * bestD });
 
     // Server RSS with 100 streams held open.
     await sleep(500);

@@ -81,7 +81,8 @@ export class GatewayServer {
 
   /** Accept connections on a TCP address or a Unix socket path; may be called more than once. */
   async listen(where: GatewayListen): Promise<string> {
-    const server = net.createServer({ noDelay: true }, (socket) => {
+    // The stream buffers are the socket's: http.createServer's highWaterMark reaches only sockets it accepts itself.
+    const server = net.createServer({ noDelay: true, highWaterMark: STREAM_HIGH_WATER_MARK }, (socket) => {
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
       this.http.emit('connection', socket);
@@ -264,9 +265,22 @@ export class GatewayServer {
         res.destroy();
       }
     };
+    // TLS hands over one 16 KiB record per 'data', each in a callback of its own (a nextTick would run
+    // between them): what arrives in one turn of the event loop leaves in one writev after its I/O phase.
+    let corked = false;
+    const uncork = (): void => {
+      corked = false;
+      res.uncork();
+    };
     up.on('data', (chunk: Buffer) => {
       const out = scanner.push(chunk);
-      if (out.length > 0 && !res.write(out)) up.pause();
+      if (out.length === 0) return;
+      if (!corked) {
+        corked = true;
+        res.cork();
+        setImmediate(uncork);
+      }
+      if (!res.write(out)) up.pause();
     });
     res.on('drain', () => up.resume());
     up.once('end', () => {
