@@ -4,25 +4,12 @@ import { dirname } from 'node:path';
 import { CredproxyError } from '../errors.js';
 import type { Policy } from '../server/policy.js';
 import { KEY_ROUTE_PREFIX } from './routes.js';
+import type { AgentEnvPlan } from './agent-env.js';
+
+export { resolveAgentEnv, type AgentEnvPlan } from './agent-env.js';
 
 export const AGENTS = ['claude'] as const;
 export type Agent = (typeof AGENTS)[number];
-
-/**
- * What an agent needs in its environment, in three kinds: fixed values,
- * values built from the gateway's URL (known only inside a bwrap sandbox,
- * where the relay picks its port), and copies of the placeholder (which
- * must never be put on a command line).
- */
-export interface AgentEnvPlan {
-  /** The route the agent's API calls use. */
-  route: string;
-  set: Record<string, string>;
-  /** NAME -> path appended to the gateway URL. */
-  fromGatewayUrl: Record<string, string>;
-  /** Variables that get the placeholder. */
-  placeholder: string[];
-}
 
 /**
  * Claude Code (2.1.x): it honours ANTHROPIC_BASE_URL with a path prefix;
@@ -45,14 +32,6 @@ export function agentEnvPlan(agent: Agent, policy: Policy): AgentEnvPlan {
     return { route: 'anthropic', set: { CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1' }, fromGatewayUrl: { ANTHROPIC_BASE_URL: '/anthropic' }, placeholder: ['CLAUDE_CODE_OAUTH_TOKEN'] };
   }
   throw new CredproxyError('USAGE', `--agent ${agent} needs an Anthropic credential: --allow anthropic (the Claude login, \`credproxy login anthropic\`) or --allow-key anthropic (an API key, \`credproxy key set anthropic\`)`);
-}
-
-/** The plan's variables, for a launcher that knows the gateway URL and the placeholder (`--sandbox none`). */
-export function resolveAgentEnv(plan: AgentEnvPlan, gatewayUrl: string, placeholder: string): Record<string, string> {
-  const env: Record<string, string> = { ...plan.set };
-  for (const [name, suffix] of Object.entries(plan.fromGatewayUrl)) env[name] = `${gatewayUrl}${suffix}`;
-  for (const name of plan.placeholder) env[name] = placeholder;
-  return env;
 }
 
 /**
