@@ -58,7 +58,7 @@ export async function readAgentSource(agent: AgentName, options: LocateOptions):
       const securityBin = options.securityBin ?? SECURITY_BIN;
       const text = await readKeychainItem(item, securityBin);
       if (text !== null) return { kind: 'keychain', label: keychainLabel(item), item, text, securityBin };
-      keychainNote = `, and there is no ${keychainLabel(item)}`;
+      keychainNote = `, and the macOS Keychain has no item '${item.service}' (account '${item.account}')`;
     } else {
       keychainNote = `. On macOS Claude Code keeps its login in the Keychain item '${item.service}', but the macOS Keychain is not available on ${options.platform}: only the file was looked at`;
     }
