@@ -5,6 +5,7 @@ import { CredproxyError } from './errors.js';
 import { KEY_NAME_RE, PROVIDER_NAME_RE } from './names.js';
 import { BUILTIN_PRESETS } from './oauth/presets/index.js';
 import { endpointUrlProblem, loopbackRedirectProblem } from './oauth/url-policy.js';
+import { HostRuleError, parseHostRules } from './egress/hosts.js';
 
 /** SPEC §7: the config file inside the config dir. */
 export const CONFIG_FILE_NAME = 'config.json';
@@ -152,6 +153,18 @@ export const ProfileConfigSchema = z.strictObject({
   roBind: z.array(profilePath).optional(),
   bind: z.array(profilePath).optional(),
   unprotect: z.array(profilePath).optional(),
+  /** Egress allowlist (issue 15): `--allow-host` entries (HOST[:PORT], *.domain, literal addresses, @npm/@pypi/@github). */
+  allowHost: z
+    .array(
+      z.string().superRefine((value, ctx) => {
+        try {
+          parseHostRules([value]);
+        } catch (err) {
+          ctx.addIssue({ code: 'custom', message: err instanceof HostRuleError ? err.message : 'invalid host rule' });
+        }
+      }),
+    )
+    .optional(),
 });
 export type ProfileConfig = z.output<typeof ProfileConfigSchema>;
 

@@ -14,6 +14,8 @@ import { UsageError } from './io.js';
 import type { RunningGateway } from '../gateway/index.js';
 import type { GatewayListen } from '../gateway/server.js';
 import type { Command } from 'commander';
+import type { RunningEgress } from '../egress/index.js';
+import type { HostRule } from '../egress/hosts.js';
 
 export interface ProxyFlags extends PolicyFlags {
   socketDir?: string;
@@ -60,11 +62,19 @@ export interface RunningProxy {
   removeNow(): void;
   /** The gateway, with --gateway. */
   gateway: RunningGateway | undefined;
+  /** The egress proxy, with --allow-host (issue 15). */
+  egress: RunningEgress | undefined;
 }
 
 /** Where the gateway listens; given by the caller, which knows the sandbox. */
 export interface GatewayPlacement {
   /** Listen addresses; a `{ path }` relative name is placed in the proxy's socket directory. */
+  listen: GatewayListen[];
+}
+
+/** The egress proxy (issue 15): its rules and where it listens (relative paths as for the gateway). */
+export interface EgressPlacement {
+  rules: readonly HostRule[];
   listen: GatewayListen[];
 }
 
@@ -138,7 +148,7 @@ async function warnAboutEmptyEntries(ctx: CliContext, host: HostContext, policy:
  * host stores and the refresh path, a fresh socket directory, a capability
  * token. Any failure leaves nothing behind.
  */
-export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string; policy?: Policy; gateway?: GatewayPlacement } = {}): Promise<RunningProxy> {
+export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { logLevel?: string; policy?: Policy; gateway?: GatewayPlacement; egress?: EgressPlacement } = {}): Promise<RunningProxy> {
   const config = await ctx.config();
   const policy = options.policy ?? policyFromFlags(flags, config);
   if (flags.allowAll) ctx.notice('serving every provider, bucket and key (--allow-all)');
@@ -192,6 +202,19 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     }
     if (gateway.routes.size === 0) ctx.notice('--gateway: the policy allows no credential with a gateway route; every gateway request will be refused');
   }
+  let egress: RunningEgress | undefined;
+  if (options.egress) {
+    const dir = ownDir ?? flags.socketDir ?? host.dirs.run;
+    const listen = options.egress.listen.map((w) => ('path' in w && !w.path.startsWith('/') ? { path: join(dir, w.path) } : w));
+    try {
+      const { startEgress } = await import('../egress/index.js');
+      egress = await startEgress({ rules: options.egress.rules, logger, stateDir: ensurePrivateDir(host.dirs.state), listen });
+    } catch (err) {
+      await gateway?.stop();
+      if (ownDir) removeSocketDir(ownDir);
+      throw err;
+    }
+  }
   const proxyServer = new ProxyServer({
     tokens: host.stores.tokens,
     keys: host.stores.keys,
@@ -214,6 +237,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
   } catch (err) {
     login.close();
     await gateway?.stop();
+    await egress?.stop();
     if (ownDir) removeSocketDir(ownDir);
     throw err;
   }
@@ -226,8 +250,9 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     capabilityToken,
     logger,
     gateway,
+    egress,
     stop() {
-      stopped ??= Promise.all([proxyServer.stop(), gateway?.stop()])
+      stopped ??= Promise.all([proxyServer.stop(), gateway?.stop(), egress?.stop()])
         .then(() => undefined)
         .finally(() => {
           login.close();

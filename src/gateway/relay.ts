@@ -2,20 +2,32 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import net, { type AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
-import { resolveAgentEnv, type AgentEnvPlan } from './agents.js';
+import { readFileSync } from 'node:fs';
+import { resolveAgentEnv, type AgentEnvPlan } from './agent-env.js';
 
 /**
- * The in-sandbox half of the gateway for bwrap, which has no network: a
- * loopback listener inside the sandbox's own network namespace whose every
- * connection is carried to the host gateway over a Unix socket in the run's
- * (read-only bound) socket directory. It is the command's parent: it starts
- * the command with CREDPROXY_GATEWAY_URL pointing at itself, forwards the
- * launcher's signals to it, and exits with its status.
+ * The in-sandbox half of the gateway and the egress proxy for bwrap, which
+ * has no network: loopback listeners inside the sandbox's own network
+ * namespace whose every connection is carried to a host server over a Unix
+ * socket in the run's (read-only bound) socket directory: the gateway's
+ * (CREDPROXY_GATEWAY_URL) and the egress proxy's (HTTPS_PROXY, HTTP_PROXY
+ * and their lower-case forms, NO_PROXY for loopback). It is the command's
+ * parent: it starts the command with those variables pointing at itself,
+ * forwards the launcher's signals to it, and exits with its status.
  *
- * Usage: relay.js SOCKET_PATH [AGENT_ENV_PLAN_JSON] -- COMMAND [ARGS...]
- * The optional plan (agents.ts) names variables built from the relay's URL
- * and copies of the placeholder, which bwrap passed in CREDPROXY_TOKEN.
+ * Usage: relay.js RELAY_CONFIG_JSON -- COMMAND [ARGS...]
+ * The config names the gateway and/or egress socket paths and an optional
+ * agent plan (agents.ts): variables built from the gateway's URL and copies
+ * of the placeholder, which bwrap passed in CREDPROXY_TOKEN.
  */
+
+export interface RelayConfig {
+  /** The host gateway's socket, inside the sandbox. */
+  gateway?: string;
+  /** The host egress proxy's socket, inside the sandbox. */
+  egress?: string;
+  plan?: AgentEnvPlan;
+}
 
 /** What the launcher relays (see sandbox/child.ts); ^Z stops the whole process group, this relay included. */
 const FORWARDED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGWINCH', 'SIGUSR1', 'SIGUSR2'];
@@ -23,21 +35,43 @@ const FORWARDED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', '
 /** `run`'s own failure status (as docker/podman): never mistaken for the command's. */
 const RELAY_FAILURE_EXIT = 125;
 
-export function relayCommand(options: { node: string; relayScript: string; socketPath: string; command: readonly string[]; plan?: AgentEnvPlan }): string[] {
-  const plan = options.plan === undefined ? [] : [JSON.stringify(options.plan)];
-  return [options.node, options.relayScript, options.socketPath, ...plan, '--', ...options.command];
+export function relayCommand(options: { node: string; relayScript: string; config: RelayConfig; command: readonly string[] }): string[] {
+  return [options.node, options.relayScript, JSON.stringify(options.config), '--', ...options.command];
 }
 
-function parsePlan(text: string | undefined): AgentEnvPlan | null | undefined {
-  if (text === undefined) return undefined;
+function isPlan(p: unknown): p is AgentEnvPlan {
+  const strings = (o: unknown): boolean => typeof o === 'object' && o !== null && Object.values(o).every((v) => typeof v === 'string');
+  if (typeof p !== 'object' || p === null) return false;
+  const q = p as Partial<AgentEnvPlan>;
+  return strings(q.set) && strings(q.fromGatewayUrl) && Array.isArray(q.placeholder) && q.placeholder.every((v) => typeof v === 'string');
+}
+
+function parseConfig(text: string | undefined): RelayConfig | null {
+  if (text === undefined) return null;
   try {
-    const p = JSON.parse(text) as AgentEnvPlan;
-    const strings = (o: unknown): boolean => typeof o === 'object' && o !== null && Object.values(o).every((v) => typeof v === 'string');
-    if (strings(p.set) && strings(p.fromGatewayUrl) && Array.isArray(p.placeholder) && p.placeholder.every((v) => typeof v === 'string')) return p;
+    const c = JSON.parse(text) as RelayConfig;
+    if (typeof c !== 'object' || c === null) return null;
+    if (c.gateway !== undefined && typeof c.gateway !== 'string') return null;
+    if (c.egress !== undefined && typeof c.egress !== 'string') return null;
+    if (c.gateway === undefined && c.egress === undefined) return null;
+    if (c.plan !== undefined && (!isPlan(c.plan) || c.gateway === undefined)) return null;
+    return c;
   } catch {
-    /* reported below */
+    return null;
   }
-  return null;
+}
+
+/** Hosts that never go through the egress proxy: the sandbox's own loopback, where the gateway listens. */
+export const NO_PROXY_HOSTS = 'localhost,127.0.0.1,::1';
+
+/**
+ * The variables that send a command's HTTP(S) traffic through the egress
+ * proxy (issue 15). Both cases: libcurl (curl, git) reads only the
+ * lower-case http_proxy, most other tools the upper-case ones. Defined here,
+ * not in egress/, so that the relay needs nothing outside its directory.
+ */
+export function proxyEnv(proxyUrl: string): Record<string, string> {
+  return { HTTPS_PROXY: proxyUrl, HTTP_PROXY: proxyUrl, https_proxy: proxyUrl, http_proxy: proxyUrl, NO_PROXY: NO_PROXY_HOSTS, no_proxy: NO_PROXY_HOSTS };
 }
 
 /** Carry one accepted connection to the host gateway socket, both ways, until either side ends. */
@@ -64,25 +98,48 @@ export async function startRelayListener(socketPath: string): Promise<{ server: 
   return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
 }
 
+/** bwrap hands the placeholder over in CREDPROXY_TOKEN; containers as a 0400 file in the socket mount. */
+function placeholder(): string {
+  const inEnv = process.env.CREDPROXY_TOKEN;
+  if (inEnv !== undefined && inEnv !== '') return inEnv;
+  const file = process.env.CREDPROXY_TOKEN_FILE;
+  if (file === undefined) return '';
+  try {
+    return readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    process.stderr.write(`credproxy gateway relay: cannot read the token file (${(err as NodeJS.ErrnoException).code ?? 'error'})\n`);
+    process.exit(RELAY_FAILURE_EXIT);
+  }
+}
+
 async function main(argv: string[]): Promise<void> {
   const sep = argv.indexOf('--');
-  const socketPath = argv[0];
   const command = sep < 0 ? [] : argv.slice(sep + 1);
-  const plan = parsePlan(sep === 2 ? argv[1] : undefined);
-  if (socketPath === undefined || (sep !== 1 && sep !== 2) || command.length === 0 || plan === null) {
-    process.stderr.write('credproxy gateway relay: usage: relay.js SOCKET_PATH [AGENT_ENV_PLAN_JSON] -- COMMAND [ARGS...]\n');
+  const config = sep === 1 ? parseConfig(argv[0]) : null;
+  if (config === null || command.length === 0) {
+    process.stderr.write('credproxy relay: usage: relay.js RELAY_CONFIG_JSON -- COMMAND [ARGS...]\n');
     process.exit(RELAY_FAILURE_EXIT);
   }
-  let url: string;
-  let server: net.Server;
-  try {
-    ({ server, url } = await startRelayListener(socketPath));
-  } catch (err) {
-    process.stderr.write(`credproxy gateway relay: cannot listen on 127.0.0.1 inside the sandbox (${(err as NodeJS.ErrnoException).code ?? 'error'})\n`);
-    process.exit(RELAY_FAILURE_EXIT);
+  const servers: net.Server[] = [];
+  const env: Record<string, string> = {};
+  for (const [what, socketPath] of [['gateway', config.gateway], ['egress proxy', config.egress]] as const) {
+    if (socketPath === undefined) continue;
+    let listening: { server: net.Server; url: string };
+    try {
+      listening = await startRelayListener(socketPath);
+    } catch (err) {
+      process.stderr.write(`credproxy relay: cannot listen for the ${what} on 127.0.0.1 inside the sandbox (${(err as NodeJS.ErrnoException).code ?? 'error'})\n`);
+      process.exit(RELAY_FAILURE_EXIT);
+    }
+    listening.server.unref();
+    servers.push(listening.server);
+    if (what === 'gateway') {
+      env.CREDPROXY_GATEWAY_URL = listening.url;
+      if (config.plan !== undefined) Object.assign(env, resolveAgentEnv(config.plan, listening.url, process.env.CREDPROXY_TOKEN ?? ''));
+    } else {
+      Object.assign(env, proxyEnv(listening.url));
+    }
   }
-  server.unref();
-  const agentEnv = plan === undefined ? {} : resolveAgentEnv(plan, url, process.env.CREDPROXY_TOKEN ?? '');
   // Handlers before the spawn: a signal that arrives while the child is starting is held, then delivered.
   let child: ChildProcess | null = null;
   const held: NodeJS.Signals[] = [];
@@ -92,14 +149,14 @@ async function main(argv: string[]): Promise<void> {
       else if (child.exitCode === null && child.signalCode === null) child.kill(s);
     });
   }
-  child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env: { ...process.env, CREDPROXY_GATEWAY_URL: url, ...agentEnv } });
+  child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env: { ...process.env, ...env } });
   for (const s of held.splice(0)) child.kill(s);
   child.on('error', (err) => {
-    process.stderr.write(`credproxy gateway relay: cannot start ${command[0]}: ${(err as NodeJS.ErrnoException).code ?? 'error'}\n`);
+    process.stderr.write(`credproxy relay: cannot start ${command[0]}: ${(err as NodeJS.ErrnoException).code ?? 'error'}\n`);
     process.exit((err as NodeJS.ErrnoException).code === 'ENOENT' ? 127 : 126);
   });
   child.on('exit', (code, signal) => {
-    server.close();
+    for (const server of servers) server.close();
     if (signal !== null) {
       // Die of the same signal, so the launcher sees what the command saw.
       for (const s of FORWARDED) process.removeAllListeners(s);

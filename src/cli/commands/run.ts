@@ -18,6 +18,9 @@ import { containerArgs } from '../../sandbox/container.js';
 import { TOKEN_FILE_NAME } from '../../client/capability-token.js';
 import { capabilityFdBytes, llxprtEnv, llxprtMode, llxprtWanted, LLXPRT_TOKEN_ENV } from '../../sandbox/llxprt.js';
 import { gatewayPlan } from '../../gateway/sandbox.js';
+import { proxyEnv } from '../../egress/env.js';
+import { agentHosts, egressRules, describeRules } from '../../egress/cli.js';
+import type { HostRule } from '../../egress/hosts.js';
 import { AGENTS, agentEnvPlan, locateAgentCommand, resolveAgentEnv, type Agent, type AgentEnvPlan } from '../../gateway/agents.js';
 import { engineEnv, sandboxEnv, type SandboxKind, type SandboxSpec } from '../../sandbox/spec.js';
 import type { CliContext } from '../context.js';
@@ -37,6 +40,7 @@ interface RunFlags extends ProxyFlags {
   bind: string[];
   unprotect: string[];
   explain?: boolean;
+  allowHost: string[];
 }
 
 /** bwrap's fds beyond stdio: 3 and 4 stay free for the command's own use (a capability fd). */
@@ -62,6 +66,7 @@ export function registerRunCommand(program: Command, ctx: CliContext): void {
     .option('--bind <path>', 'bwrap: also bind PATH read-write inside, at its own path (repeatable)', collect, [])
     .option('--unprotect <path>', 'bwrap: leave PATH (e.g. .git, .vscode) writable inside (repeatable)', collect, [])
     .option('--explain', 'print the sandbox’s mount table and environment names, and exit')
+    .option('--allow-host <host[:port]>', 'let the command reach HOST (ports 80 and 443, or :PORT, or :*) through the egress proxy; *.domain, literal addresses, @npm, @pypi, @github (repeatable)', collect, [])
     .option('--no-peer-check', 'do not require SO_PEERCRED peer checks (Linux)')
     .option('--llxprt', "give CMD llxprt-code's contract (LLXPRT_CREDENTIAL_SOCKET, the token on fd 3) instead of CREDPROXY_*; default when CMD is llxprt")
     .option('--no-llxprt', 'never use the llxprt-code contract, even when CMD is llxprt')
@@ -133,13 +138,17 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
     nodeBinary: process.execPath,
     ...(agentTool === undefined ? {} : { agentDir: agentTool.dir }),
   };
+  // Egress allowlist (issue 15): flags, the profile's, and what the agent needs; bad entries are usage errors.
+  const hostRules = egressRules([...(profile?.allowHost ?? []), ...flags.allowHost, ...(flags.agent === undefined ? [] : agentHosts(flags.agent))]);
+  if (hostRules.length > 0 && flags.shareNet) throw new CredproxyError('USAGE', '--allow-host limits the network to an allowlist and --share-net gives all of it: choose one');
+  if (hostRules.length > 0 && (kind === 'docker' || kind === 'podman')) throw new CredproxyError('USAGE', `--allow-host works with --sandbox bwrap or none in this version; ${kind} is not supported yet`);
   if (kind !== 'bwrap' && (layout.roBinds.length || layout.rwBinds.length || layout.unprotect.length || flags.explain)) {
     throw new CredproxyError('USAGE', '--ro-bind, --bind, --unprotect and --explain are for --sandbox bwrap');
   }
   let input: MountInput | undefined;
   if (kind !== 'none') {
     input = layoutInput(layout); // refuses an unsafe workdir or bind with exit 2 (a container's /work as well)
-    if (flags.explain) return explain(ctx, planMounts({ ...input, socketDir: '<socket dir, made per run>' }), command, env, home);
+    if (flags.explain) return explain(ctx, planMounts({ ...input, socketDir: '<socket dir, made per run>' }), command, env, home, hostRules);
   } else {
     noneAsRootNotice(ctx);
     const own = [dirs.config, dirs.data, dirs.state].find((d) => isUnder(d, cwd));
@@ -154,12 +163,18 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   const policy = policyFromFlags(flags, config); // bad rules are usage errors (2); past this point failures are run's own (125)
   const agent = flags.agent === undefined ? undefined : agentEnvPlan(flags.agent, policy);
   if (agent) flags.gateway = true;
-  const gateway = flags.gateway ? gatewayPlan(kind, packageRoot(), process.execPath, agent) : undefined;
+  const egress = hostRules.length > 0;
+  const gateway = flags.gateway || egress ? gatewayPlan(kind, packageRoot(), process.execPath, agent, { gateway: Boolean(flags.gateway), egress }) : undefined;
   if (gateway === null) throw new CredproxyError('USAGE', `--gateway works with --sandbox bwrap or none in this version; ${kind} is not supported yet`);
   let proxy: RunningProxy;
   try {
     // The command owns the terminal: the proxy only speaks up for warnings (the audit log has the rest).
-    proxy = await startProxy(ctx, flags, { logLevel: 'warn', policy, ...(gateway ? { gateway } : {}) });
+    proxy = await startProxy(ctx, flags, {
+      logLevel: 'warn',
+      policy,
+      ...(gateway?.listen ? { gateway: { listen: gateway.listen } } : {}),
+      ...(gateway?.egressListen ? { egress: { rules: hostRules, listen: gateway.egressListen } } : {}),
+    });
   } catch (err) {
     if (err instanceof CredproxyError) throw new CredproxyError(err.code === 'USAGE' ? 'INTERNAL_ERROR' : err.code, `the proxy could not start: ${err.message}`);
     throw err;
@@ -270,7 +285,9 @@ function launch(kind: SandboxKind, spec: SandboxSpec, plan: MountPlan | undefine
   }
   if (kind === 'none') {
     const gatewayUrl = proxy.gateway?.addresses[0];
+    const egressUrl = proxy.egress?.addresses[0];
     const env = {
+      ...(egressUrl === undefined ? {} : proxyEnv(egressUrl)),
       ...spec.env,
       HOME: spec.home,
       ...(spec.llxprt ? llxprtEnv(proxy.socketPath) : { CREDPROXY_SOCKET: proxy.socketPath, CREDPROXY_TOKEN: spec.capabilityToken }),
@@ -346,7 +363,7 @@ function removeOnceCreated(envFile: string, cidFile: string, run: ChildRun, inte
 }
 
 /** `run --explain`: the boundary as bwrap would build it, without starting anything. */
-function explain(ctx: CliContext, plan: MountPlan, command: string[], env: NodeJS.ProcessEnv, home: string): number {
+function explain(ctx: CliContext, plan: MountPlan, command: string[], env: NodeJS.ProcessEnv, home: string, hostRules: readonly HostRule[]): number {
   const out = ctx.io.stdout;
   const spec = { env: sandboxEnv(env, [join(packageRoot(), 'bin'), dirname(process.execPath)]), home, socketName: '<socket>' };
   const lines = [
@@ -354,6 +371,7 @@ function explain(ctx: CliContext, plan: MountPlan, command: string[], env: NodeJ
     ...formatPlan(plan.ops).map((l) => `  ${l}`),
     'environment:',
     `  ${[...Object.keys(sandboxEnvironment(spec)), 'CREDPROXY_TOKEN'].sort().join(' ')}`,
+    ...describeRules(hostRules),
     `namespaces: all unshared (network kept with --share-net), nested user namespaces ${probeBwrap().disableUserns ? 'disabled (--disable-userns) and ' : ''}refused by seccomp, no capabilities`,
     'seccomp:',
     ...describeFilter().map((l) => `  ${l}`),

@@ -1,0 +1,124 @@
+import type { AuditSink } from '../server/audit.js';
+
+/** The egress proxy's audit file in the state dir, next to audit.jsonl and gateway-audit.jsonl. */
+export const EGRESS_AUDIT_FILE = 'egress-audit.jsonl';
+
+/** Why a connection did not go through. */
+export type EgressRefusal =
+  /** Not parseable as a proxy request (bad target, header too large, timeout, origin-form URL). */
+  | 'bad_request'
+  /** The host:port matches no --allow-host rule. */
+  | 'not_allowed'
+  /** Every address the name resolved to (or the literal) is loopback, private, link-local... and not named literally. */
+  | 'blocked_address'
+  /** The name did not resolve. */
+  | 'dns_failed'
+  /** Too many name lookups waiting. */
+  | 'busy'
+  /** The checked address did not accept the connection in time. */
+  | 'connect_failed';
+
+/**
+ * One line per connection that reached its upstream: a CONNECT tunnel, or a
+ * forwarded plain-HTTP request (each gets its own upstream connection).
+ * Host, port, the address connected to, bytes each way, duration. Never a
+ * path, query, header or body: URLs and headers carry credentials.
+ */
+export interface EgressConnectionEntry {
+  time: string;
+  kind: 'egress';
+  type: 'connect' | 'http';
+  host: string;
+  port: number;
+  /** The address the proxy checked and connected to. */
+  address: string;
+  /** http only. */
+  method?: string;
+  status?: number;
+  result: 'allowed';
+  /** Bytes from the sandbox to the upstream. */
+  bytesUp: number;
+  /** Bytes from the upstream to the sandbox. */
+  bytesDown: number;
+  durationMs: number;
+}
+
+/**
+ * Refused connections of one second, counted, so that a flood from the
+ * sandbox adds at most a line a second: by reason and by host:port (at most
+ * MAX_REFUSED_HOSTS distinct ones, the rest in `otherHosts`).
+ */
+export interface EgressRefusedEntry {
+  time: string;
+  kind: 'egress';
+  type: 'refused';
+  result: 'refused';
+  count: number;
+  reasons: Partial<Record<EgressRefusal, number>>;
+  hosts: Record<string, number>;
+  otherHosts?: number;
+  durationMs: 0;
+}
+
+export type EgressAuditEntry = EgressConnectionEntry | EgressRefusedEntry;
+export type EgressAuditSink = AuditSink<EgressAuditEntry>;
+
+export const MAX_REFUSED_HOSTS = 32;
+const WINDOW_MS = 1000;
+
+/** Aggregates refusals into one line per second (server-wide: every refused connection counts, whoever made it). */
+export class EgressRefusals {
+  private windowStart = 0;
+  private count = 0;
+  private reasons: Partial<Record<EgressRefusal, number>> = {};
+  private hosts = new Map<string, number>();
+  private otherHosts = 0;
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly audit: EgressAuditSink | undefined,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Refusals counted so far in total (for tests and the bench). */
+  total = 0;
+
+  note(reason: EgressRefusal, hostPort: string): void {
+    const now = this.now();
+    if (this.count > 0 && now - this.windowStart >= WINDOW_MS) this.flush();
+    if (this.count === 0) {
+      this.windowStart = now;
+      this.timer = setTimeout(() => this.flush(), WINDOW_MS);
+      this.timer.unref();
+    }
+    this.count++;
+    this.total++;
+    this.reasons[reason] = (this.reasons[reason] ?? 0) + 1;
+    const seen = this.hosts.get(hostPort);
+    if (seen !== undefined) this.hosts.set(hostPort, seen + 1);
+    else if (this.hosts.size < MAX_REFUSED_HOSTS) this.hosts.set(hostPort, 1);
+    else this.otherHosts++;
+  }
+
+  /** Write the current second's line (also on stop, so nothing counted is lost). */
+  flush(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    if (this.count === 0) return;
+    this.audit?.record({
+      time: new Date(this.windowStart).toISOString(),
+      kind: 'egress',
+      type: 'refused',
+      result: 'refused',
+      count: this.count,
+      reasons: this.reasons,
+      hosts: Object.fromEntries(this.hosts),
+      ...(this.otherHosts > 0 ? { otherHosts: this.otherHosts } : {}),
+      durationMs: 0,
+    });
+    this.count = 0;
+    this.reasons = {};
+    this.hosts = new Map();
+    this.otherHosts = 0;
+  }
+}

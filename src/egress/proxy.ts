@@ -1,0 +1,438 @@
+import { lookup as dnsLookup } from 'node:dns/promises';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import net, { type AddressInfo, type Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import type { Logger } from '../log.js';
+import { canonicalIp, classifyAddress, type AddressClass } from './address.js';
+import { EgressRefusals, type EgressAuditSink, type EgressConnectionEntry, type EgressRefusal } from './audit.js';
+import { AuthorityError, literallyAllowed, matchHost, parseAuthority, suggestFlag, type HostRule, type RequestHost } from './hosts.js';
+
+export type LookupFn = (name: string) => Promise<Array<{ address: string; family: number }>>;
+
+export type EgressListen = { host: string; port: number } | { path: string };
+
+export interface EgressProxyOptions {
+  rules: readonly HostRule[];
+  logger: Logger;
+  audit?: EgressAuditSink;
+  /** Name resolution (default: the system resolver, dns.lookup with all addresses). */
+  lookup?: LookupFn;
+  /** Connecting to the checked address (default 10 s). */
+  connectTimeoutMs?: number;
+  /** From the first byte of a connection to the end of a request's head (default 10 s): a slow head is closed. */
+  headersTimeoutMs?: number;
+  /** A connection, tunnel or forwarded request with no byte either way for this long is closed (default 5 min). */
+  idleTimeoutMs?: number;
+  /** A name lookup that has not answered after this long is refused (default 5 s). */
+  lookupTimeoutMs?: number;
+  /** Connections open at once per listener (default 256). */
+  maxConnections?: number;
+  /** Largest request head (default 16 KiB; larger ones get 431). */
+  maxHeaderSize?: number;
+  /** Name lookups at once (default 2: they run on libuv's thread pool, which the store shares). */
+  lookupConcurrency?: number;
+  /** Name lookups waiting beyond that (default 128; more are refused with 503). */
+  lookupQueue?: number;
+  /** How often the HTTP server checks head timeouts (default 1 s). */
+  checkIntervalMs?: number;
+}
+
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
+
+class Refused extends Error {
+  constructor(
+    readonly status: number,
+    readonly reason: EgressRefusal,
+    readonly body: string,
+  ) {
+    super(body);
+  }
+}
+
+function describeClass(c: AddressClass): string {
+  return c === 'link-local' ? 'link-local (includes cloud metadata)' : c;
+}
+
+/** A small semaphore with a bounded queue. */
+class Limiter {
+  private active = 0;
+  private readonly waiting: Array<() => void> = [];
+  constructor(
+    private readonly max: number,
+    private readonly queue: number,
+  ) {}
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.active >= this.max) {
+      if (this.waiting.length >= this.queue) throw new Refused(503, 'busy', 'credproxy egress: too many name lookups at once; try again\n');
+      await new Promise<void>((r) => this.waiting.push(r));
+    }
+    this.active++;
+    try {
+      return await fn();
+    } finally {
+      this.active--;
+      this.waiting.shift()?.();
+    }
+  }
+}
+
+const systemLookup: LookupFn = (name) => dnsLookup(name, { all: true, verbatim: true });
+
+/**
+ * The host side of the egress allowlist (issue 15): an HTTP proxy that
+ * tunnels CONNECT to allowed hosts (TLS stays end to end; nothing is
+ * decrypted) and forwards plain-HTTP requests in absolute form. The proxy
+ * resolves names itself, refuses loopback, private, link-local and other
+ * non-public addresses unless a rule names that address literally, and
+ * connects to exactly the address it checked (no second lookup, so DNS
+ * rebinding cannot swap it).
+ */
+export class EgressProxy {
+  private readonly o: EgressProxyOptions;
+  private readonly http: http.Server;
+  private readonly listeners: net.Server[] = [];
+  private readonly sockets = new Set<Socket>();
+  private readonly lookupLimiter: Limiter;
+  readonly refusals: EgressRefusals;
+  private readonly connectTimeoutMs: number;
+  private readonly idleTimeoutMs: number;
+  private readonly lookupTimeoutMs: number;
+  private readonly headersTimeoutMs: number;
+  /** Per connection: closes it unless its (only) request head is complete in time. */
+  private readonly headDeadlines = new WeakMap<Socket, NodeJS.Timeout>();
+
+  constructor(options: EgressProxyOptions) {
+    this.o = options;
+    this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
+    this.idleTimeoutMs = options.idleTimeoutMs ?? 5 * 60_000;
+    this.lookupTimeoutMs = options.lookupTimeoutMs ?? 5_000;
+    this.lookupLimiter = new Limiter(options.lookupConcurrency ?? 2, options.lookupQueue ?? 128);
+    this.refusals = new EgressRefusals(options.audit);
+    const headersTimeout = options.headersTimeoutMs ?? 10_000;
+    this.headersTimeoutMs = headersTimeout;
+    this.http = http.createServer(
+      {
+        maxHeaderSize: options.maxHeaderSize ?? 16 * 1024,
+        headersTimeout,
+        requestTimeout: 0,
+        keepAliveTimeout: 5_000,
+        connectionsCheckingInterval: options.checkIntervalMs ?? 1_000,
+        highWaterMark: 64 * 1024,
+      },
+      (req, res) => this.forward(req, res),
+    );
+    this.http.timeout = this.idleTimeoutMs;
+    this.http.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => this.tunnel(req, socket, head));
+    this.http.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+      const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+      this.refusals.note('bad_request', '-');
+      if (socket.writable) socket.end(rawResponse(status, `credproxy egress: ${status === 431 ? 'request head too large' : status === 408 ? 'request head not received in time' : 'malformed request'}\n`));
+      else socket.destroy();
+    });
+  }
+
+  /** Accept connections on a TCP address or a Unix socket path; may be called more than once. */
+  async listen(where: EgressListen): Promise<string> {
+    const server = net.createServer({ noDelay: true }, (socket) => {
+      this.sockets.add(socket);
+      // One request per connection (answers say `connection: close`), so one deadline bounds its head:
+      // a slowloris client, trickling or silent, is closed when it runs out.
+      const deadline = setTimeout(() => {
+        this.refusals.note('bad_request', '-');
+        if (socket.writable) socket.end(rawResponse(408, 'credproxy egress: request head not received in time\n'));
+        socket.destroySoon();
+        setTimeout(() => socket.destroy(), 1000).unref();
+      }, this.headersTimeoutMs);
+      this.headDeadlines.set(socket, deadline);
+      socket.once('close', () => {
+        clearTimeout(deadline);
+        this.sockets.delete(socket);
+      });
+      this.http.emit('connection', socket);
+    });
+    server.maxConnections = this.o.maxConnections ?? 256;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      if ('path' in where) server.listen(where.path, () => resolve());
+      else server.listen(where.port, where.host, () => resolve());
+    });
+    this.listeners.push(server);
+    if ('path' in where) return where.path;
+    const addr = server.address() as AddressInfo;
+    return `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
+  }
+
+  async stop(): Promise<void> {
+    const closed = Promise.all(this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    for (const s of this.sockets) s.destroy();
+    await closed;
+    this.http.close();
+    this.refusals.flush();
+  }
+
+  /** Connections open now (tests). */
+  get openConnections(): number {
+    return this.sockets.size;
+  }
+
+  /** Rule check, resolution and address check; the address to connect to, or Refused. */
+  async check(host: RequestHost, port: number, display: string): Promise<{ address: string; family: 4 | 6 }> {
+    const rule = matchHost(this.o.rules, host, port);
+    const flag = suggestFlag(host, port);
+    if (rule === null) {
+      throw new Refused(403, 'not_allowed', `credproxy egress: ${display} is not on the allowlist. To allow it, add ${flag} to credproxy run.\n`);
+    }
+    if (host.kind === 'address') return { address: host.address, family: host.family }; // named literally by the rule that matched
+    let found: Array<{ address: string; family: number }>;
+    try {
+      found = await this.lookupLimiter.run(() => withTimeout(this.lookup(host.name), this.lookupTimeoutMs));
+    } catch (err) {
+      if (err instanceof Refused) throw err;
+      throw new Refused(502, 'dns_failed', `credproxy egress: ${host.name} could not be resolved on the host\n`);
+    }
+    let firstBlocked: { address: string; cls: AddressClass } | null = null;
+    for (const a of found) {
+      const ip = canonicalIp(a.address);
+      if (ip === null) continue;
+      const cls = classifyAddress(ip.address);
+      if (cls === 'public' || literallyAllowed(this.o.rules, ip.address, port)) return ip;
+      firstBlocked ??= { address: ip.address, cls };
+    }
+    if (firstBlocked === null) throw new Refused(502, 'dns_failed', `credproxy egress: ${host.name} has no usable address\n`);
+    const literal = firstBlocked.address.includes(':') ? `[${firstBlocked.address}]` : firstBlocked.address;
+    throw new Refused(
+      403,
+      'blocked_address',
+      `credproxy egress: ${host.name} resolves to ${firstBlocked.address}, a ${describeClass(firstBlocked.cls)} address, which the proxy does not reach for a name. If you mean it, add --allow-host ${literal}:${port} (the literal address) to credproxy run.\n`,
+    );
+  }
+
+  private lookup(name: string): Promise<Array<{ address: string; family: number }>> {
+    return (this.o.lookup ?? systemLookup)(name);
+  }
+
+  private refuse(err: unknown, display: string): Refused {
+    const r = err instanceof Refused ? err : new Refused(502, 'connect_failed', `credproxy egress: could not connect to ${display}\n`);
+    this.refusals.note(r.reason, display);
+    return r;
+  }
+
+  private connectTo(address: string, family: 4 | 6, port: number): Promise<Socket> {
+    return new Promise((resolve, reject) => {
+      const upstream = net.connect({ host: address, port, family, noDelay: true });
+      const timer = setTimeout(() => {
+        upstream.destroy();
+        reject(new Error('connect timeout'));
+      }, this.connectTimeoutMs);
+      upstream.once('connect', () => {
+        clearTimeout(timer);
+        upstream.removeAllListeners('error');
+        resolve(upstream);
+      });
+      upstream.once('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+    });
+  }
+
+  private tunnel(req: IncomingMessage, client: Socket, head: Buffer): void {
+    const started = performance.now();
+    const time = new Date().toISOString();
+    clearTimeout(this.headDeadlines.get(client));
+    client.on('error', () => client.destroy());
+    client.setTimeout(this.idleTimeoutMs, () => client.destroy());
+    let target: ReturnType<typeof parseAuthority>;
+    try {
+      target = parseAuthority(req.url ?? '');
+    } catch (err) {
+      this.refusals.note('bad_request', '-');
+      client.end(rawResponse(400, `credproxy egress: CONNECT needs HOST:PORT (${err instanceof AuthorityError ? err.message : 'bad target'})\n`));
+      return;
+    }
+    const display = target.display;
+    void (async () => {
+      let upstream: Socket;
+      let address: string;
+      try {
+        const checked = await this.check(target.host, target.port, display);
+        address = checked.address;
+        if (client.destroyed) return;
+        upstream = await this.connectTo(checked.address, checked.family, target.port);
+      } catch (err) {
+        const r = this.refuse(err, display);
+        if (!client.destroyed) client.end(rawResponse(r.status, r.body));
+        return;
+      }
+      if (client.destroyed) {
+        upstream.destroy();
+        return;
+      }
+      const entry: EgressConnectionEntry = { time, kind: 'egress', type: 'connect', host: hostText(target.host), port: target.port, address, result: 'allowed', bytesUp: head.length, bytesDown: 0, durationMs: 0 };
+      let done = false;
+      const finish = (): void => {
+        if (done) return;
+        done = true;
+        client.destroy();
+        upstream.destroy();
+        entry.durationMs = Math.round(performance.now() - started);
+        this.o.audit?.record(entry);
+      };
+      upstream.on('error', finish);
+      upstream.on('close', finish);
+      client.on('close', finish);
+      upstream.setTimeout(this.idleTimeoutMs, finish);
+      client.setTimeout(this.idleTimeoutMs, finish);
+      client.on('data', (d: Buffer) => (entry.bytesUp += d.length));
+      upstream.on('data', (d: Buffer) => (entry.bytesDown += d.length));
+      client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+      if (head.length > 0) upstream.write(head);
+      client.pipe(upstream);
+      upstream.pipe(client);
+    })();
+  }
+
+  /** A plain-HTTP request in absolute form (`GET http://host/path`): forwarded on a new upstream connection. */
+  private forward(req: IncomingMessage, res: ServerResponse): void {
+    const started = performance.now();
+    const time = new Date().toISOString();
+    clearTimeout(this.headDeadlines.get(req.socket));
+    // One request per client connection: the head deadline above then bounds every head.
+    res.shouldKeepAlive = false;
+    const url = req.url ?? '';
+    const m = /^http:\/\/([^/?#]*)(.*)$/i.exec(url);
+    if (m === null) {
+      this.refusals.note('bad_request', '-');
+      const https = /^https:/i.test(url);
+      return plainAnswer(res, 400, https ? 'credproxy egress: https:// URLs go through CONNECT (set HTTPS_PROXY, not HTTP_PROXY)\n' : 'credproxy egress: this is an HTTP proxy; send an absolute http:// URL (set HTTP_PROXY)\n');
+    }
+    let target: ReturnType<typeof parseAuthority>;
+    try {
+      target = parseAuthority(m[1]!, 80);
+    } catch (err) {
+      this.refusals.note('bad_request', '-');
+      return plainAnswer(res, 400, `credproxy egress: bad host in URL (${err instanceof AuthorityError ? err.message : 'bad target'})\n`);
+    }
+    const path = m[2] === '' ? '/' : m[2]!;
+    if (!path.startsWith('/') && !path.startsWith('?')) {
+      this.refusals.note('bad_request', '-');
+      return plainAnswer(res, 400, 'credproxy egress: bad URL\n');
+    }
+    const display = target.display;
+    req.pause();
+    void (async () => {
+      let checked: { address: string; family: 4 | 6 };
+      try {
+        checked = await this.check(target.host, target.port, display);
+      } catch (err) {
+        const r = this.refuse(err, display);
+        return plainAnswer(res, r.status, r.body);
+      }
+      if (req.destroyed) return;
+      const headers: Array<[string, string]> = [];
+      const named = new Set((String(req.headers.connection ?? '')).toLowerCase().split(',').map((s) => s.trim()).filter(Boolean));
+      for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+        const name = req.rawHeaders[i]!;
+        const lower = name.toLowerCase();
+        if (HOP_BY_HOP.has(lower) || named.has(lower) || lower === 'host') continue;
+        headers.push([name, req.rawHeaders[i + 1]!]);
+      }
+      const hostHeader = target.port === 80 ? hostText(target.host, true) : `${hostText(target.host, true)}:${target.port}`;
+      const entry: EgressConnectionEntry = { time, kind: 'egress', type: 'http', host: hostText(target.host), port: target.port, address: checked.address, method: req.method ?? 'GET', status: 0, result: 'allowed', bytesUp: 0, bytesDown: 0, durationMs: 0 };
+      let connected = false;
+      let recorded = false;
+      const record = (): void => {
+        if (recorded || !connected) return;
+        recorded = true;
+        entry.status = res.statusCode;
+        entry.durationMs = Math.round(performance.now() - started);
+        this.o.audit?.record(entry);
+      };
+      const upstream = http.request({
+        host: checked.address,
+        family: checked.family,
+        port: target.port,
+        method: req.method,
+        path: path.startsWith('?') ? `/${path}` : path,
+        headers: [['Host', hostHeader], ...headers].flat(),
+        setHost: false,
+        agent: false,
+        timeout: this.connectTimeoutMs,
+      });
+      upstream.on('socket', (s: Socket) => {
+        s.once('connect', () => {
+          connected = true;
+          upstream.setTimeout(this.idleTimeoutMs);
+        });
+      });
+      upstream.on('timeout', () => upstream.destroy(new Error('timeout')));
+      upstream.on('error', () => {
+        if (!connected) {
+          const r = this.refuse(null, display);
+          return plainAnswer(res, r.status, r.body);
+        }
+        if (!res.headersSent) plainAnswer(res, 502, `credproxy egress: ${display} closed the connection\n`);
+        else res.destroy();
+        record();
+      });
+      upstream.on('response', (up: IncomingMessage) => {
+        const connNamed = new Set((String(up.headers.connection ?? '')).toLowerCase().split(',').map((s) => s.trim()).filter(Boolean));
+        const out: Record<string, string[]> = {};
+        for (let i = 0; i + 1 < up.rawHeaders.length; i += 2) {
+          const lower = up.rawHeaders[i]!.toLowerCase();
+          if (HOP_BY_HOP.has(lower) || connNamed.has(lower)) continue;
+          (out[lower] ??= []).push(up.rawHeaders[i + 1]!);
+        }
+        res.writeHead(up.statusCode ?? 502, up.statusMessage, out);
+        up.on('data', (d: Buffer) => (entry.bytesDown += d.length));
+        up.pipe(res);
+        up.on('error', () => res.destroy());
+      });
+      res.once('close', () => {
+        if (!res.writableFinished) upstream.destroy();
+        record();
+      });
+      req.on('data', (d: Buffer) => (entry.bytesUp += d.length));
+      req.pipe(upstream);
+      req.resume();
+    })();
+  }
+}
+
+function hostText(host: RequestHost, bracket = false): string {
+  if (host.kind === 'name') return host.name;
+  return bracket && host.family === 6 ? `[${host.address}]` : host.address;
+}
+
+const REASONS: Record<number, string> = { 400: 'Bad Request', 403: 'Forbidden', 408: 'Request Timeout', 431: 'Request Header Fields Too Large', 502: 'Bad Gateway', 503: 'Service Unavailable' };
+
+function rawResponse(status: number, body: string): string {
+  const b = Buffer.from(body, 'utf8');
+  return `HTTP/1.1 ${status} ${REASONS[status] ?? 'Error'}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${b.length}\r\nconnection: close\r\n\r\n${body}`;
+}
+
+function plainAnswer(res: ServerResponse, status: number, body: string): void {
+  if (res.headersSent || res.destroyed) {
+    res.destroy();
+    return;
+  }
+  res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), connection: 'close' });
+  res.end(body);
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('timeout')), ms);
+    t.unref();
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(t);
+        reject(e instanceof Error ? e : new Error('lookup failed'));
+      },
+    );
+  });
+}
