@@ -117,6 +117,10 @@ describe('credproxy import', () => {
       expect(got.code, got.stderr).toBe(0);
       expect(JSON.parse(got.stdout)).toEqual(fx.stored(expiry));
 
+      const twice = await cli(['import', fx.agent]);
+      expect(twice.code, twice.stderr).toBe(0);
+      expect(twice.stderr).toMatch(/, replacing the stored entry/);
+
       const inode = statSync(path).ino;
       const moved = await cli(['import', fx.agent, '--move', '--yes', '--bucket', 'work']);
       expect(moved.code, moved.stderr).toBe(0);
@@ -129,9 +133,12 @@ describe('credproxy import', () => {
       expect(statSync(path).mode & 0o7777).toBe(0o600);
       expect(statSync(path).ino).not.toBe(inode);
       expect(readdirSync(dirname(path))).toEqual([fx.file.split('/').pop()]); // no temp file left
+      expect(moved.stderr).not.toMatch(/replacing the stored entry/); // a new bucket
       const st2 = await status();
       expect(st2.tokens).toContainEqual(expect.objectContaining({ provider: fx.provider, bucket: 'work', expiry, renewable: true }));
 
+      const dryAfterMove = await cli(['import', fx.agent, '--dry-run']);
+      expect(dryAfterMove.code).toBe(1); // --dry-run finds the placeholder too
       const again = await cli(['import', fx.agent]);
       expect(again.code).toBe(1);
       expectClean(again);

@@ -108,8 +108,10 @@ async function runImport(ctx: CliContext, agent: AgentName, opts: ImportOptions)
 
   if (token) {
     const tokens = await ctx.hostOnlyTokenStore('import');
+    // An unreadable entry is replaced too, like `token import` does.
+    const replacing = await tokens.getToken(mapped.provider, bucket).then((t) => t !== null, () => true);
     await saveImportedToken(tokens, mapped.provider, bucket, token);
-    ctx.notice(`${importedSummary(mapped.provider, bucket, token)} from ${source.label}`);
+    ctx.notice(`${importedSummary(mapped.provider, bucket, token)} from ${source.label}${replacing ? ', replacing the stored entry' : ''}`);
   }
   if (mapped.apiKey) {
     const keys = await ctx.hostOnlyKeyStore();
