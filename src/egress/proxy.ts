@@ -247,7 +247,7 @@ export class EgressProxy {
       target = parseAuthority(req.url ?? '');
     } catch (err) {
       this.refusals.note('bad_request', '-');
-      client.end(rawResponse(400, `credproxy egress: CONNECT needs HOST:PORT (${err instanceof AuthorityError ? err.message : 'bad target'})\n`));
+      endAndDrop(client, rawResponse(400, `credproxy egress: CONNECT needs HOST:PORT (${err instanceof AuthorityError ? err.message : 'bad target'})\n`));
       return;
     }
     const display = target.display;
@@ -261,7 +261,7 @@ export class EgressProxy {
         upstream = await this.connectTo(checked.address, checked.family, target.port);
       } catch (err) {
         const r = this.refuse(err, display);
-        if (!client.destroyed) client.end(rawResponse(r.status, r.body));
+        if (!client.destroyed) endAndDrop(client, rawResponse(r.status, r.body));
         return;
       }
       if (client.destroyed) {
@@ -289,7 +289,13 @@ export class EgressProxy {
       if (head.length > 0) upstream.write(head);
       client.pipe(upstream);
       upstream.pipe(client);
-    })();
+    })().catch((err: unknown) => this.unexpected(err, client));
+  }
+
+  /** A bug of ours must not take `run` down: log it and drop the one connection. */
+  private unexpected(err: unknown, socket: Socket): void {
+    this.o.logger.warn({ error: err instanceof Error ? err.message : 'unknown' }, 'egress: unexpected error; connection dropped');
+    socket.destroy();
   }
 
   /** A plain-HTTP request in absolute form (`GET http://host/path`): forwarded on a new upstream connection. */
@@ -383,7 +389,13 @@ export class EgressProxy {
           if (HOP_BY_HOP.has(lower) || connNamed.has(lower)) continue;
           (out[lower] ??= []).push(up.rawHeaders[i + 1]!);
         }
-        res.writeHead(up.statusCode ?? 502, up.statusMessage, out);
+        try {
+          res.writeHead(up.statusCode ?? 502, up.statusMessage, out);
+        } catch {
+          // A header Node will not send on (invalid characters): the response is not passed on.
+          up.destroy();
+          return plainAnswer(res, 502, `credproxy egress: ${display} sent a response that cannot be passed on\n`);
+        }
         up.on('data', (d: Buffer) => (entry.bytesDown += d.length));
         up.pipe(res);
         up.on('error', () => res.destroy());
@@ -395,7 +407,7 @@ export class EgressProxy {
       req.on('data', (d: Buffer) => (entry.bytesUp += d.length));
       req.pipe(upstream);
       req.resume();
-    })();
+    })().catch((err: unknown) => this.unexpected(err, req.socket));
   }
 }
 
@@ -409,6 +421,12 @@ const REASONS: Record<number, string> = { 400: 'Bad Request', 403: 'Forbidden', 
 function rawResponse(status: number, body: string): string {
   const b = Buffer.from(body, 'utf8');
   return `HTTP/1.1 ${status} ${REASONS[status] ?? 'Error'}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${b.length}\r\nconnection: close\r\n\r\n${body}`;
+}
+
+/** Answer and close; a client that keeps its side open is dropped shortly after (a refusal flood must not hold sockets). */
+function endAndDrop(socket: Socket, text: string): void {
+  socket.end(text);
+  setTimeout(() => socket.destroy(), 2000).unref();
 }
 
 function plainAnswer(res: ServerResponse, status: number, body: string): void {

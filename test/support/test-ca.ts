@@ -17,7 +17,8 @@ export interface TestCa {
   remove(): void;
 }
 
-export function createTestCa(): TestCa {
+/** `ips`: the server certificate's IP addresses (default 127.0.0.1; the egress tests serve on 127.0.0.2). */
+export function createTestCa(options: { ips?: string[] } = {}): TestCa {
   const dir = mkdtempSync(join(tmpdir(), 'credproxy-ca-'));
   const p = (name: string): string => join(dir, name);
   const ossl = (args: string[]): void => {
@@ -26,7 +27,8 @@ export function createTestCa(): TestCa {
   ossl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', p('ca.key'), '-out', p('ca.pem'), '-days', '2',
     '-subj', '/CN=credproxy test CA', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
   ossl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', p('leaf.key'), '-out', p('leaf.csr'), '-subj', '/CN=127.0.0.1']);
-  writeFileSync(p('leaf.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n');
+  const ips = (options.ips ?? ['127.0.0.1']).map((ip) => `IP:${ip}`).join(',');
+  writeFileSync(p('leaf.ext'), `subjectAltName=${ips},DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`);
   ossl(['x509', '-req', '-in', p('leaf.csr'), '-CA', p('ca.pem'), '-CAkey', p('ca.key'), '-CAcreateserial', '-out', p('leaf.pem'), '-days', '2', '-extfile', p('leaf.ext')]);
   return {
     dir,
