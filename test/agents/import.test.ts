@@ -91,6 +91,7 @@ describe('Claude Code .credentials.json', () => {
     expect(mapError(claudeImporter, file({ expiresAt: '2030-01-01' })).message).toMatch(/'claudeAiOauth\.expiresAt' is not a millisecond timestamp/);
     expect(mapError(claudeImporter, file({ scopes: 'user:inference' })).message).toMatch(/'claudeAiOauth\.scopes' is not a list of strings/);
     expect(mapError(claudeImporter, [AT]).message).toMatch(/is not a JSON object/);
+    expect(mapError(claudeImporter, { claudeAiOauth: null }).message).toMatch(/'claudeAiOauth' is null: Claude Code is not logged in/);
   });
 
   it('imports a login without a refresh token as one that cannot be renewed', () => {

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, makeHostEnv, runCli, type CliResult, type HostEnv } from '../support/cli.js';
@@ -298,6 +298,28 @@ describe('credproxy import', () => {
     expect(plain.stderr).toMatch(/is a symbolic link; its target was read/);
   });
 
+  it('refuses --move before storing anything when the directory cannot take the placeholder', async () => {
+    const path = writeFixture('.qwen/oauth_creds.json', FIXTURES[3]!.content(nowS() + 600));
+    const before = readFileSync(path, 'utf8');
+    let r: CliResult;
+    if (process.getuid?.() === 0) {
+      // Root may write anywhere: run as nobody, owning the file and HOME but not the directory.
+      chownSync(host.home, 65534, 65534);
+      chownSync(path, 65534, 65534);
+      chmodSync(dirname(path), 0o755);
+      r = await runAs(['import', 'qwen', '--move', '--yes'], host.env, 65534);
+    } else {
+      chmodSync(dirname(path), 0o555);
+      r = await cli(['import', 'qwen', '--move', '--yes']);
+      chmodSync(dirname(path), 0o755);
+    }
+    expect(r.code, r.stderr).toBe(1);
+    expectClean(r);
+    expect(r.stderr).toMatch(/\.qwen is not writable \(EACCES\), so --move could not replace oauth_creds\.json\. Nothing was changed/);
+    expect(readFileSync(path, 'utf8')).toBe(before);
+    expect(existsSync(join(host.home, 'data'))).toBe(false);
+  });
+
   it('refuses a huge file without reading it', async () => {
     const p = join(host.home, '.gemini/oauth_creds.json');
     mkdirSync(dirname(p), { recursive: true });
@@ -315,6 +337,23 @@ describe('credproxy import', () => {
     expect(r.stderr).toMatch(/import is a host command/);
   });
 });
+
+/** runCli as another uid (root only). */
+function runAs(args: string[], env: NodeJS.ProcessEnv, uid: number): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], { env, uid, gid: uid, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
 
 /**
  * Run the CLI with a real terminal as its stdin/stdout/stderr (util-linux

@@ -56,6 +56,7 @@ export const claudeImporter: AgentImporter = {
   map(value: unknown, where: string): MappedCredential {
     const f = new FieldReader(where, TOOL);
     if (!isRecord(value)) throw formatError(where, TOOL, '(top level)', 'is not a JSON object');
+    if (value.claudeAiOauth === null) throw formatError(where, TOOL, 'claudeAiOauth', 'is null: Claude Code is not logged in');
     const oauth = f.object(value, 'claudeAiOauth', 'claudeAiOauth');
     if (isPlaceholder(oauth.accessToken) || isPlaceholder(oauth.refreshToken)) throw alreadyMoved(where, TOOL, PROVIDER);
     const accessToken = f.string(oauth, 'accessToken', 'claudeAiOauth.accessToken');

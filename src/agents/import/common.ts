@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
-import { lstat, open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { access, lstat, open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { CredproxyError } from '../../errors.js';
 import type { OAuthToken } from '../../store/types.js';
@@ -233,6 +233,18 @@ export function moveRefusal(file: CredentialFile): string | null {
       `${file.path} is a symbolic link: --move does not write through links, and replacing the link would leave the refresh token in its target. ` +
       `Run the import where the link points (set the tool's config dir to the target's directory) or replace the link by the file itself`
     );
+  }
+  return null;
+}
+
+/** moveRefusal plus what needs the file system: the directory must take the temp file and the rename. */
+export async function moveRefusalNow(file: CredentialFile): Promise<string | null> {
+  const refusal = moveRefusal(file);
+  if (refusal) return refusal;
+  try {
+    await access(dirname(file.path), fsc.W_OK | fsc.X_OK);
+  } catch (err) {
+    return `${dirname(file.path)} is not writable (${errnoOf(err) ?? 'error'}), so --move could not replace ${basename(file.path)}`;
   }
   return null;
 }

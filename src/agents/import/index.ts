@@ -1,7 +1,7 @@
 import { CredproxyError } from '../../errors.js';
 import { claudeCredentialsPath, claudeImporter, claudeKeychainItem } from './claude.js';
 import { codexAuthPath, codexImporter } from './codex.js';
-import { moveRefusal, readCredentialFile, replaceCredentialFile, type AgentImporter, type AgentName, type CredentialFile, type MappedCredential } from './common.js';
+import { moveRefusalNow, readCredentialFile, replaceCredentialFile, type AgentImporter, type AgentName, type CredentialFile, type MappedCredential } from './common.js';
 import { geminiCredsPath, geminiImporter } from './gemini.js';
 import { keychainLabel, readKeychainItem, SECURITY_BIN, writeKeychainItem, type KeychainItem } from './keychain.js';
 import { qwenCredsPath, qwenImporter } from './qwen.js';
@@ -98,8 +98,8 @@ export function mapSource(agent: AgentName, source: CredentialSource): MappedCre
 }
 
 /** Why --move cannot replace this source, or null. */
-export function sourceMoveRefusal(source: CredentialSource): string | null {
-  return source.kind === 'file' ? moveRefusal(source.file) : null;
+export async function sourceMoveRefusal(source: CredentialSource): Promise<string | null> {
+  return source.kind === 'file' ? moveRefusalNow(source.file) : null;
 }
 
 /** --move: put the placeholder where the login was, if the source is unchanged since it was read. */

@@ -84,7 +84,7 @@ async function runImport(ctx: CliContext, agent: AgentName, opts: ImportOptions)
   const mapped = mapSource(agent, source);
   const token = mapped.token ? validateToken(mapped.token) : undefined;
   if (move) {
-    const refusal = sourceMoveRefusal(source);
+    const refusal = await sourceMoveRefusal(source);
     if (refusal) throw new CredproxyError('INVALID_REQUEST', `${refusal}. Nothing was changed.`);
   }
   const report = buildReport(agent, source, mapped, token, bucket, move, dryRun);
