@@ -16,7 +16,7 @@ import {
   type AgentImporter,
 } from '../../src/agents/import/common.js';
 import { geminiImporter } from '../../src/agents/import/gemini.js';
-import { credentialPath, mapSource, readAgentSource, replaceSource } from '../../src/agents/import/index.js';
+import { credentialPath, mapSource, readAgentSource, replaceSource, sourceWarnings } from '../../src/agents/import/index.js';
 import { qwenImporter } from '../../src/agents/import/qwen.js';
 import { CredproxyError } from '../../src/errors.js';
 
@@ -344,8 +344,13 @@ if (cmd === 'find-generic-password') {
     expect((missing as Error).message).toMatch(/\.credentials\.json does not exist, and the macOS Keychain has no item 'Claude Code-credentials' \(account 'alice'\)/);
     const login = { claudeAiOauth: { accessToken: AT, refreshToken: RT, expiresAt: inOneHourMs(), scopes: ['user:inference'] } };
     writeFileSync(store, JSON.stringify({ 'Claude Code-credentials\u0000alice': JSON.stringify(login) }));
+    // A file beside the item is named, and neither imported nor touched.
+    mkdirSync(join(home, '.claude'));
+    const fileText = JSON.stringify({ claudeAiOauth: { accessToken: 'file-at', refreshToken: 'file-rt', expiresAt: inOneHourMs() } });
+    writeFileSync(join(home, '.claude', '.credentials.json'), fileText);
     const source = await readAgentSource('claude', { env, platform: 'darwin', securityBin: bin });
     expect(source.kind).toBe('keychain');
+    expect(sourceWarnings(source).join('\n')).toMatch(/\.credentials\.json exists too; only the Keychain item .* is imported and moved/);
     const mapped = mapSource('claude', source);
     expect(mapped.token?.refresh_token).toBe(RT);
     await replaceSource(source, mapped.placeholder);
@@ -354,6 +359,6 @@ if (cmd === 'find-generic-password') {
     expect(JSON.parse(after).claudeAiOauth.refreshToken).toBe('credproxy-moved:anthropic');
     const again = await readAgentSource('claude', { env, platform: 'darwin', securityBin: bin });
     expect(() => mapSource('claude', again)).toThrow(/already moved into credproxy/);
-    expect(existsSync(join(home, '.claude'))).toBe(false);
+    expect(readFileSync(join(home, '.claude', '.credentials.json'), 'utf8')).toBe(fileText);
   });
 });

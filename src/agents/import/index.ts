@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { CredproxyError } from '../../errors.js';
 import { claudeCredentialsPath, claudeImporter, claudeKeychainItem } from './claude.js';
 import { codexAuthPath, codexImporter } from './codex.js';
@@ -34,7 +35,7 @@ export function credentialPath(agent: AgentName, env: NodeJS.ProcessEnv): string
 /** Where a login was read from. */
 export type CredentialSource =
   | { kind: 'file'; label: string; file: CredentialFile }
-  | { kind: 'keychain'; label: string; item: KeychainItem; text: string; securityBin: string };
+  | { kind: 'keychain'; label: string; item: KeychainItem; text: string; securityBin: string; warnings: string[] };
 
 export interface LocateOptions {
   env: NodeJS.ProcessEnv;
@@ -57,7 +58,10 @@ export async function readAgentSource(agent: AgentName, options: LocateOptions):
     if (options.platform === 'darwin') {
       const securityBin = options.securityBin ?? SECURITY_BIN;
       const text = await readKeychainItem(item, securityBin);
-      if (text !== null) return { kind: 'keychain', label: keychainLabel(item), item, text, securityBin };
+      if (text !== null) {
+        const warnings = existsSync(path) ? [`${path} exists too; only the Keychain item (the login Claude Code uses on macOS) is imported and moved, the file is left as it is`] : [];
+        return { kind: 'keychain', label: keychainLabel(item), item, text, securityBin, warnings };
+      }
       keychainNote = `, and the macOS Keychain has no item '${item.service}' (account '${item.account}')`;
     } else {
       keychainNote = `. On macOS Claude Code keeps its login in the Keychain item '${item.service}', but the macOS Keychain is not available on ${options.platform}: only the file was looked at`;
@@ -79,6 +83,11 @@ function hintVariable(agent: AgentName): string {
     default:
       return 'HOME to the home dir it was used in';
   }
+}
+
+/** Safe remarks about where the login was read (loose permissions, a link, a second copy). */
+export function sourceWarnings(source: CredentialSource): string[] {
+  return source.kind === 'file' ? source.file.warnings : source.warnings;
 }
 
 export function sourceText(source: CredentialSource): string {

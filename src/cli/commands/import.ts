@@ -1,6 +1,6 @@
 import { Argument, type Command } from 'commander';
 import { CredproxyError } from '../../errors.js';
-import { AGENT_NAMES, IMPORTERS, mapSource, readAgentSource, replaceSource, sourceMoveRefusal, type AgentName, type CredentialSource, type MappedCredential } from '../../agents/import/index.js';
+import { AGENT_NAMES, IMPORTERS, mapSource, readAgentSource, replaceSource, sourceMoveRefusal, sourceWarnings, type AgentName, type CredentialSource, type MappedCredential } from '../../agents/import/index.js';
 import { placeholderValue, printable } from '../../agents/import/common.js';
 import { accountOf } from '../../login/account.js';
 import type { OAuthToken } from '../../store/types.js';
@@ -80,7 +80,7 @@ async function runImport(ctx: CliContext, agent: AgentName, opts: ImportOptions)
   }
 
   const source = await readAgentSource(agent, { env: ctx.io.env, platform: process.platform });
-  if (source.kind === 'file') for (const w of source.file.warnings) ctx.notice(`warning: ${w}`);
+  for (const w of sourceWarnings(source)) ctx.notice(`warning: ${w}`);
   const mapped = mapSource(agent, source);
   const token = mapped.token ? validateToken(mapped.token) : undefined;
   if (move) {
@@ -131,11 +131,18 @@ async function runImport(ctx: CliContext, agent: AgentName, opts: ImportOptions)
       throw err;
     }
     report.move = 'moved';
-    ctx.notice(
-      `moved: ${source.label} now holds a placeholder ('${placeholderValue(mapped.provider)}'${source.kind === 'file' ? `, mode ${modeText(source.file.mode)} kept` : ''}); ` +
-        `${importer.tool} can no longer refresh this login, only credproxy does. Use it through credproxy (credproxy run --allow ${mapped.provider} ...); ` +
-        `logging ${importer.tool} in again would start a separate login.`,
-    );
+    const kept = source.kind === 'file' ? `, mode ${modeText(source.file.mode)} kept` : '';
+    if (token) {
+      ctx.notice(
+        `moved: ${source.label} now holds a placeholder ('${placeholderValue(mapped.provider)}'${kept}); ` +
+          `${importer.tool} can no longer refresh this login, only credproxy does. Use it through credproxy (credproxy run --allow ${mapped.provider} ...); ` +
+          `logging ${importer.tool} in again would start a separate login.`,
+      );
+    } else if (mapped.apiKey) {
+      ctx.notice(
+        `moved: ${source.label} now holds a placeholder instead of the API key${kept}; use the key through credproxy (credproxy run --allow-key ${mapped.apiKey.name} ...).`,
+      );
+    }
   } else if (token?.refresh_token) {
     ctx.notice(`warning: ${importer.tool} still holds this login's refresh token. ${whyMove(importer.tool)} Run 'credproxy import ${agent} --move' to finish the move.`);
   }
