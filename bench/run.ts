@@ -13,11 +13,12 @@ import { NATIVE_CLIENT_ID, OidcTestServer, type TokenSet } from '../test/support
 import { encodeFrame, FrameDecoder, parsePayload } from '../src/protocol/frame.js';
 import { FrameClient } from './frame-client.js';
 import { gatewayBench } from './gateway.js';
+import { egressBench } from './egress.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'credproxy');
 const json = process.argv.includes('--json');
-const SECTIONS = ['round-trip', 'throughput', 'storm', 'memory', 'launch', 'gateway', 'hostile'] as const;
+const SECTIONS = ['round-trip', 'throughput', 'storm', 'memory', 'launch', 'gateway', 'hostile', 'egress'] as const;
 type Section = (typeof SECTIONS)[number];
 const onlyArg = process.argv.find((a) => a.startsWith('--only='));
 const only = new Set<string>(onlyArg ? onlyArg.slice('--only='.length).split(',') : SECTIONS);
@@ -550,6 +551,7 @@ const run: Record<Section, () => Promise<Row[]>> = {
   memory: async () => [...(await idleMemory()), ...(await memory())],
   launch: async () => launchCost(),
   gateway: gatewayBench,
+  egress: egressBench,
   hostile: hostileLoad,
 };
 const rows: Row[] = [];

@@ -2,6 +2,7 @@ import { lookup as dnsLookup } from 'node:dns/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import net, { type AddressInfo, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { splice } from '../gateway/relay.js';
 import type { Logger } from '../log.js';
 import { canonicalIp, classifyAddress, type AddressClass } from './address.js';
 import { EgressRefusals, type EgressAuditSink, type EgressConnectionEntry, type EgressRefusal } from './audit.js';
@@ -92,6 +93,8 @@ export class EgressProxy {
   private readonly http: http.Server;
   private readonly listeners: net.Server[] = [];
   private readonly sockets = new Set<Socket>();
+  /** Upstream connections open now: stop() ends them too, and waits for their audit lines. */
+  private readonly upstreams = new Map<Socket, Promise<void>>();
   private readonly lookupLimiter: Limiter;
   readonly refusals: EgressRefusals;
   private readonly connectTimeoutMs: number;
@@ -165,7 +168,10 @@ export class EgressProxy {
   async stop(): Promise<void> {
     const closed = Promise.all(this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     for (const s of this.sockets) s.destroy();
+    const recorded = [...this.upstreams.values()];
+    for (const u of this.upstreams.keys()) u.destroy();
     await closed;
+    await Promise.all(recorded);
     this.http.close();
     this.refusals.flush();
   }
@@ -269,26 +275,24 @@ export class EgressProxy {
         return;
       }
       const entry: EgressConnectionEntry = { time, kind: 'egress', type: 'connect', host: hostText(target.host), port: target.port, address, result: 'allowed', bytesUp: head.length, bytesDown: 0, durationMs: 0 };
-      let done = false;
-      const finish = (): void => {
-        if (done) return;
-        done = true;
+      const fail = (): void => {
         client.destroy();
         upstream.destroy();
-        entry.durationMs = Math.round(performance.now() - started);
-        this.o.audit?.record(entry);
       };
-      upstream.on('error', finish);
-      upstream.on('close', finish);
-      client.on('close', finish);
-      upstream.setTimeout(this.idleTimeoutMs, finish);
-      client.setTimeout(this.idleTimeoutMs, finish);
+      upstream.setTimeout(this.idleTimeoutMs, fail);
+      client.setTimeout(this.idleTimeoutMs, fail);
       client.on('data', (d: Buffer) => (entry.bytesUp += d.length));
       upstream.on('data', (d: Buffer) => (entry.bytesDown += d.length));
       client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
       if (head.length > 0) upstream.write(head);
-      client.pipe(upstream);
-      upstream.pipe(client);
+      let recorded!: () => void;
+      this.upstreams.set(upstream, new Promise<void>((r) => (recorded = r)));
+      splice(client, upstream, () => {
+        entry.durationMs = Math.round(performance.now() - started);
+        this.o.audit?.record(entry);
+        this.upstreams.delete(upstream);
+        recorded();
+      });
     })().catch((err: unknown) => this.unexpected(err, client));
   }
 
@@ -366,6 +370,16 @@ export class EgressProxy {
         timeout: this.connectTimeoutMs,
       });
       upstream.on('socket', (s: Socket) => {
+        let done!: () => void;
+        this.upstreams.set(s, new Promise<void>((r) => (done = r)));
+        s.once('close', () => {
+          // The response's close comes first when the client went away; the audit line is written by then or here.
+          setImmediate(() => {
+            record();
+            this.upstreams.delete(s);
+            done();
+          });
+        });
         s.once('connect', () => {
           connected = true;
           upstream.setTimeout(this.idleTimeoutMs);

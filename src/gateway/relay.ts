@@ -74,19 +74,36 @@ export function proxyEnv(proxyUrl: string): Record<string, string> {
   return { HTTPS_PROXY: proxyUrl, HTTP_PROXY: proxyUrl, https_proxy: proxyUrl, http_proxy: proxyUrl, NO_PROXY: NO_PROXY_HOSTS, no_proxy: NO_PROXY_HOSTS };
 }
 
-/** Carry one accepted connection to the host gateway socket, both ways, until either side ends. */
-function carry(client: net.Socket, socketPath: string): void {
-  const host = net.connect(socketPath);
-  const end = (): void => {
-    client.destroy();
-    host.destroy();
+/**
+ * Carry bytes both ways between two sockets until both are closed. A side
+ * that ends cleanly (FIN) has its end passed on once everything before it
+ * is written (never cut short: destroying the other side there would drop
+ * what it still buffers); a side that fails or goes without a FIN takes the
+ * other down at once.
+ */
+export function splice(a: net.Socket, b: net.Socket, onClosed?: () => void): void {
+  let open = 2;
+  const wire = (from: net.Socket, to: net.Socket): void => {
+    let ended = false;
+    from.once('end', () => (ended = true));
+    from.on('error', () => {
+      from.destroy();
+      to.destroy();
+    });
+    from.once('close', () => {
+      if (!ended) to.destroy();
+      else if (!to.writableEnded) to.end();
+      if (--open === 0) onClosed?.();
+    });
+    from.pipe(to);
   };
-  client.on('error', end);
-  host.on('error', end);
-  client.on('close', end);
-  host.on('close', end);
-  client.pipe(host);
-  host.pipe(client);
+  wire(a, b);
+  wire(b, a);
+}
+
+/** Carry one accepted connection to the host socket, both ways, until both sides are done. */
+function carry(client: net.Socket, socketPath: string): void {
+  splice(client, net.connect(socketPath));
 }
 
 export async function startRelayListener(socketPath: string): Promise<{ server: net.Server; url: string }> {

@@ -1,5 +1,8 @@
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.js';
 import type { EgressAuditEntry, EgressConnectionEntry, EgressRefusedEntry } from '../../src/egress/audit.js';
@@ -14,6 +17,9 @@ let echo: net.Server;
 let echoPort = 0;
 let decoy: net.Server;
 let decoyConnections = 0;
+let burst: net.Server;
+let burstPort = 0;
+const BURST_BYTES = 8 * 2 ** 20;
 let web: http.Server;
 let webPort = 0;
 const webSeen: Array<{ method: string; url: string; headers: http.IncomingHttpHeaders; body: string }> = [];
@@ -31,6 +37,13 @@ beforeAll(async () => {
     s.destroy();
   });
   await new Promise<void>((r) => decoy.listen(echoPort, '127.0.0.3', r));
+  // Sends everything at once and closes: a tunnel must still deliver every byte.
+  burst = net.createServer((s) => {
+    s.on('error', () => undefined);
+    s.end(Buffer.alloc(BURST_BYTES, 98));
+  });
+  await new Promise<void>((r) => burst.listen(0, '127.0.0.2', r));
+  burstPort = (burst.address() as AddressInfo).port;
   web = http.createServer((req, res) => {
     let body = '';
     req.on('data', (d: Buffer) => (body += d.toString()));
@@ -46,7 +59,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await Promise.all([echo, decoy, web].map((s) => new Promise((r) => s.close(r))));
+  await Promise.all([echo, decoy, burst, web].map((s) => new Promise((r) => s.close(r))));
 });
 
 interface Harness {
@@ -128,6 +141,44 @@ describe('CONNECT', () => {
     expect(line.bytesUp).toBe('early-bytes|'.length + payload.length);
     expect(line.bytesDown).toBe('early-bytes|'.length + payload.length);
     expect(typeof line.durationMs).toBe('number');
+  });
+
+  it('an upstream that sends a lot and closes at once: every byte reaches a slow reader, then the tunnel closes and is audited', async () => {
+    const h = await start([`127.0.0.2:${burstPort}`]);
+    // Through a Unix socket (as from the relay): its small kernel buffers leave the proxy holding bytes for the reader.
+    const path = join(mkdtempSync(join(tmpdir(), 'cpe-')), 'egress.sock');
+    await h.proxy.listen({ path });
+    const s = net.connect(path);
+    s.pause();
+    s.write(`CONNECT 127.0.0.2:${burstPort} HTTP/1.1\r\n\r\n`);
+    // Let the upstream finish and close while nothing is read here (the proxy holds what is in flight).
+    await sleep(500);
+    let got = 0;
+    await new Promise<void>((resolve, reject) => {
+      // A reader that stays slow to the end: the proxy always has bytes buffered for it when the upstream closes.
+      s.on('data', (d: Buffer) => {
+        got += d.length;
+        s.pause();
+        setTimeout(() => s.resume(), 2);
+      });
+      s.on('end', () => resolve());
+      s.on('error', reject);
+      s.resume();
+    });
+    const head = 'HTTP/1.1 200 Connection Established\r\n\r\n'.length;
+    expect(got - head).toBe(BURST_BYTES);
+    await until(() => connected(h).length === 1);
+    expect(connected(h)[0]).toMatchObject({ bytesDown: BURST_BYTES, bytesUp: 0 });
+  });
+
+  it('stop() ends open tunnels and waits for their audit lines', async () => {
+    const h = await start([`127.0.0.2:${echoPort}`]);
+    const r = await exchange(h.port, `CONNECT 127.0.0.2:${echoPort} HTTP/1.1\r\n\r\nabc`, { until: /abc$/ });
+    expect(r.text).toMatch(/^HTTP\/1\.1 200 /);
+    r.socket.end(); // a clean half-close from the client: the upstream side is still open when stop() comes
+    await h.proxy.stop();
+    expect(connected(h)).toHaveLength(1);
+    expect(connected(h)[0]).toMatchObject({ bytesUp: 3, bytesDown: 3 });
   });
 
   it('refuses a host outside the allowlist with 403 naming the host and the flag, without resolving or connecting', async () => {
