@@ -212,10 +212,13 @@ describe('run --allow-host in bwrap', () => {
     mkdirSync(join(host.home, 'config'), { recursive: true, mode: 0o700 });
     writeFileSync(join(host.home, 'config', 'config.json'), JSON.stringify({ profiles: { outside: { allowHost: [`${OUTSIDE}:${httpPort}`], keys: ['canary'] } } }));
     try {
-      const r = await inBwrap([], `curl -sS http://${OUTSIDE}:${httpPort}/hello && echo "gw=$CREDPROXY_GATEWAY_URL"`, ['--profile', 'outside', '--gateway']);
+      // NO_PROXY keeps the gateway (on the sandbox's own 127.0.0.1) direct: it answers itself, the proxy never sees it.
+      const r = await inBwrap([], `curl -sS http://${OUTSIDE}:${httpPort}/hello && echo "gw=$CREDPROXY_GATEWAY_URL" && curl -sS -w " gateway-status=%{http_code}\\n" "$CREDPROXY_GATEWAY_URL/no-such-route/x"`, ['--profile', 'outside', '--gateway']);
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain('hello from outside over http');
       expect(r.stdout).toMatch(/^gw=http:\/\/127\.0\.0\.1:\d+$/m);
+      expect(r.stdout).toMatch(/no such gateway route[^]* gateway-status=404/);
+      expect(r.stdout).not.toContain('credproxy egress');
       const explained = await runCli(['run', '--explain', '--profile', 'outside', '--allow-host', '@npm', '--allow-host', '*.example.org:*', '--', 'true'], { env: host.env, cwd: work });
       expect(explained.code, explained.stderr).toBe(0);
       expect(explained.stdout).toContain(`  ${OUTSIDE} port ${httpPort}, literal address (reachable even if loopback or private)`);
@@ -225,6 +228,23 @@ describe('run --allow-host in bwrap', () => {
     } finally {
       rmSync(join(host.home, 'config', 'config.json'), { force: true });
     }
+  });
+
+  it('a flood of refused connections from inside adds about a line a second to the audit, with exact counts', async () => {
+    const before = auditLines().length;
+    const flood = `node -e "
+      const net = require('net'); const u = new URL(process.env.HTTPS_PROXY); let done = 0, refused = 0;
+      const one = (i) => new Promise((r) => { const s = net.connect(+u.port, u.hostname, () => s.write('CONNECT flood' + (i % 40) + '.example:443 HTTP/1.1\\r\\n\\r\\n'));
+        let t = ''; s.on('data', (d) => t += d); s.on('close', () => { if (t.startsWith('HTTP/1.1 403')) refused++; r(); }); s.on('error', () => {}); });
+      (async () => { for (let i = 0; i < 500; i += 25) await Promise.all(Array.from({ length: 25 }, (_, j) => one(i + j))); console.log('refused=' + refused); })();"`;
+    const r = await inBwrap([`${OUTSIDE}:${httpPort}`], flood);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('refused=500');
+    const lines = auditLines().slice(before);
+    expect(lines.every((l) => l.type === 'refused')).toBe(true);
+    expect(lines.reduce((n, l) => n + (l.count as number), 0)).toBe(500);
+    expect(lines.length).toBeLessThanOrEqual(20); // 500 connections in a few seconds: a line a second at most
+    for (const l of lines) expect(Object.keys(l.hosts as object).length).toBeLessThanOrEqual(32);
   });
 
   it('bad rules and --share-net with --allow-host are usage errors (exit 2)', async () => {

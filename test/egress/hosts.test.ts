@@ -2,6 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { canonicalIp, classifyAddress, isNumericHostForm } from '../../src/egress/address.js';
 import { AuthorityError, DEFAULT_PORTS, HOST_PRESETS, HostRuleError, literallyAllowed, matchHost, parseAuthority, parseHostRule, parseHostRules, suggestFlag, type RequestHost } from '../../src/egress/hosts.js';
 import { parseConfig } from '../../src/config.js';
+import { agentHosts, describeRules, egressRules } from '../../src/egress/cli.js';
+import { CredproxyError } from '../../src/errors.js';
 
 const name = (n: string): RequestHost => ({ kind: 'name', name: n });
 const allows = (entries: string[], host: string, port: number): boolean => {
@@ -87,6 +89,25 @@ describe('host rules', () => {
     const ok = parseConfig(JSON.stringify({ profiles: { dev: { allowHost: ['@npm', '*.example.org:8443'] } } }), '/x/config.json');
     expect(ok.profiles.dev!.allowHost).toEqual(['@npm', '*.example.org:8443']);
     expect(() => parseConfig(JSON.stringify({ profiles: { dev: { allowHost: ['*'] } } }), '/x/config.json')).toThrow(/profiles\.dev\.allowHost\.0/);
+  });
+});
+
+describe('run wiring', () => {
+  it('--agent claude adds no hosts (the gateway carries its model traffic)', () => {
+    expect(agentHosts('claude')).toEqual([]);
+  });
+
+  it('bad entries are usage errors naming the entry; --explain lists every expanded rule', () => {
+    expect(() => egressRules(['ok.example', '*'])).toThrow(CredproxyError);
+    expect(() => egressRules(['*.'])).toThrow(/invalid --allow-host \*\./);
+    const lines = describeRules(egressRules(['@pypi', '[::1]:8080']));
+    expect(lines.slice(1)).toEqual([
+      '  pypi.org port 443 (from @pypi)',
+      '  files.pythonhosted.org port 443 (from @pypi)',
+      '  [::1] port 8080, literal address (reachable even if loopback or private)',
+      '  proxy variables: HTTPS_PROXY HTTP_PROXY https_proxy http_proxy NO_PROXY no_proxy',
+    ]);
+    expect(describeRules([])[0]).toMatch(/^egress: none/);
   });
 });
 
