@@ -65,14 +65,16 @@ class Limiter {
   async run<T>(fn: () => Promise<T>): Promise<T> {
     if (this.active >= this.max) {
       if (this.waiting.length >= this.queue) throw new Refused(503, 'busy', 'credproxy egress: too many name lookups at once; try again\n');
-      await new Promise<void>((r) => this.waiting.push(r));
+      await new Promise<void>((r) => this.waiting.push(r)); // the slot is handed over: `active` already counts it
+    } else {
+      this.active++;
     }
-    this.active++;
     try {
       return await fn();
     } finally {
-      this.active--;
-      this.waiting.shift()?.();
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.active--;
     }
   }
 }
@@ -191,7 +193,9 @@ export class EgressProxy {
     if (host.kind === 'address') return { address: host.address, family: host.family }; // named literally by the rule that matched
     let found: Array<{ address: string; family: number }>;
     try {
-      found = await this.lookupLimiter.run(() => withTimeout(this.lookup(host.name), this.lookupTimeoutMs));
+      // The slot stays taken until the lookup itself ends (a stuck getaddrinfo holds a thread-pool thread);
+      // the request stops waiting after the timeout, queue time included.
+      found = await withTimeout(this.lookupLimiter.run(() => this.lookup(host.name)), this.lookupTimeoutMs);
     } catch (err) {
       if (err instanceof Refused) throw err;
       throw new Refused(502, 'dns_failed', `credproxy egress: ${host.name} could not be resolved on the host\n`);

@@ -335,6 +335,35 @@ describe('limits', () => {
   });
 });
 
+describe('name lookups', () => {
+  it('a stuck lookup keeps its slot after the request gave up; beyond the queue requests get 503 at once', async () => {
+    const pending: Array<() => void> = [];
+    let started = 0;
+    const h = await start(['*.slow.test'], {
+      lookupConcurrency: 1,
+      lookupQueue: 1,
+      lookupTimeoutMs: 800,
+      lookup: (name) => {
+        started++;
+        return new Promise((resolve) => pending.push(() => resolve(name === 'a.slow.test' ? [{ address: '10.0.0.1', family: 4 }] : [])));
+      },
+    });
+    const first = exchange(h.port, 'CONNECT a.slow.test:443 HTTP/1.1\r\n\r\n');
+    await until(() => started === 1);
+    const second = exchange(h.port, 'CONNECT b.slow.test:443 HTTP/1.1\r\n\r\n'); // queued behind the first
+    await sleep(100);
+    const third = await exchange(h.port, 'CONNECT c.slow.test:443 HTTP/1.1\r\n\r\n');
+    expect(third.text).toMatch(/^HTTP\/1\.1 503 [^]*too many name lookups/);
+    // Both give up after the timeout, but the stuck lookup still holds the only slot: nothing else started.
+    expect((await first).text).toMatch(/^HTTP\/1\.1 502 [^]*could not be resolved/);
+    expect((await second).text).toMatch(/^HTTP\/1\.1 502 /);
+    expect(started).toBe(1);
+    pending.shift()!();
+    await until(() => started === 2); // the queued one runs once the slot is free
+    pending.shift()!();
+  });
+});
+
 describe('plain HTTP', () => {
   it('forwards absolute-form requests to an allowed host: Host rewritten, proxy and hop-by-hop headers dropped, body and response streamed', async () => {
     const h = await start([`127.0.0.2:${webPort}`]);
