@@ -27,6 +27,8 @@ export interface RelayConfig {
   /** The host egress proxy's socket, inside the sandbox. */
   egress?: string;
   plan?: AgentEnvPlan;
+  /** Pass the relay's fd 3 on to the command (llxprt-code's capability descriptor). */
+  fd3?: boolean;
 }
 
 /** What the launcher relays (see sandbox/child.ts); ^Z stops the whole process group, this relay included. */
@@ -55,6 +57,7 @@ function parseConfig(text: string | undefined): RelayConfig | null {
     if (c.egress !== undefined && typeof c.egress !== 'string') return null;
     if (c.gateway === undefined && c.egress === undefined) return null;
     if (c.plan !== undefined && (!isPlan(c.plan) || c.gateway === undefined)) return null;
+    if (c.fd3 !== undefined && typeof c.fd3 !== 'boolean') return null;
     return c;
   } catch {
     return null;
@@ -166,7 +169,8 @@ async function main(argv: string[]): Promise<void> {
       else if (child.exitCode === null && child.signalCode === null) child.kill(s);
     });
   }
-  child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env: { ...process.env, ...env } });
+  // fd 3 only when the launcher put one there: otherwise that number may be one of Node's own descriptors.
+  child = spawn(command[0]!, command.slice(1), { stdio: config.fd3 === true ? ['inherit', 'inherit', 'inherit', 3] : 'inherit', env: { ...process.env, ...env } });
   for (const s of held.splice(0)) child.kill(s);
   child.on('error', (err) => {
     process.stderr.write(`credproxy relay: cannot start ${command[0]}: ${(err as NodeJS.ErrnoException).code ?? 'error'}\n`);

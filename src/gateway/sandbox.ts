@@ -25,7 +25,7 @@ export interface GatewayPlan {
  * on a socket in the run's socket directory and the relay inside carries
  * connections to it. null: not supported for that kind yet.
  */
-export function gatewayPlan(kind: SandboxKind, packageRoot: string, node: string, agent?: AgentEnvPlan, want: { gateway: boolean; egress: boolean } = { gateway: true, egress: false }): GatewayPlan | null {
+export function gatewayPlan(kind: SandboxKind, packageRoot: string, node: string, agent?: AgentEnvPlan, want: { gateway: boolean; egress: boolean; fd3?: boolean } = { gateway: true, egress: false }): GatewayPlan | null {
   if (kind === 'none') {
     const loopback = [{ host: '127.0.0.1', port: 0 }];
     return { listen: want.gateway ? loopback : undefined, egressListen: want.egress ? loopback : undefined, wrap: (c) => [...c] };
@@ -36,6 +36,7 @@ export function gatewayPlan(kind: SandboxKind, packageRoot: string, node: string
       ...(want.gateway ? { gateway: `${SANDBOX_SOCKET_DIR}/${GATEWAY_SOCKET_NAME}` } : {}),
       ...(want.egress ? { egress: `${SANDBOX_SOCKET_DIR}/${EGRESS_SOCKET_NAME}` } : {}),
       ...(agent === undefined ? {} : { plan: agent }),
+      ...(want.fd3 ? { fd3: true } : {}),
     };
     return {
       listen: want.gateway ? [{ path: GATEWAY_SOCKET_NAME }] : undefined,

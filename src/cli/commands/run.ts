@@ -164,7 +164,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   const agent = flags.agent === undefined ? undefined : agentEnvPlan(flags.agent, policy);
   if (agent) flags.gateway = true;
   const egress = hostRules.length > 0;
-  const gateway = flags.gateway || egress ? gatewayPlan(kind, packageRoot(), process.execPath, agent, { gateway: Boolean(flags.gateway), egress }) : undefined;
+  const gateway = flags.gateway || egress ? gatewayPlan(kind, packageRoot(), process.execPath, agent, { gateway: Boolean(flags.gateway), egress, fd3: llxprt }) : undefined;
   if (gateway === null) throw new CredproxyError('USAGE', `--gateway works with --sandbox bwrap or none in this version; ${kind} is not supported yet`);
   let proxy: RunningProxy;
   try {
