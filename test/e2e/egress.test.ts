@@ -211,6 +211,22 @@ describe('run --allow-host in bwrap', () => {
     expect(Object.keys(hosts)).toEqual(expect.arrayContaining(['not-allowed.example:80', 'not-allowed.example:443', `localhost:${httpPort}`, `${OUTSIDE}:${httpsPort}`]));
   });
 
+  it('a name is resolved on the host: localhost reaches a host server once its loopback address is also named literally', async () => {
+    const local = http.createServer(handler('local'));
+    await new Promise<void>((r) => local.listen(0, '127.0.0.1', r));
+    const port = (local.address() as AddressInfo).port;
+    try {
+      const script = `curl -sS -w " status=%{http_code}\\n" --noproxy "" http://localhost:${port}/hello`;
+      const refused = await inBwrap([`localhost:${port}`], script);
+      expect(refused.stdout).toMatch(/resolves to 127\.0\.0\.1, a loopback address[^]*status=403/);
+      const allowed = await inBwrap([`localhost:${port}`, `127.0.0.1:${port}`], script);
+      expect(allowed.code, allowed.stderr).toBe(0);
+      expect(allowed.stdout).toBe('hello from outside over local\n status=200\n');
+    } finally {
+      await new Promise((r) => local.close(r));
+    }
+  });
+
   it('shares one relay with the gateway, comes from a profile, and is listed by --explain', async () => {
     mkdirSync(join(host.home, 'config'), { recursive: true, mode: 0o700 });
     writeFileSync(join(host.home, 'config', 'config.json'), JSON.stringify({ profiles: { outside: { allowHost: [`${OUTSIDE}:${httpPort}`], keys: ['canary'] } } }));
