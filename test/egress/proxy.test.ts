@@ -397,6 +397,25 @@ describe('plain HTTP', () => {
     expect(JSON.stringify(h.audit)).not.toMatch(/upload|x=1|c2VjcmV0|kept/);
   });
 
+  it('clients that vanish mid-upload or right after CONNECT leave nothing open, and the proxy keeps serving', async () => {
+    const h = await start([`127.0.0.2:${webPort}`, `127.0.0.2:${echoPort}`]);
+    for (let i = 0; i < 5; i++) {
+      const s = net.connect(h.port, '127.0.0.1');
+      s.on('error', () => undefined);
+      s.write(`POST http://127.0.0.2:${webPort}/up HTTP/1.1\r\nHost: x\r\ncontent-length: 100000\r\n\r\n${'a'.repeat(100)}`);
+      await sleep(50);
+      s.destroy();
+      const c = net.connect(h.port, '127.0.0.1');
+      c.on('error', () => undefined);
+      c.write(`CONNECT 127.0.0.2:${echoPort} HTTP/1.1\r\n\r\n`);
+      c.destroy();
+    }
+    await until(() => h.proxy.openConnections === 0);
+    const ok = await exchange(h.port, `CONNECT 127.0.0.2:${echoPort} HTTP/1.1\r\n\r\nstill`, { until: /still$/ });
+    expect(ok.text).toMatch(/^HTTP\/1\.1 200 [^]*still$/);
+    ok.socket.destroy();
+  });
+
   it('refuses disallowed hosts with 403, https:// and origin-form URLs with 400', async () => {
     const h = await start([`127.0.0.2:${webPort}`]);
     const get = (path: string): Promise<{ status: number; body: string }> =>
