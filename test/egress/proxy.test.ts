@@ -234,6 +234,28 @@ describe('CONNECT', () => {
     ok.socket.destroy();
   });
 
+  it('IPv6: a bracketed literal named by a rule is reached over IPv6; a name resolving to ::1 is not', async () => {
+    const v6 = net.createServer((sock) => sock.end(`hi ${sock.localAddress}`));
+    await new Promise<void>((r) => v6.listen(0, '::1', r));
+    const port = (v6.address() as AddressInfo).port;
+    try {
+      const h = await start([`[::1]:${port}`, `six.test:${port}`], { resolve: { 'six.test': ['::1'] } });
+      const r = await exchange(h.port, `CONNECT [0:0::1]:${port} HTTP/1.1\r\n\r\n`);
+      expect(r.text).toMatch(/^HTTP\/1\.1 200 [^]*hi ::1$/);
+      await until(() => connected(h).length === 1);
+      expect(connected(h)[0]).toMatchObject({ host: '::1', address: '::1', port });
+      // The literal rule lifts the block for a name that resolves to it as well (same address, same port).
+      const named = await exchange(h.port, `CONNECT six.test:${port} HTTP/1.1\r\n\r\n`);
+      expect(named.text).toMatch(/^HTTP\/1\.1 200 [^]*hi ::1$/);
+      await h.proxy.stop();
+      const strict = await start([`six.test:${port}`], { resolve: { 'six.test': ['::1'] } });
+      const refused = await exchange(strict.port, `CONNECT six.test:${port} HTTP/1.1\r\n\r\n`);
+      expect(refused.text).toMatch(/^HTTP\/1\.1 403 [^]*resolves to ::1, a loopback address[^]*--allow-host \[::1\]:\d+ \(the literal address\)/);
+    } finally {
+      await new Promise((r) => v6.close(r));
+    }
+  });
+
   it('a name is resolved once, blocked addresses are skipped, and the connection goes to the checked address (no rebinding)', async () => {
     let calls = 0;
     const h = await start([`rebind.test:${echoPort}`, `127.0.0.2:${echoPort}`], {
