@@ -208,7 +208,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     const listen = options.egress.listen.map((w) => ('path' in w && !w.path.startsWith('/') ? { path: join(dir, w.path) } : w));
     try {
       const { startEgress } = await import('../egress/index.js');
-      egress = await startEgress({ rules: options.egress.rules, logger, stateDir: ensurePrivateDir(host.dirs.state), listen });
+      egress = await startEgress({ rules: options.egress.rules, logger, stateDir: ensurePrivateDir(host.dirs.state), listen, ...(config.audit ? { rotation: { ...config.audit } } : {}) });
     } catch (err) {
       await gateway?.stop();
       if (ownDir) removeSocketDir(ownDir);
