@@ -5,9 +5,11 @@ import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join, normalize } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeHostEnv, runCli, type CliResult, type HostEnv } from '../support/cli.js';
 import { createTestCa, type TestCa } from '../support/test-ca.js';
+import { FakeUpstream } from '../support/fake-upstream.js';
 
 /**
  * Issue 15 end to end: real bwrap (no network, no --share-net) and the
@@ -301,5 +303,39 @@ describe('run --allow-host --sandbox none', () => {
     expect(r.stdout).toMatch(/^proxy=http:\/\/127\.0\.0\.1:\d+$/m);
     expect(r.stdout).toContain('hello from outside over http');
     expect(r.stdout).toMatch(/--allow-host not-allowed\.example to credproxy run\.\n status=403/);
+  });
+});
+
+describe('run --agent claude --allow-host', () => {
+  it('Claude Code\'s model calls still go straight to the gateway (NO_PROXY), none through the egress proxy, and it adds no hosts', async () => {
+    const claudeBin = fileURLToPath(new URL('../../node_modules/.bin', import.meta.url));
+    expect(existsSync(join(claudeBin, 'claude')), 'npm ci installs @anthropic-ai/claude-code').toBe(true);
+    const apiCa = createTestCa();
+    const fake = await FakeUpstream.start(apiCa);
+    const agentHost = makeHostEnv({ NODE_EXTRA_CA_CERTS: apiCa.caPath, PATH: `${claudeBin}:${process.env.PATH}` });
+    try {
+      mkdirSync(join(agentHost.home, 'config'), { recursive: true, mode: 0o700 });
+      writeFileSync(join(agentHost.home, 'config', 'config.json'), JSON.stringify({ providers: { anthropic: { api_base: fake.url } } }));
+      const t = await runCli(['token', 'import', 'anthropic'], { env: agentHost.env, input: JSON.stringify({ access_token: `sk-ant-oat01-egress-${process.pid}`, expiry: Math.floor(Date.now() / 1000) + 3600 }) });
+      expect(t.code, t.stderr).toBe(0);
+      const explained = await runCli(['run', '--explain', '--no-workdir', '--agent', 'claude', '--allow', 'anthropic', '--allow-host', `${OUTSIDE}:${httpPort}`, '--', 'claude'], { env: agentHost.env });
+      expect(explained.code, explained.stderr).toBe(0);
+      const rules = explained.stdout.split('\n').filter((l) => /^  \S+ (port|any port)/.test(l));
+      expect(rules).toEqual([`  ${OUTSIDE} port ${httpPort}, literal address (reachable even if loopback or private)`]);
+      const script = `claude -p "say hi" </dev/null >/tmp/claude.out 2>/tmp/claude.err; cat /tmp/claude.out; curl -sS http://${OUTSIDE}:${httpPort}/hello`;
+      const r = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--agent', 'claude', '--allow', 'anthropic', '--allow-host', `${OUTSIDE}:${httpPort}`, '--', 'sh', '-c', script], { env: agentHost.env, timeoutMs: 120_000 });
+      outputs.push(r.stdout, r.stderr);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/fake answer #\d+/);
+      expect(r.stdout).toContain('hello from outside over http');
+      const egressAudit = readFileSync(join(agentHost.home, 'state', 'egress-audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      // Only curl's request: nothing of Claude Code's went through the proxy, and nothing it tried was refused.
+      expect(egressAudit.map((l) => [l.type, l.host, l.port])).toEqual([['http', OUTSIDE, httpPort]]);
+      expect(readFileSync(join(agentHost.home, 'state', 'gateway-audit.jsonl'), 'utf8')).toContain('"route":"anthropic"');
+    } finally {
+      await fake.close();
+      apiCa.remove();
+      agentHost.cleanup();
+    }
   });
 });
