@@ -14,7 +14,10 @@ import { describeRule, HostRuleError, parseHostRules, type HostRule } from './ho
  * An agent that must reach a host the gateway cannot carry (an OAuth
  * refresh endpoint called from inside, a websocket API) lists it here.
  */
-export const AGENT_HOSTS: Readonly<Record<Agent, readonly string[]>> = Object.freeze({ claude: [] });
+// codex, gemini, qwen: none either. Their presets (gateway/agents.ts) send every model call to the
+// gateway, keep any token refresh on the host, and turn their analytics, usage statistics and update
+// checks off; what is left (codex's ChatGPT account and settings look-ups) also goes to the gateway.
+export const AGENT_HOSTS: Readonly<Record<Agent, readonly string[]>> = Object.freeze({ claude: [], codex: [], gemini: [], qwen: [] });
 
 export function agentHosts(agent: Agent): string[] {
   return [...AGENT_HOSTS[agent]];

@@ -3,7 +3,7 @@ import { constants } from 'node:os';
 import net, { type AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
 import { readFileSync } from 'node:fs';
-import { resolveAgentEnv, type AgentEnvPlan } from './agent-env.js';
+import { configDirProblem, prepareAgentEnv, sandboxConfigParent, type AgentEnvPlan } from './agent-env.js';
 
 /**
  * The in-sandbox half of the gateway and the egress proxy for bwrap, which
@@ -45,7 +45,7 @@ function isPlan(p: unknown): p is AgentEnvPlan {
   const strings = (o: unknown): boolean => typeof o === 'object' && o !== null && Object.values(o).every((v) => typeof v === 'string');
   if (typeof p !== 'object' || p === null) return false;
   const q = p as Partial<AgentEnvPlan>;
-  return strings(q.set) && strings(q.fromGatewayUrl) && Array.isArray(q.placeholder) && q.placeholder.every((v) => typeof v === 'string');
+  return strings(q.set) && strings(q.fromGatewayUrl) && Array.isArray(q.placeholder) && q.placeholder.every((v) => typeof v === 'string') && (q.configDir === undefined || configDirProblem(q.configDir) === null);
 }
 
 function parseConfig(text: string | undefined): RelayConfig | null {
@@ -155,7 +155,15 @@ async function main(argv: string[]): Promise<void> {
     servers.push(listening.server);
     if (what === 'gateway') {
       env.CREDPROXY_GATEWAY_URL = listening.url;
-      if (config.plan !== undefined) Object.assign(env, resolveAgentEnv(config.plan, listening.url, process.env.CREDPROXY_TOKEN ?? ''));
+      if (config.plan !== undefined) {
+        // The agent's config directory goes on the sandbox's own home (a tmpfs in bwrap), never the user's real one.
+        try {
+          Object.assign(env, prepareAgentEnv(config.plan, sandboxConfigParent(process.env), listening.url, process.env.CREDPROXY_TOKEN ?? '').env);
+        } catch (err) {
+          process.stderr.write(`credproxy relay: cannot write the agent's config files (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})\n`);
+          process.exit(RELAY_FAILURE_EXIT);
+        }
+      }
     } else {
       Object.assign(env, proxyEnv(listening.url));
     }

@@ -27,10 +27,20 @@ function credentialOf(headers: IncomingMessage['headers']): string | null {
   return null;
 }
 
+/** Gemini Code Assist (v1internal:NAME) calls with a fixed answer: a free-tier user with a project. */
+const GEMINI_FIXED: Readonly<Record<string, object>> = {
+  loadCodeAssist: { currentTier: { id: 'free-tier', name: 'Fake tier' }, allowedTiers: [{ id: 'free-tier', isDefault: true }], cloudaicompanionProject: 'fake-project' },
+  onboardUser: { done: true, response: { cloudaicompanionProject: { id: 'fake-project' } } },
+  retrieveUserQuota: { buckets: [] },
+  listExperiments: { experimentIds: [], flags: [] },
+  countTokens: { totalTokens: 3 },
+};
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /**
- * A local HTTPS stand-in for the Anthropic and OpenAI APIs (and a few test
+ * A local HTTPS stand-in for the Anthropic, OpenAI (chat completions and
+ * the Responses API), Gemini and Gemini Code Assist APIs (and a few test
  * endpoints), with a certificate from a test CA. Only credentials `accept`
  * approves get an answer other than 401.
  */
@@ -117,6 +127,20 @@ export class FakeUpstream {
     }
     if (path.endsWith('/v1/messages')) return this.anthropicMessages(seen, res);
     if (path.endsWith('/chat/completions')) return this.openaiChat(seen, res);
+    if (req.method === 'POST' && path.endsWith('/responses')) return this.openaiResponses(seen, res);
+    if (req.method === 'GET' && path.endsWith('/models')) {
+      // Codex's ChatGPT backend lists `models`, the OpenAI API `data`: an empty list of either kind.
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ object: 'list', data: [], models: [] }));
+      return;
+    }
+    const method = /:([A-Za-z]+)$/.exec(path)?.[1];
+    if (method !== undefined && Object.hasOwn(GEMINI_FIXED, method)) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(GEMINI_FIXED[method]));
+      return;
+    }
+    if (method === 'generateContent' || method === 'streamGenerateContent') return this.geminiGenerate(seen, res, path.includes('/v1internal'), method === 'streamGenerateContent');
     if (path.endsWith('/echo')) {
       // Reflects what it received, credential included: the gateway must mask it.
       res.writeHead(200, { 'content-type': 'application/json', 'x-echo-auth': String(req.headers.authorization ?? req.headers['x-api-key'] ?? '') });
@@ -211,6 +235,53 @@ export class FakeUpstream {
     }
     res.write(`data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [{ index: 0, delta: {}, finish_reason: 'stop' }] })}\n\n`);
     res.end('data: [DONE]\n\n');
+  }
+
+  /**
+   * The OpenAI Responses API as Codex reads it: an SSE stream from
+   * response.created to response.completed with one output message.
+   */
+  private openaiResponses(seen: SeenRequest, res: ServerResponse): void {
+    const body = JSON.parse(seen.bodyText || '{}') as { model?: string };
+    const n = this.requests.length;
+    const text = `fake answer #${n}`;
+    const item = { id: `msg_fake${n}`, type: 'message', role: 'assistant', status: 'completed', content: [{ type: 'output_text', text, annotations: [] }] };
+    const response = { id: `resp_fake${n}`, object: 'response', created_at: 1_700_000_000, status: 'in_progress', model: body.model ?? 'gpt-fake', output: [] as unknown[] };
+    const ev = (type: string, data: object): string => `event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`;
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    res.write(ev('response.created', { response }));
+    res.write(ev('response.output_item.added', { output_index: 0, item: { ...item, status: 'in_progress', content: [] } }));
+    res.write(ev('response.content_part.added', { output_index: 0, item_id: item.id, content_index: 0, part: { type: 'output_text', text: '', annotations: [] } }));
+    for (const word of text.split(/(?= )/)) res.write(ev('response.output_text.delta', { output_index: 0, item_id: item.id, content_index: 0, delta: word }));
+    res.write(ev('response.output_text.done', { output_index: 0, item_id: item.id, content_index: 0, text }));
+    res.write(ev('response.output_item.done', { output_index: 0, item }));
+    const usage = { input_tokens: 3, output_tokens: 4, total_tokens: 7, input_tokens_details: { cached_tokens: 0 }, output_tokens_details: { reasoning_tokens: 0 } };
+    res.end(ev('response.completed', { response: { ...response, status: 'completed', output: [item], usage } }));
+  }
+
+  /**
+   * Gemini's generateContent and streamGenerateContent (SSE with alt=sse):
+   * the Gemini API's answer as it is, Code Assist's (v1internal) wrapped in
+   * `response`. A request for JSON output (Gemini CLI's model router) gets
+   * an object that satisfies its classifiers.
+   */
+  private geminiGenerate(seen: SeenRequest, res: ServerResponse, codeAssist: boolean, stream: boolean): void {
+    const body = JSON.parse(seen.bodyText || '{}') as { generationConfig?: { responseMimeType?: string }; request?: { generationConfig?: { responseMimeType?: string } } };
+    const wantsJson = (body.request?.generationConfig ?? body.generationConfig)?.responseMimeType === 'application/json';
+    const text = wantsJson ? JSON.stringify({ reasoning: 'fake', model_choice: 'flash', complexity_reasoning: 'fake', complexity_score: 1 }) : `fake answer #${this.requests.length}`;
+    const answer = {
+      candidates: [{ content: { role: 'model', parts: [{ text }] }, finishReason: 'STOP', index: 0 }],
+      usageMetadata: { promptTokenCount: 3, candidatesTokenCount: 4, totalTokenCount: 7 },
+      modelVersion: 'gemini-fake',
+    };
+    const wrapped = codeAssist ? { response: answer, traceId: 'fake-trace' } : answer;
+    if (!stream) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(wrapped));
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    res.end(`data: ${JSON.stringify(wrapped)}\n\n`);
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { homedir } from 'node:os';
+import { homedir, tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
 import { isatty } from 'node:tty';
@@ -21,7 +21,7 @@ import { gatewayPlan } from '../../gateway/sandbox.js';
 import { proxyEnv } from '../../egress/env.js';
 import { agentHosts, egressRules, describeRules } from '../../egress/cli.js';
 import type { HostRule } from '../../egress/hosts.js';
-import { AGENTS, agentEnvPlan, locateAgentCommand, resolveAgentEnv, type Agent, type AgentEnvPlan } from '../../gateway/agents.js';
+import { AGENTS, agentEnvPlan, agentSetup, explainAgent, locateAgentCommand, prepareAgentEnv, type Agent, type AgentEnvPlan } from '../../gateway/agents.js';
 import { engineEnv, sandboxEnv, type SandboxKind, type SandboxSpec } from '../../sandbox/spec.js';
 import type { CliContext } from '../context.js';
 import { addPolicyOptions, policyFromFlags } from '../policy-flags.js';
@@ -148,7 +148,11 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   let input: MountInput | undefined;
   if (kind !== 'none') {
     input = layoutInput(layout); // refuses an unsafe workdir or bind with exit 2 (a container's /work as well)
-    if (flags.explain) return explain(ctx, planMounts({ ...input, socketDir: '<socket dir, made per run>' }), command, env, home, hostRules);
+    if (flags.explain) {
+      // With --agent: what its preset sets inside and why (the policy decides the mode; a policy it cannot run on is a usage error).
+      const agentLines = flags.agent === undefined ? [] : explainAgent(agentSetup(flags.agent, policyFromFlags(flags, config)));
+      return explain(ctx, planMounts({ ...input, socketDir: '<socket dir, made per run>' }), command, env, home, hostRules, agentLines);
+    }
   } else {
     noneAsRootNotice(ctx);
     const own = [dirs.config, dirs.data, dirs.state].find((d) => isUnder(d, cwd));
@@ -285,6 +289,9 @@ function launch(kind: SandboxKind, spec: SandboxSpec, plan: MountPlan | undefine
   }
   if (kind === 'none') {
     const gatewayUrl = proxy.gateway?.addresses[0];
+    // The agent's config directory: a private temp directory of this run's (removed with it), never the user's own.
+    const agentEnv = agent === undefined || gatewayUrl === undefined ? undefined : prepareAgentEnv(agent, tmpdir(), gatewayUrl, spec.capabilityToken);
+    if (agentEnv?.dir) setEnvDir(agentEnv.dir);
     const egressUrl = proxy.egress?.addresses[0];
     const env = {
       ...(egressUrl === undefined ? {} : proxyEnv(egressUrl)),
@@ -292,7 +299,7 @@ function launch(kind: SandboxKind, spec: SandboxSpec, plan: MountPlan | undefine
       HOME: spec.home,
       ...(spec.llxprt ? llxprtEnv(proxy.socketPath) : { CREDPROXY_SOCKET: proxy.socketPath, CREDPROXY_TOKEN: spec.capabilityToken }),
       ...(gatewayUrl === undefined ? {} : { CREDPROXY_GATEWAY_URL: gatewayUrl }),
-      ...(agent === undefined || gatewayUrl === undefined ? {} : resolveAgentEnv(agent, gatewayUrl, spec.capabilityToken)),
+      ...(agentEnv?.env ?? {}),
     };
     const run = spawnChild(spec.command[0]!, spec.command.slice(1), { stdio: ['inherit', 'inherit', 'inherit', spec.llxprt ? 'pipe' : 'ignore'], env, cwd: spec.workdir ?? spec.home, detached: true });
     if (spec.llxprt) sendCapabilityFd(run, spec.capabilityToken);
@@ -363,7 +370,7 @@ function removeOnceCreated(envFile: string, cidFile: string, run: ChildRun, inte
 }
 
 /** `run --explain`: the boundary as bwrap would build it, without starting anything. */
-function explain(ctx: CliContext, plan: MountPlan, command: string[], env: NodeJS.ProcessEnv, home: string, hostRules: readonly HostRule[]): number {
+function explain(ctx: CliContext, plan: MountPlan, command: string[], env: NodeJS.ProcessEnv, home: string, hostRules: readonly HostRule[], agentLines: readonly string[] = []): number {
   const out = ctx.io.stdout;
   const spec = { env: sandboxEnv(env, [join(packageRoot(), 'bin'), dirname(process.execPath)]), home, socketName: '<socket>' };
   const lines = [
@@ -372,6 +379,7 @@ function explain(ctx: CliContext, plan: MountPlan, command: string[], env: NodeJ
     'environment:',
     `  ${[...Object.keys(sandboxEnvironment(spec)), 'CREDPROXY_TOKEN'].sort().join(' ')}`,
     ...describeRules(hostRules),
+    ...agentLines,
     `namespaces: all unshared (network kept with --share-net), nested user namespaces ${probeBwrap().disableUserns ? 'disabled (--disable-userns) and ' : ''}refused by seccomp, no capabilities`,
     'seccomp:',
     ...describeFilter().map((l) => `  ${l}`),

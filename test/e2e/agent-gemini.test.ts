@@ -1,0 +1,128 @@
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FakeUpstream } from '../support/fake-upstream.js';
+import { makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
+import { createTestCa, type TestCa } from '../support/test-ca.js';
+
+/** The real Gemini CLI (a devDependency pinned to an exact version that runs on Node 20). */
+const BIN_DIR = fileURLToPath(new URL('../../node_modules/.bin', import.meta.url));
+const TOKEN = `ya29.canary-gemini-${process.pid}-7d1e4c2b9a`;
+const KEY = `AIzaSy-canary-${process.pid}-0f3b6e`;
+
+let ca: TestCa;
+let fake: FakeUpstream;
+let host: HostEnv;
+
+beforeAll(async () => {
+  expect(existsSync(join(BIN_DIR, 'gemini')), 'npm ci installs @google/gemini-cli').toBe(true);
+  ca = createTestCa();
+  fake = await FakeUpstream.start(ca);
+  host = makeHostEnv({ NODE_EXTRA_CA_CERTS: ca.caPath, PATH: `${BIN_DIR}:${process.env.PATH}` });
+  mkdirSync(join(host.home, 'config'), { recursive: true, mode: 0o700 });
+  writeFileSync(
+    join(host.home, 'config', 'config.json'),
+    JSON.stringify({ providers: { gemini: { api_base: fake.url } }, keys: { gemini: { route: { api_base: fake.url, header: 'x-goog-api-key' } } } }),
+  );
+  const t = await runCli(['token', 'import', 'gemini'], { env: host.env, input: JSON.stringify({ access_token: TOKEN, expiry: Math.floor(Date.now() / 1000) + 3600 }) });
+  expect(t.code, t.stderr).toBe(0);
+  const k = await runCli(['key', 'set', 'gemini'], { env: host.env, input: `${KEY}\n` });
+  expect(k.code, k.stderr).toBe(0);
+});
+
+afterAll(async () => {
+  await fake?.close();
+  ca?.remove();
+  const auditPath = join(host.home, 'state', 'gateway-audit.jsonl');
+  const audit = existsSync(auditPath) ? readFileSync(auditPath, 'utf8') : '';
+  expect(audit).toContain('"route":"gemini"');
+  expect(audit).toContain('"route":"keys/gemini"');
+  for (const secret of [TOKEN, KEY]) expect(audit).not.toContain(secret);
+  host?.cleanup();
+});
+
+/**
+ * `gemini -p` inside `run --agent gemini` (real bwrap); then everything in the
+ * sandbox's writable places (its tmpfs home with the agent's config
+ * directory, /tmp) and its environment go to stdout for the sweep. The run
+ * exits with gemini's own status.
+ */
+async function gemini(policy: string[]): Promise<{ stdout: string; answer: string; requests: typeof fake.requests }> {
+  const before = fake.requests.length;
+  const script = [
+    'gemini -p "say hi" </dev/null >/tmp/gemini.out 2>/tmp/gemini.err; echo $? >/tmp/gemini.status',
+    '{ echo "--- answer"; cat /tmp/gemini.out; echo "--- end"; [ "$(cat /tmp/gemini.status)" = 0 ] || cat /tmp/gemini.err; find "$HOME" /tmp -type f -size -1024k -exec cat {} + 2>/dev/null; env; } | node -e "process.stdin.pipe(process.stdout)"',
+    'exit "$(cat /tmp/gemini.status)"',
+  ].join('\n');
+  const r = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--agent', 'gemini', ...policy, '--', 'sh', '-c', script], { env: host.env, timeoutMs: 180_000 });
+  expect(r.code, `${r.stderr}\n${r.stdout.slice(0, 4000)}`).toBe(0);
+  // The canary sweep: the real credentials never reached the sandbox (env, files, output) nor the run's own output.
+  for (const secret of [TOKEN, KEY]) {
+    expect(r.stdout).not.toContain(secret);
+    expect(r.stderr).not.toContain(secret);
+  }
+  expect(r.stdout).toContain('GEMINI_CLI_TRUST_WORKSPACE=true');
+  // The config directory is a fresh one on the sandbox's home, with side traffic off; the user's ~/.gemini is untouched.
+  // (HOME is under /tmp here, which the sandbox covers with its own tmpfs: the relay then uses that /tmp.)
+  expect(r.stdout).toMatch(new RegExp(`GEMINI_CLI_HOME=(${host.home}|/tmp)/\\.credproxy-agent-\\w+\\n`));
+  expect(r.stdout).toContain('"usageStatisticsEnabled": false');
+  expect(existsSync(join(host.home, '.gemini'))).toBe(false);
+  const answer = /--- answer\n([\s\S]*?)--- end/.exec(r.stdout)?.[1] ?? '';
+  const requests = fake.requests.slice(before);
+  // The placeholder is 64 hex characters; the upstream must never see one as a credential.
+  expect(requests.some((q) => /^[0-9a-f]{64}$/.test(q.credential ?? ''))).toBe(false);
+  return { stdout: r.stdout, answer, requests };
+}
+
+describe('run --agent gemini with the real Gemini CLI in bwrap', () => {
+  it('Google login (Code Assist): gemini -p gets the fake answer; the API sees the real token as Bearer', async () => {
+    const { stdout, answer, requests } = await gemini(['--allow', 'gemini']);
+    expect(answer).toMatch(/^fake answer #\d+\n$/);
+    expect(stdout).toContain('GOOGLE_GENAI_USE_GCA=true');
+    expect(stdout).toMatch(/CODE_ASSIST_ENDPOINT=http:\/\/127\.0\.0\.1:\d+\/gemini\n/);
+    // GOOGLE_CLOUD_ACCESS_TOKEN holds the placeholder (the run's capability token), never the real token.
+    const held = /GOOGLE_CLOUD_ACCESS_TOKEN=(\S+)/.exec(stdout)?.[1];
+    expect(held).toMatch(/^[0-9a-f]{64}$/);
+    expect(stdout).toContain(`CREDPROXY_TOKEN=${held}`);
+    const paths = requests.map((q) => q.url.split('?')[0]);
+    expect(paths).toContain('/v1internal:loadCodeAssist');
+    expect(paths).toContain('/v1internal:streamGenerateContent');
+    for (const q of requests) {
+      expect(q.headers.authorization).toBe(`Bearer ${TOKEN}`);
+      expect(q.headers['accept-encoding']).toBe('identity');
+    }
+  });
+
+  it('API key (--allow-key gemini): the Gemini API sees the real key in x-goog-api-key', async () => {
+    const { stdout, answer, requests } = await gemini(['--allow-key', 'gemini']);
+    expect(answer).toMatch(/^fake answer #\d+\n$/);
+    expect(stdout).toMatch(/GOOGLE_GEMINI_BASE_URL=http:\/\/127\.0\.0\.1:\d+\/keys\/gemini\n/);
+    expect(stdout).toContain('"selectedType": "gemini-api-key"');
+    const held = /GEMINI_API_KEY=(\S+)/.exec(stdout)?.[1];
+    expect(held).toMatch(/^[0-9a-f]{64}$/);
+    const streams = requests.filter((q) => /^\/v1beta\/models\/[^/]+:streamGenerateContent\?alt=sse$/.test(q.url));
+    expect(streams.length).toBeGreaterThan(0);
+    for (const q of requests) {
+      expect(q.headers['x-goog-api-key']).toBe(KEY);
+      expect(q.headers.authorization).toBeUndefined();
+    }
+  });
+
+  it('--explain prints what the preset sets and why, without starting anything', async () => {
+    const r = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--agent', 'gemini', '--allow', 'gemini', '--explain', '--', 'gemini', '-p', 'x'], { env: host.env });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('agent gemini: Google login (--allow gemini)');
+    expect(r.stdout).toMatch(/ {2}CODE_ASSIST_ENDPOINT=<gateway>\/gemini {2}\(.+\)/);
+    expect(r.stdout).toMatch(/ {2}GOOGLE_CLOUD_ACCESS_TOKEN=<placeholder> {2}\(.*never refreshed.*\)/);
+    expect(r.stdout).toMatch(/ {2}GEMINI_CLI_HOME=<fresh 0700 directory on the sandbox's tmpfs home> {2}\(.+\)/);
+    expect(r.stdout).toContain('  file .gemini/settings.json');
+  });
+
+  it('refuses --agent gemini without a Google credential in the policy', async () => {
+    const r = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--agent', 'gemini', '--allow', 'anthropic', '--', 'gemini', '-p', 'x'], { env: host.env });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--allow gemini');
+    expect(r.stderr).toContain('--allow-key gemini');
+  });
+});
