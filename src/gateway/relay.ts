@@ -158,7 +158,7 @@ async function main(argv: string[]): Promise<void> {
       if (config.plan !== undefined) {
         // The agent's config directory goes on the sandbox's own home (a tmpfs in bwrap), never the user's real one.
         try {
-          Object.assign(env, prepareAgentEnv(config.plan, sandboxConfigParent(process.env), listening.url, process.env.CREDPROXY_TOKEN ?? '').env);
+          Object.assign(env, prepareAgentEnv(config.plan, sandboxConfigParent(process.env), listening.url, placeholder()).env);
         } catch (err) {
           process.stderr.write(`credproxy relay: cannot write the agent's config files (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})\n`);
           process.exit(RELAY_FAILURE_EXIT);

@@ -17,6 +17,8 @@ export interface ContainerOptions {
   uid: number;
   gid: number;
   engineArgs: string[];
+  /** What the gateway/egress relay needs, mounted read-only (see gateway/sandbox.ts). */
+  relayMounts?: Array<{ host: string; inside: string }>;
 }
 
 /** How a container reaches its host with --transport tcp (Docker Desktop / Podman machine name it so). */
@@ -44,6 +46,7 @@ export function containerArgs(spec: SandboxSpec, o: ContainerOptions): string[] 
     // Read-only: connect() on a socket needs no write access to its directory, and the sandbox cannot replace the socket.
     args.push('-v', `${spec.socketDir}:${SANDBOX_SOCKET_DIR}:ro`);
   }
+  for (const m of o.relayMounts ?? []) args.push('-v', `${m.host}:${m.inside}:ro`);
   if (spec.workdir !== null) args.push('-v', `${spec.workdir}:/work`, '-w', '/work');
   // llxprt images take the token from LLXPRT_CAPABILITY_TOKEN in the env file and put it on fd 3 themselves.
   args.push('--cidfile', o.cidFile);

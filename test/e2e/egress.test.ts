@@ -284,7 +284,7 @@ describe('run --allow-host in bwrap', () => {
       [['--allow-host', '2130706433'], /four decimal numbers/],
       [['--allow-host', '@nope'], /unknown preset/],
       [['--allow-host', 'example.org', '--share-net'], /choose one/],
-      [['--allow-host', 'example.org', '--sandbox', 'podman', '--image', 'x'], /not supported yet/],
+      [['--allow-host', 'example.org', '--sandbox', 'podman', '--image', 'x', '--transport', 'tcp'], /drop --transport tcp/],
     ] as const) {
       const r = await runCli(['run', ...args, '--', 'true'], { env: host.env, cwd: work });
       outputs.push(r.stderr);

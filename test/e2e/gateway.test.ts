@@ -181,10 +181,14 @@ describe('run --gateway --sandbox none', () => {
 });
 
 describe('run --gateway with a container engine', () => {
-  it('is refused as a usage error (not supported yet), before anything starts', async () => {
-    const r = await runCli(['run', '--sandbox', 'podman', '--image', 'credproxy-no-such-image', '--gateway', '--allow', 'anthropic', '--', 'true'], { env: host.env });
-    expect(r.code).toBe(2);
-    expect(r.stderr).toContain('--gateway works with --sandbox bwrap or none');
+  // The working case (the relay on the image's node behind --network none) is in test/e2e/podman.test.ts.
+  it('is refused as a usage error over --transport tcp and for llxprt-code images, before anything starts', async () => {
+    const tcp = await runCli(['run', '--sandbox', 'podman', '--image', 'credproxy-no-such-image', '--transport', 'tcp', '--gateway', '--allow', 'anthropic', '--', 'true'], { env: host.env });
+    expect(tcp.code).toBe(2);
+    expect(tcp.stderr).toContain('drop --transport tcp');
+    const llxprt = await runCli(['run', '--sandbox', 'podman', '--image', 'credproxy-no-such-image', '--llxprt', '--gateway', '--allow', 'anthropic', '--', 'true'], { env: host.env });
+    expect(llxprt.code).toBe(2);
+    expect(llxprt.stderr).toContain('do not take llxprt-code images yet');
   });
 });
 

@@ -2,8 +2,12 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
+import { FakeUpstream } from '../support/fake-upstream.js';
+import { createTestCa } from '../support/test-ca.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
 // Per process, and removed afterwards, so repeated runs leave no images behind.
@@ -177,4 +181,73 @@ describe('credproxy run --sandbox podman', () => {
       rmSync(target, { force: true });
     }
   }, 120_000);
+  it('--gateway: the relay runs on the image\'s node behind --network none; the API sees the real key, the container only the placeholder', async () => {
+    const ca = createTestCa();
+    const fake = await FakeUpstream.start(ca);
+    try {
+      mkdirSync(join(host.home, 'config'), { recursive: true, mode: 0o700 });
+      writeFileSync(join(host.home, 'config', 'config.json'), JSON.stringify({ keys: { openai: { route: { api_base: `${fake.url}/v1` } } } }));
+      const script = [
+        "import { readFileSync } from 'node:fs';",
+        "const placeholder = readFileSync(process.env.CREDPROXY_TOKEN_FILE, 'utf8').trim();",
+        "const base = process.env.CREDPROXY_GATEWAY_URL;",
+        "const body = JSON.stringify({ model: 'gpt-fake', messages: [{ role: 'user', content: 'hi' }] });",
+        "const r = await fetch(`${base}/keys/openai/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${placeholder}`, 'content-type': 'application/json' }, body });",
+        "const guess = await fetch(`${base}/keys/openai/chat/completions`, { method: 'POST', headers: { authorization: 'Bearer sk-guess', 'content-type': 'application/json' }, body });",
+        "console.log(JSON.stringify({ status: r.status, text: await r.text(), guess: guess.status, base, env: process.env }));",
+      ].join('\n');
+      const before = fake.requests.length;
+      const r = await runCli(
+        ['run', '--sandbox', 'podman', '--image', IMAGE, '--no-workdir', '--gateway', '--allow-key', 'openai', '--engine-arg=-v', '--engine-arg=/usr:/usr:ro', '--', 'node', '--input-type=module', '-e', script],
+        { env: { ...env, NODE_EXTRA_CA_CERTS: ca.caPath }, timeoutMs: 90_000 },
+      );
+      expect(r.code, r.stderr).toBe(0);
+      const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { status: number; text: string; guess: number; base: string; env: Record<string, string> };
+      expect(out.status).toBe(200);
+      expect(out.text).toMatch(/fake answer/);
+      expect(out.guess).toBe(401);
+      expect(out.base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+      const seen = fake.requests.slice(before);
+      expect(seen.map((q) => [q.url, q.credential])).toEqual([['/v1/chat/completions', KEY]]);
+      expect(r.stdout).not.toContain(KEY);
+      expect(JSON.stringify(out.env)).not.toContain(KEY);
+      // Without node in the image: run's own status and a sentence, not a bare "not found".
+      const bare = await runCli(
+        ['run', '--sandbox', 'podman', '--image', IMAGE, '--no-workdir', '--gateway', '--allow-key', 'openai', '--engine-arg=-v', '--engine-arg=/usr:/usr:ro', '--engine-arg=-v', '--engine-arg=/dev/null:/usr/bin/node:ro', '--', 'true'],
+        { env, timeoutMs: 90_000 },
+      );
+      expect(bare.code).toBe(125);
+      expect(bare.stderr).toContain('this image has no node on PATH');
+      // Over --transport tcp there is no socket directory to carry it: a usage error.
+      const tcp = await runCli(['run', '--sandbox', 'podman', '--image', IMAGE, '--transport', 'tcp', '--gateway', '--allow-key', 'openai', '--', 'true'], { env });
+      expect(tcp.code).toBe(2);
+      expect(tcp.stderr).toContain('drop --transport tcp');
+    } finally {
+      rmSync(join(host.home, 'config', 'config.json'), { force: true });
+      await fake.close();
+      ca.remove();
+    }
+  }, 240_000);
+
+  it('--allow-host: the container reaches an allowed host through the egress proxy and nothing directly', async () => {
+    const server = createServer((_req, res) => res.end('egress-ok'));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.2', () => r()));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const r = await runCli(
+        [
+          'run', '--sandbox', 'podman', '--image', IMAGE, '--no-workdir', '--allow-host', `127.0.0.2:${port}`, '--engine-arg=-v', '--engine-arg=/usr:/usr:ro',
+          '--', 'sh', '-c', `curl -sS --max-time 30 http://127.0.0.2:${port}/; echo; curl -sS --max-time 5 --noproxy '*' http://127.0.0.2:${port}/ || echo direct-failed; curl -sS --max-time 30 http://127.0.0.3:${port}/ || echo refused`,
+        ],
+        { env, timeoutMs: 120_000 },
+      );
+      expect(r.code, r.stderr).toBe(0);
+      const lines = r.stdout.trim().split('\n');
+      expect(lines[0]).toBe('egress-ok');
+      expect(lines).toContain('direct-failed');
+      expect(r.stdout + r.stderr).toMatch(/403|refused/);
+    } finally {
+      server.close();
+    }
+  }, 180_000);
 });

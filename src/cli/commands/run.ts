@@ -125,7 +125,8 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   const config = await ctx.config();
   const profile = flags.profile === undefined ? undefined : config.profiles[flags.profile];
   // Found before the mount plan: the agent's install dir becomes a read-only tool dir inside.
-  const agentTool = flags.agent === undefined ? undefined : locateAgentCommand(command, env);
+  // In a container the agent is the image's: nothing of the host's to find or show.
+  const agentTool = flags.agent === undefined || kind === 'docker' || kind === 'podman' ? undefined : locateAgentCommand(command, env);
   const layout: LayoutRequest = {
     cwd,
     bindWorkdir: flags.workdir,
@@ -141,7 +142,6 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   // Egress allowlist (issue 15): flags, the profile's, and what the agent needs; bad entries are usage errors.
   const hostRules = egressRules([...(profile?.allowHost ?? []), ...flags.allowHost, ...(flags.agent === undefined ? [] : agentHosts(flags.agent))]);
   if (hostRules.length > 0 && flags.shareNet) throw new CredproxyError('USAGE', '--allow-host limits the network to an allowlist and --share-net gives all of it: choose one');
-  if (hostRules.length > 0 && (kind === 'docker' || kind === 'podman')) throw new CredproxyError('USAGE', `--allow-host works with --sandbox bwrap or none in this version; ${kind} is not supported yet`);
   if (kind !== 'bwrap' && (layout.roBinds.length || layout.rwBinds.length || layout.unprotect.length || flags.explain)) {
     throw new CredproxyError('USAGE', '--ro-bind, --bind, --unprotect and --explain are for --sandbox bwrap');
   }
@@ -168,8 +168,10 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   const agent = flags.agent === undefined ? undefined : agentEnvPlan(flags.agent, policy);
   if (agent) flags.gateway = true;
   const egress = hostRules.length > 0;
-  const gateway = flags.gateway || egress ? gatewayPlan(kind, packageRoot(), process.execPath, agent, { gateway: Boolean(flags.gateway), egress, fd3: llxprt }) : undefined;
-  if (gateway === null) throw new CredproxyError('USAGE', `--gateway works with --sandbox bwrap or none in this version; ${kind} is not supported yet`);
+  const container = kind === 'docker' || kind === 'podman';
+  if ((flags.gateway || egress) && container && llxprt) throw new CredproxyError('USAGE', `--gateway and --allow-host with --sandbox ${kind} do not take llxprt-code images yet; pass --no-llxprt or use --sandbox bwrap`);
+  const gateway = flags.gateway || egress ? gatewayPlan(kind, packageRoot(), process.execPath, agent, { gateway: Boolean(flags.gateway), egress, fd3: llxprt, tcp: Boolean(tcp) }) : undefined;
+  if (gateway === null) throw new CredproxyError('USAGE', `--gateway and --allow-host reach a container through the run's socket directory: drop --transport tcp`);
   let proxy: RunningProxy;
   try {
     // The command owns the terminal: the proxy only speaks up for warnings (the audit log has the rest).
@@ -219,7 +221,7 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   // Started before the spawn, so a signal in between is held for the command instead of killing the launcher.
   const relay = new SignalRelay({ target: () => commandPid(), jobControl: true, sharesTerminal: false }).start();
   try {
-    launched = launch(kind, spec, plan, proxy, flags, dirs.run, (d) => (envDir = d), agent);
+    launched = launch(kind, spec, plan, proxy, flags, dirs.run, (d) => (envDir = d), agent, gateway?.relayMounts);
     const child = launched.child;
     if (kind === 'bwrap') {
       let infoPid: number | null = null;
@@ -267,7 +269,17 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
  * which relays it once. bwrap's outer process, in the terminal's group,
  * would otherwise die of it and take the sandbox down with SIGKILL.
  */
-function launch(kind: SandboxKind, spec: SandboxSpec, plan: MountPlan | undefined, proxy: RunningProxy, flags: RunFlags, runDir: string, setEnvDir: (d: string) => void, agent?: AgentEnvPlan): ChildRun {
+function launch(
+  kind: SandboxKind,
+  spec: SandboxSpec,
+  plan: MountPlan | undefined,
+  proxy: RunningProxy,
+  flags: RunFlags,
+  runDir: string,
+  setEnvDir: (d: string) => void,
+  agent?: AgentEnvPlan,
+  relayMounts?: Array<{ host: string; inside: string }>,
+): ChildRun {
   if (kind === 'bwrap') {
     const { argv, fdArgs } = bwrapArgs(spec, plan!.ops, BWRAP_FDS, probeBwrap());
     const run = spawnChild('bwrap', argv, {
@@ -329,6 +341,7 @@ function launch(kind: SandboxKind, spec: SandboxSpec, plan: MountPlan | undefine
     uid: process.getuid?.() ?? 0,
     gid: process.getgid?.() ?? 0,
     engineArgs: flags.engineArg,
+    ...(relayMounts === undefined ? {} : { relayMounts }),
   });
   const run = spawnChild(kind, args, { stdio: 'inherit', env: engineEnv(process.env), detached: true });
   if (envFile !== undefined) removeOnceCreated(envFile, cidFile, run);
