@@ -544,6 +544,85 @@ async function hostileLoad(): Promise<Row[]> {
   }
 }
 
+/** One get_token on a fresh connection: the answer's code (OK or the error code) and the time, or why there was none. */
+async function askOnce(proxy: Served): Promise<string> {
+  const t0 = performance.now();
+  const ask = async (): Promise<string> => {
+    const c = await FrameClient.connect(proxy.socket);
+    try {
+      await c.handshake(proxy.token);
+      const answer = await c.call(GET_TOKEN);
+      return `${answer.ok === true ? 'OK' : String(answer.code)} in ${(performance.now() - t0).toFixed(0)} ms`;
+    } finally {
+      c.close();
+    }
+  };
+  try {
+    return await Promise.race([ask(), sleep(30_000).then(() => Promise.reject(new Error('no answer in 30 s')))]);
+  } catch (err) {
+    return `failed (${(err as Error).message})`;
+  }
+}
+
+/**
+ * 900 clients that send 2,000 requests each and never read an answer (issue
+ * 11): the server stops reading from each once its answers back up, and
+ * after they are gone its RSS returns near idle (a full collection, then
+ * glibc's arenas trimmed).
+ */
+async function nonReadingBurst(): Promise<Row[]> {
+  const home = mkdtempSync('/tmp/cp-bench-');
+  const clients: Array<ReturnType<typeof connect>> = [];
+  try {
+    const env = benchEnv(home);
+    cli(['token', 'import', 'bench'], env, BENCH_TOKEN);
+    const proxy = await serve(['--allow', 'bench'], env);
+    const warm = await FrameClient.connect(proxy.socket);
+    await warm.handshake(proxy.token);
+    for (let n = 0; n < 100; n++) await warm.call(GET_TOKEN);
+    warm.close();
+    const idle = await settledRss(proxy.proc.pid!);
+    let accepted = 0;
+    const frames = Buffer.concat([
+      encodeFrame({ v: 1, op: 'handshake', payload: { minVersion: 1, maxVersion: 1, capabilityToken: proxy.token } }),
+      ...Array.from({ length: 2000 }, (_, j) => encodeFrame({ ...GET_TOKEN, id: `n${j}` })),
+    ]);
+    for (let i = 0; i < 900; i++) {
+      const c = connect(proxy.socket);
+      clients.push(c);
+      // A connection the server turns away (its caps) ends in an error or a close instead of 'connect'.
+      const connected = await new Promise<boolean>((r) => {
+        c.once('connect', () => r(true));
+        c.once('error', () => r(false));
+        c.once('close', () => r(false));
+      });
+      c.on('error', () => undefined);
+      if (!connected) continue;
+      accepted++;
+      c.pause(); // never reads
+      c.write(frames);
+    }
+    await sleep(1500);
+    const during = rssMiB(proxy.proc.pid!);
+    // A new client mid-burst is let in and answered at once: RATE_LIMITED is expected (it shares the
+    // uid, so the peer's budget, with the flood); what must not happen is no answer at all.
+    const during2 = await askOnce(proxy);
+    for (const c of clients.splice(0)) c.destroy();
+    const after = await settledRss(proxy.proc.pid!, 4000);
+    const afterAnswer = await askOnce(proxy);
+    await proxy.stop();
+    return [
+      { figure: 'server RSS with 900 clients that never read (2,000 requests each)', value: `${during.toFixed(1)} MiB`, reference: `${idle.toFixed(1)} MiB idle; ${accepted} of 900 connected`, ratio: during / idle, target: 'report', ok: null },
+      report('a new client of the same uid during that burst', during2),
+      { figure: 'a new client once those 900 went away', value: afterAnswer, reference: '', ratio: null, target: 'OK', ok: afterAnswer.startsWith('OK') },
+      { figure: 'server RSS after those 900 clients went away', value: `${after.toFixed(1)} MiB`, reference: `${idle.toFixed(1)} MiB idle`, ratio: after / idle, target: '≤ 1.1×', ok: after <= 1.1 * idle },
+    ];
+  } finally {
+    for (const c of clients) c.destroy();
+    rmSync(home, { recursive: true, force: true });
+  }
+}
+
 const run: Record<Section, () => Promise<Row[]>> = {
   'round-trip': async () => [...(await roundTrip('file')), ...(await roundTrip('keyring'))],
   throughput,
@@ -552,7 +631,7 @@ const run: Record<Section, () => Promise<Row[]>> = {
   launch: async () => launchCost(),
   gateway: gatewayBench,
   egress: egressBench,
-  hostile: hostileLoad,
+  hostile: async () => [...(await hostileLoad()), ...(await nonReadingBurst())],
 };
 const rows: Row[] = [];
 for (const section of SECTIONS) {

@@ -1,7 +1,9 @@
+import { createRequire } from 'node:module';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 
 let collector: (() => void) | null | undefined;
+let trimmer: (() => void) | null | undefined;
 
 /**
  * For long-running server processes (serve, run): V8 doubles its young
@@ -25,7 +27,8 @@ export function keepYoungGenerationSmall(): void {
  * (thousands of abandoned login sessions swept at once): an idle server
  * otherwise keeps the grown heap, since V8 starts a major collection only
  * under allocation pressure. Two passes: the second returns the pages the
- * first emptied. Blocks for some ms: call it rarely. The collector is the
+ * first emptied; then the C heap is trimmed. Blocks for some ms: call it
+ * rarely. The collector is the
  * one `--expose-gc` gives, obtained in a throwaway context so no global `gc`
  * appears in ours.
  */
@@ -40,4 +43,28 @@ export function collectGarbage(): void {
   }
   collector?.();
   collector?.();
+  trimMalloc();
+}
+
+/**
+ * glibc keeps the memory a burst freed (socket read buffers, parsed frames)
+ * in its arenas and gives it back to the system only from the top of the
+ * heap: malloc_trim(0) returns every free page. Absent elsewhere (musl,
+ * other systems), where this does nothing.
+ */
+function trimMalloc(): void {
+  if (trimmer === undefined) {
+    trimmer = null;
+    if (process.platform === 'linux') {
+      try {
+        const required = createRequire(import.meta.url)('koffi') as { default?: unknown };
+        const koffi = (required.default ?? required) as { load(path: null): { func(decl: string): (pad: number) => number } };
+        const trim = koffi.load(null).func('int malloc_trim(size_t pad)');
+        trimmer = () => void trim(0);
+      } catch {
+        trimmer = null;
+      }
+    }
+  }
+  trimmer?.();
 }
