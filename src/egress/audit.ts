@@ -1,4 +1,5 @@
 import type { AuditSink } from '../server/audit.js';
+import { SecondTally } from '../server/refusals.js';
 
 /** The egress proxy's audit file in the state dir, next to audit.jsonl and gateway-audit.jsonl. */
 export const EGRESS_AUDIT_FILE = 'egress-audit.jsonl';
@@ -64,61 +65,39 @@ export type EgressAuditEntry = EgressConnectionEntry | EgressRefusedEntry;
 export type EgressAuditSink = AuditSink<EgressAuditEntry>;
 
 export const MAX_REFUSED_HOSTS = 32;
-const WINDOW_MS = 1000;
 
 /** Aggregates refusals into one line per second (server-wide: every refused connection counts, whoever made it). */
 export class EgressRefusals {
-  private windowStart = 0;
-  private count = 0;
-  private reasons: Partial<Record<EgressRefusal, number>> = {};
-  private hosts = new Map<string, number>();
-  private otherHosts = 0;
-  private timer: NodeJS.Timeout | null = null;
-
-  constructor(
-    private readonly audit: EgressAuditSink | undefined,
-    private readonly now: () => number = Date.now,
-  ) {}
-
+  private readonly tally: SecondTally;
   /** Refusals counted so far in total (for tests and the bench). */
   total = 0;
 
+  constructor(audit: EgressAuditSink | undefined, now: () => number = Date.now) {
+    this.tally = new SecondTally(
+      (windowStart, reasons, hosts, otherHosts) =>
+        audit?.record({
+          time: new Date(windowStart).toISOString(),
+          kind: 'egress',
+          type: 'refused',
+          result: 'refused',
+          count: Object.values(reasons).reduce((a, b) => a + b, 0),
+          reasons: { ...reasons },
+          hosts: { ...hosts },
+          ...(otherHosts > 0 ? { otherHosts } : {}),
+          durationMs: 0,
+        }),
+      now,
+      MAX_REFUSED_HOSTS,
+    );
+  }
+
   note(reason: EgressRefusal, hostPort: string): void {
-    const now = this.now();
-    if (this.count > 0 && now - this.windowStart >= WINDOW_MS) this.flush();
-    if (this.count === 0) {
-      this.windowStart = now;
-      this.timer = setTimeout(() => this.flush(), WINDOW_MS);
-      this.timer.unref();
-    }
-    this.count++;
     this.total++;
-    this.reasons[reason] = (this.reasons[reason] ?? 0) + 1;
-    const seen = this.hosts.get(hostPort);
-    if (seen !== undefined) this.hosts.set(hostPort, seen + 1);
-    else if (this.hosts.size < MAX_REFUSED_HOSTS) this.hosts.set(hostPort, 1);
-    else this.otherHosts++;
+    this.tally.note(reason, hostPort);
   }
 
   /** Write the current second's line (also on stop, so nothing counted is lost). */
   flush(): void {
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
-    if (this.count === 0) return;
-    this.audit?.record({
-      time: new Date(this.windowStart).toISOString(),
-      kind: 'egress',
-      type: 'refused',
-      result: 'refused',
-      count: this.count,
-      reasons: this.reasons,
-      hosts: Object.fromEntries(this.hosts),
-      ...(this.otherHosts > 0 ? { otherHosts: this.otherHosts } : {}),
-      durationMs: 0,
-    });
-    this.count = 0;
-    this.reasons = {};
-    this.hosts = new Map();
-    this.otherHosts = 0;
+    this.tally.flush();
   }
 }

@@ -28,14 +28,19 @@ const MAX_PAUSE_MS = 1000;
  */
 export class SecondTally {
   private windowStart = 0;
-  private first: Record<string, number> = {};
-  private second: Record<string, number> = {};
+  // Null-prototype: keys come from outside (a host name could be "__proto__").
+  private first: Record<string, number> = Object.create(null) as Record<string, number>;
+  private second: Record<string, number> = Object.create(null) as Record<string, number>;
+  private secondKeys = 0;
+  /** Notes whose second key came after `maxSecondKeys` distinct ones (names chosen by a client: bounded). */
+  private overflow = 0;
   private count = 0;
   private timer: NodeJS.Timeout | null = null;
 
   constructor(
-    private readonly onFlush: (windowStart: number, first: Record<string, number>, second: Record<string, number>) => void,
+    private readonly onFlush: (windowStart: number, first: Record<string, number>, second: Record<string, number>, overflow: number) => void,
     private readonly now: () => number = Date.now,
+    private readonly maxSecondKeys = Infinity,
   ) {}
 
   /** Start of the second the last note fell in. */
@@ -53,18 +58,25 @@ export class SecondTally {
     }
     this.count++;
     this.first[first] = (this.first[first] ?? 0) + 1;
-    this.second[second] = (this.second[second] ?? 0) + 1;
+    const seen = this.second[second];
+    if (seen !== undefined) this.second[second] = seen + 1;
+    else if (this.secondKeys < this.maxSecondKeys) {
+      this.second[second] = 1;
+      this.secondKeys++;
+    } else this.overflow++;
   }
 
   flush(): void {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
     if (this.count === 0) return;
-    const [first, second] = [this.first, this.second];
-    this.first = {};
-    this.second = {};
+    const [first, second, overflow] = [this.first, this.second, this.overflow];
+    this.first = Object.create(null) as Record<string, number>;
+    this.second = Object.create(null) as Record<string, number>;
+    this.secondKeys = 0;
+    this.overflow = 0;
     this.count = 0;
-    this.onFlush(this.windowStart, first, second);
+    this.onFlush(this.windowStart, first, second, overflow);
   }
 }
 

@@ -9,6 +9,7 @@ import { CapabilityCheck, generateCapabilityToken } from '../../src/server/capab
 import { ConnectionLimiter, resolveLimits } from '../../src/server/limits.js';
 import { isPeerAllowed, loadPeerCredReader } from '../../src/server/peercred.js';
 import { Policy } from '../../src/server/policy.js';
+import { SecondTally } from '../../src/server/refusals.js';
 import { assertSocketPathLength, maxSocketPathBytes, makeSocketPath } from '../../src/server/socket-path.js';
 import { captureLogs, tempDir } from './helpers.js';
 
@@ -397,5 +398,26 @@ describe('TcpThrottle', () => {
     now += 120_000;
     t.sweep();
     expect(t.size).toBe(0);
+  });
+});
+
+describe('SecondTally', () => {
+  it('hands over one second of counts at a time, caps the client-chosen keys, and counts "__proto__" as a name like any other', () => {
+    let now = 10_000;
+    const flushed: Array<{ at: number; first: Record<string, number>; second: Record<string, number>; overflow: number }> = [];
+    const tally = new SecondTally((at, first, second, overflow) => flushed.push({ at, first: { ...first }, second: { ...second }, overflow }), () => now, 3);
+    for (const host of ['a', 'b', '__proto__', 'c', 'd', 'a']) tally.note('not_allowed', host);
+    tally.note('blocked', 'b');
+    expect(flushed).toEqual([]);
+    now += 1000; // the next note falls in a later second: the first second's counts go out first
+    tally.note('blocked', 'e');
+    tally.flush();
+    expect(flushed).toEqual([
+      { at: 10_000, first: { not_allowed: 6, blocked: 1 }, second: { a: 2, b: 2, ['__proto__']: 1 }, overflow: 2 },
+      { at: 11_000, first: { blocked: 1 }, second: { e: 1 }, overflow: 0 },
+    ]);
+    expect(Object.getPrototypeOf(flushed[0]!.second)).toBe(Object.prototype); // the spread copy: "__proto__" stayed data
+    tally.flush();
+    expect(flushed).toHaveLength(2);
   });
 });
