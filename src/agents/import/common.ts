@@ -305,3 +305,31 @@ export async function replaceCredentialFile(file: CredentialFile, placeholder: s
     // Some file systems refuse fsync on a directory; the rename itself happened.
   }
 }
+
+/**
+ * The google-auth-library style file both Gemini CLI and Qwen Code write:
+ * access and refresh token, `expiry_date` in ms, token_type, id_token, and
+ * one extra string field that is the tool's own (`scope`, `resource_url`),
+ * kept under the same name.
+ */
+export function mapOAuthCredsFile(value: unknown, where: string, o: { tool: string; provider: string; extra: 'scope' | 'resource_url' }): MappedCredential {
+  const f = new FieldReader(where, o.tool);
+  if (!isRecord(value)) throw formatError(where, o.tool, '(top level)', 'is not a JSON object');
+  if (isPlaceholder(value.access_token) || isPlaceholder(value.refresh_token)) throw alreadyMoved(where, o.tool, o.provider);
+  const accessToken = f.string(value, 'access_token', 'access_token');
+  const refreshToken = f.optionalString(value, 'refresh_token', 'refresh_token');
+  const expiryDate = f.epochMs(value, 'expiry_date', 'expiry_date');
+  const extra = f.optionalString(value, o.extra, o.extra);
+  const tokenType = f.optionalString(value, 'token_type', 'token_type');
+  const idToken = f.optionalString(value, 'id_token', 'id_token');
+
+  const token: OAuthToken = { access_token: accessToken, expiry: msToExpiry(expiryDate), token_type: tokenType ?? 'Bearer' };
+  if (refreshToken) token.refresh_token = refreshToken;
+  if (extra) token[o.extra] = extra;
+  if (idToken) token.id_token = idToken;
+
+  const moved = placeholderValue(o.provider);
+  const placeholder: Record<string, unknown> = { ...value, access_token: moved, refresh_token: moved, expiry_date: 0 };
+  if (idToken) placeholder.id_token = moved;
+  return { provider: o.provider, token, placeholder: placeholderText(placeholder), notes: [] };
+}
