@@ -221,7 +221,7 @@ export class FakeUpstream {
   }
 
   private openaiChat(seen: SeenRequest, res: ServerResponse): void {
-    const body = JSON.parse(seen.bodyText || '{}') as { model?: string; stream?: boolean };
+    const body = JSON.parse(seen.bodyText || '{}') as { model?: string; stream?: boolean; stream_options?: { include_usage?: boolean } };
     const text = `fake answer #${this.requests.length}`;
     const base = { id: `chatcmpl-fake${this.requests.length}`, created: 1_700_000_000, model: body.model ?? 'gpt-fake' };
     if (!body.stream) {
@@ -234,6 +234,10 @@ export class FakeUpstream {
       res.write(`data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: word }, finish_reason: null }] })}\n\n`);
     }
     res.write(`data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [{ index: 0, delta: {}, finish_reason: 'stop' }] })}\n\n`);
+    // As the API does with stream_options.include_usage (Qwen Code asks for it): one more chunk, usage and no choices.
+    if (body.stream_options?.include_usage === true) {
+      res.write(`data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [], usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 } })}\n\n`);
+    }
     res.end('data: [DONE]\n\n');
   }
 

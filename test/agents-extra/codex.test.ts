@@ -1,0 +1,89 @@
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FakeUpstream } from '../support/fake-upstream.js';
+import { makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
+import { createTestCa, type TestCa } from '../support/test-ca.js';
+import { AGENTS_BIN, checkRun, requireInstalled, sweepScript, type AgentRun } from './agent-run.js';
+
+/** The real Codex CLI (installed by scripts/agents-install): `codex exec` one-shot, inside `run --agent codex`. */
+const TOKEN = `codex-access-canary-${process.pid}-5be19f0d`;
+const ACCOUNT = `acct-canary-${process.pid}`;
+const KEY = `sk-proj-canary-${process.pid}-c3a7e1`;
+const b64 = (o: object): string => Buffer.from(JSON.stringify(o)).toString('base64url');
+const ID_TOKEN = `${b64({ alg: 'RS256' })}.${b64({ email: 'u@example.com', 'https://api.openai.com/auth': { chatgpt_account_id: ACCOUNT, chatgpt_plan_type: 'plus' } })}.sig-canary-${process.pid}`;
+
+let ca: TestCa;
+let fake: FakeUpstream;
+let host: HostEnv;
+
+beforeAll(async () => {
+  requireInstalled([join(AGENTS_BIN, 'codex')]);
+  ca = createTestCa();
+  fake = await FakeUpstream.start(ca);
+  host = makeHostEnv({ NODE_EXTRA_CA_CERTS: ca.caPath, PATH: `${AGENTS_BIN}:${process.env.PATH}` });
+  mkdirSync(join(host.home, 'config'), { recursive: true, mode: 0o700 });
+  writeFileSync(
+    join(host.home, 'config', 'config.json'),
+    JSON.stringify({ providers: { codex: { api_base: fake.url } }, keys: { openai: { route: { api_base: fake.url, header: 'authorization' } } } }),
+  );
+  const t = await runCli(['token', 'import', 'codex'], { env: host.env, input: JSON.stringify({ access_token: TOKEN, id_token: ID_TOKEN, expiry: Math.floor(Date.now() / 1000) + 3600 }) });
+  expect(t.code, t.stderr).toBe(0);
+  const k = await runCli(['key', 'set', 'openai'], { env: host.env, input: `${KEY}\n` });
+  expect(k.code, k.stderr).toBe(0);
+});
+
+afterAll(async () => {
+  await fake?.close();
+  ca?.remove();
+  const auditPath = join(host.home, 'state', 'gateway-audit.jsonl');
+  const audit = existsSync(auditPath) ? readFileSync(auditPath, 'utf8') : '';
+  expect(audit).toContain('"route":"codex"');
+  expect(audit).toContain('"route":"keys/openai"');
+  for (const secret of [TOKEN, KEY, ACCOUNT, ID_TOKEN]) expect(audit).not.toContain(secret);
+  host?.cleanup();
+});
+
+async function codex(policy: string[]): Promise<AgentRun> {
+  const before = fake.requests.length;
+  const r = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--agent', 'codex', ...policy, '--', 'sh', '-c', sweepScript('codex exec --skip-git-repo-check "say hi"')], {
+    env: host.env,
+    timeoutMs: 240_000,
+  });
+  const run = checkRun(r, fake, before, [TOKEN, KEY, ACCOUNT, ID_TOKEN]);
+  expect(run.stdout).toMatch(new RegExp(`CODEX_HOME=(${host.home}|/tmp)/\\.credproxy-agent-\\w+\\n`));
+  expect(run.stdout).toContain('model_provider = "credproxy"');
+  expect(existsSync(join(host.home, '.codex'))).toBe(false);
+  return run;
+}
+
+describe('run --agent codex with the real Codex CLI in bwrap', () => {
+  it('ChatGPT login: codex exec gets the fake answer; the API sees the real token and account id, never a refresh', async () => {
+    const { answer, errors, requests, stdout } = await codex(['--allow', 'codex']);
+    expect(answer).toMatch(/^fake answer #\d+\n$/);
+    // Codex did not even try to refresh (it logs "Failed to refresh token" when it does).
+    expect(errors).not.toMatch(/refresh/i);
+    // The placeholder auth.json the preset wrote, as codex left it: the placeholder as access token, no real one.
+    expect(stdout).toMatch(/"access_token": "[0-9a-f]{64}"/);
+    const responses = requests.filter((q) => q.method === 'POST' && q.url === '/responses');
+    expect(responses.length).toBeGreaterThan(0);
+    for (const q of requests) {
+      expect(q.headers.authorization).toBe(`Bearer ${TOKEN}`);
+      expect(q.headers['chatgpt-account-id']).toBe(ACCOUNT);
+    }
+    // Nothing reached a token endpoint (the gateway refuses the refresh path; the fake never saw one).
+    expect(requests.some((q) => q.url.includes('oauth/token'))).toBe(false);
+  });
+
+  it('API key (--allow-key openai): the Responses API sees the real key as Bearer, no account id', async () => {
+    const { answer, requests, stdout } = await codex(['--allow-key', 'openai']);
+    expect(answer).toMatch(/^fake answer #\d+\n$/);
+    expect(stdout).toMatch(/OPENAI_API_KEY=[0-9a-f]{64}\n/);
+    const responses = requests.filter((q) => q.method === 'POST' && q.url === '/responses');
+    expect(responses.length).toBeGreaterThan(0);
+    for (const q of requests) {
+      expect(q.headers.authorization).toBe(`Bearer ${KEY}`);
+      expect(q.headers['chatgpt-account-id']).toBeUndefined();
+    }
+  });
+});
