@@ -259,6 +259,11 @@ function qwen(policy: Policy): AgentSetup {
   };
 }
 
+/** What `credproxy providers` says about a built-in provider an agent preset cannot serve. */
+export const PROVIDER_AGENT_NOTES: Readonly<Record<string, string>> = {
+  qwen: 'Qwen Code refuses its own Qwen OAuth login (free tier discontinued): `run --agent qwen` serves API keys only (--allow-key qwen or --allow-key openai)',
+};
+
 const PRESETS: Readonly<Record<Agent, (policy: Policy) => AgentSetup>> = { claude, codex, gemini, qwen };
 
 /** The agent's setup for this policy; USAGE when the policy has no credential it can run on. */
