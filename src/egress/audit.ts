@@ -17,7 +17,9 @@ export type EgressRefusal =
   /** Too many name lookups waiting. */
   | 'busy'
   /** The checked address did not accept the connection in time. */
-  | 'connect_failed';
+  | 'connect_failed'
+  /** On the host's loopback (`--sandbox none`): a process of another user connected. */
+  | 'foreign_peer';
 
 /**
  * One line per connection that reached its upstream: a CONNECT tunnel, or a

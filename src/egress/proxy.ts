@@ -4,6 +4,7 @@ import net, { type AddressInfo, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { splice } from '../gateway/relay.js';
 import type { Logger } from '../log.js';
+import { isForeignLoopbackPeer } from '../server/tcp-peer.js';
 import { canonicalIp, classifyAddress, type AddressClass } from './address.js';
 import { EgressRefusals, type EgressAuditSink, type EgressConnectionEntry, type EgressRefusal } from './audit.js';
 import { AuthorityError, literallyAllowed, matchHost, parseAuthority, suggestFlag, type HostRule, type RequestHost } from './hosts.js';
@@ -138,7 +139,14 @@ export class EgressProxy {
 
   /** Accept connections on a TCP address or a Unix socket path; may be called more than once. */
   async listen(where: EgressListen): Promise<string> {
+    const tcp = !('path' in where);
     const server = net.createServer({ noDelay: true }, (socket) => {
+      // On the host's loopback any local user can connect: only our own uid's processes are carried.
+      if (tcp && isForeignLoopbackPeer(socket)) {
+        this.refusals.note('foreign_peer', '-');
+        socket.destroy();
+        return;
+      }
       this.sockets.add(socket);
       // One request per connection (answers say `connection: close`), so one deadline bounds its head:
       // a slowloris client, trickling or silent, is closed when it runs out.

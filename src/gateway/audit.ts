@@ -35,10 +35,11 @@ export type GatewayOutcome =
   | 'upstream_timeout'
   | 'encoded_response'
   | 'client_closed'
-  | 'bad_request';
+  | 'bad_request'
+  | 'foreign_peer';
 
 /** Outcomes where the gateway answered itself and nothing was served: counted per second, not a line each. */
-export const REFUSAL_OUTCOMES: ReadonlySet<GatewayOutcome> = new Set(['no_route', 'bad_path', 'not_allowed', 'no_placeholder', 'credential_error', 'bad_request']);
+export const REFUSAL_OUTCOMES: ReadonlySet<GatewayOutcome> = new Set(['no_route', 'bad_path', 'not_allowed', 'no_placeholder', 'credential_error', 'bad_request', 'foreign_peer']);
 
 /**
  * The gateway's refusals of one second: a sandbox sending requests without

@@ -6,6 +6,7 @@ import type { Logger } from '../log.js';
 import type { CredentialService } from '../refresh/types.js';
 import type { KeyStore } from '../store/types.js';
 import { auditPath, GatewayRefusals, REFUSAL_OUTCOMES, type GatewayAuditEntry, type GatewayAuditSink, type GatewayOutcome } from './audit.js';
+import { isForeignLoopbackPeer } from '../server/tcp-peer.js';
 import { GatewayCredentials, GatewayError, type ResolvedCredential } from './credentials.js';
 import { downstreamHeaders, hasPlaceholder, upstreamHeaders } from './inject.js';
 import { KEY_ROUTE_PREFIX, rulesAllow, type Route } from './routes.js';
@@ -82,7 +83,14 @@ export class GatewayServer {
   /** Accept connections on a TCP address or a Unix socket path; may be called more than once. */
   async listen(where: GatewayListen): Promise<string> {
     // The stream buffers are the socket's: http.createServer's highWaterMark reaches only sockets it accepts itself.
+    const tcp = !('path' in where);
     const server = net.createServer({ noDelay: true, highWaterMark: STREAM_HIGH_WATER_MARK }, (socket) => {
+      // On the host's loopback any local user can connect: only our own uid's processes get an answer.
+      if (tcp && isForeignLoopbackPeer(socket)) {
+        this.refusals.note('foreign_peer', null);
+        socket.destroy();
+        return;
+      }
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
       this.http.emit('connection', socket);

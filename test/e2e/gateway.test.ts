@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -144,6 +145,33 @@ describe('serve --gateway', () => {
     ]);
     expect(lines[2]).toMatchObject({ refused: { no_placeholder: 1 }, routes: { anthropic: 1 } });
     expect(JSON.stringify(lines)).not.toContain(serve.token);
+  });
+
+  it("on the host's loopback only the user's own processes get an answer: another uid holding the placeholder is cut off, and counted", async () => {
+    expect(process.getuid?.()).toBe(0); // taking another uid for the client needs root
+    const serve = await startServe(['--gateway', '--allow', 'anthropic'], host.env);
+    try {
+      const url = await gatewayUrlOf(serve);
+      const ask = (uid: number | undefined): Promise<string> =>
+        new Promise((resolve) => {
+          const script = `require('http').get(process.argv[1] + '/anthropic/v1/models', { headers: { authorization: 'Bearer ' + process.argv[2] } }, (r) => { console.log('status ' + r.statusCode); r.resume(); }).on('error', (e) => console.log('error ' + e.code))`;
+          // The placeholder on argv only in this test: the point is that even a process holding it is refused.
+          const child = spawn(process.execPath, ['-e', script, url, serve.token], { cwd: '/', stdio: ['ignore', 'pipe', 'ignore'], ...(uid === undefined ? {} : { uid, gid: uid }) });
+          let out = '';
+          child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+          child.on('close', () => resolve(out.trim()));
+        });
+      const before = fake.requests.length;
+      expect(await ask(65534)).toBe('error ECONNRESET');
+      expect(fake.requests.length).toBe(before);
+      expect(await ask(undefined)).toBe('status 200');
+      expect(fake.requests.length).toBe(before + 1);
+    } finally {
+      await serve.stop();
+      hostLogs.push(serve.stderr());
+    }
+    const lines = readFileSync(join(host.home, 'state', 'gateway-audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines.filter((l) => l.kind === 'gateway_refused').map((l) => l.refused)).toContainEqual({ foreign_peer: 1 });
   });
 
   it('--gateway-expose-tokens keeps get_token open on the socket', async () => {

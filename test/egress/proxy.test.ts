@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { mkdtempSync } from 'node:fs';
@@ -179,6 +180,28 @@ describe('CONNECT', () => {
     await h.proxy.stop();
     expect(connected(h)).toHaveLength(1);
     expect(connected(h)[0]).toMatchObject({ bytesUp: 3, bytesDown: 3 });
+  });
+
+  it("on the host's loopback a process of another user is cut off before a byte is read, and counted", async () => {
+    expect(process.getuid?.()).toBe(0); // taking another uid for the client needs root
+    const h = await start([`127.0.0.2:${echoPort}`]);
+    const script = `const s = require('net').connect(${h.port}, '127.0.0.1', () => s.write('CONNECT 127.0.0.2:${echoPort} HTTP/1.1\\r\\nhost: 127.0.0.2:${echoPort}\\r\\n\\r\\n')); let got = ''; s.on('data', (d) => (got += d)); s.on('error', (e) => (got += 'error ' + e.code)); s.on('close', () => console.log(got || 'closed'));`;
+    const out = await new Promise<string>((resolve) => {
+      const child = spawn(process.execPath, ['-e', script], { cwd: '/', uid: 65534, gid: 65534, stdio: ['ignore', 'pipe', 'ignore'] });
+      let text = '';
+      child.stdout.on('data', (d: Buffer) => (text += d.toString()));
+      child.on('close', () => resolve(text.trim()));
+    });
+    expect(out).toMatch(/^(closed|error ECONNRESET)$/);
+    await until(() => h.proxy.refusals.total === 1);
+    await h.proxy.stop();
+    expect(refusedLines(h).map((l) => l.reasons)).toEqual([{ foreign_peer: 1 }]);
+    expect(h.audit.filter((e) => e.type !== 'refused')).toEqual([]);
+    // The same request from our own uid goes through.
+    const mine = await start([`127.0.0.2:${echoPort}`]);
+    const r = await exchange(mine.port, `CONNECT 127.0.0.2:${echoPort} HTTP/1.1\r\nhost: 127.0.0.2:${echoPort}\r\n\r\n`, { until: /200/ });
+    expect(r.text).toMatch(/^HTTP\/1\.1 200/);
+    r.socket.destroy();
   });
 
   it('refuses a host outside the allowlist with 403 naming the host and the flag, without resolving or connecting', async () => {

@@ -1,0 +1,70 @@
+import { spawn } from 'node:child_process';
+import { createServer, type Server, type Socket } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { isForeignLoopbackPeer, loopbackPeerUid } from '../../src/server/tcp-peer.js';
+
+/** A uid no process of the test runs as (the tests run as root here; see MACHINE-NOTES). */
+const NOBODY = 65534;
+
+const servers: Server[] = [];
+afterEach(() => {
+  for (const s of servers.splice(0)) s.close();
+});
+
+/** A listener on `host` that hands over its first accepted socket. */
+async function listen(host: string): Promise<{ port: number; accepted: Promise<Socket> }> {
+  let hand: (s: Socket) => void = () => undefined;
+  const accepted = new Promise<Socket>((r) => (hand = r));
+  const server = createServer((s) => hand(s));
+  servers.push(server);
+  await new Promise<void>((r) => server.listen(0, host, () => r()));
+  return { port: (server.address() as { port: number }).port, accepted };
+}
+
+/** A real client process, as `uid`, that connects and holds the connection for a while. */
+function clientAs(uid: number | undefined, host: string, port: number): void {
+  const child = spawn(process.execPath, ['-e', `const s = require('net').connect(${port}, ${JSON.stringify(host)}); s.on('error', () => {}); setTimeout(() => process.exit(0), 3000);`], {
+    stdio: 'ignore',
+    cwd: '/',
+    ...(uid === undefined ? {} : { uid, gid: uid }),
+  });
+  child.unref();
+}
+
+describe('loopback TCP peer uid (/proc/net/tcp)', () => {
+  it('names the uid of the process at the other end, over IPv4 and IPv6, and tells a foreign one', async () => {
+    expect(process.getuid?.()).toBe(0); // the foreign client below needs root to take another uid
+    for (const host of ['127.0.0.1', '::1']) {
+      const own = await listen(host);
+      clientAs(undefined, host, own.port);
+      const mine = await own.accepted;
+      expect(loopbackPeerUid(mine), host).toBe(0);
+      expect(isForeignLoopbackPeer(mine)).toBe(false);
+      mine.destroy();
+
+      const other = await listen(host);
+      clientAs(NOBODY, host, other.port);
+      const theirs = await other.accepted;
+      expect(loopbackPeerUid(theirs), host).toBe(NOBODY);
+      expect(isForeignLoopbackPeer(theirs)).toBe(true);
+      theirs.destroy();
+    }
+  });
+
+  it('an IPv4 client of a dual-stack listener is found in tcp6 as ::ffff:a.b.c.d', async () => {
+    const dual = await listen('::');
+    clientAs(NOBODY, '127.0.0.1', dual.port);
+    const s = await dual.accepted;
+    expect(s.remoteAddress).toBe('::ffff:127.0.0.1');
+    expect(loopbackPeerUid(s)).toBe(NOBODY);
+    s.destroy();
+  });
+
+  it('is null, so foreign, when the table has no such connection', async () => {
+    const own = await listen('127.0.0.1');
+    clientAs(undefined, '127.0.0.1', own.port);
+    const s = await own.accepted;
+    expect(loopbackPeerUid(s, () => '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n')).toBeNull();
+    s.destroy();
+  });
+});
