@@ -138,6 +138,23 @@ describe('credproxy run --sandbox bwrap (real bubblewrap)', () => {
     expect((await run([], 'kill -TERM $$')).code).toBe(143);
   });
 
+  it("a command that leaves its stdout non-blocking (as Claude Code's runtime does) does not leave it so for the user's next command", async () => {
+    writeFileSync(join(work, 'nb.pl'), 'use Fcntl; fcntl(STDOUT, F_SETFL, fcntl(STDOUT, F_GETFL, 0) | O_NONBLOCK) or die "fcntl: $!";\n');
+    writeFileSync(join(work, 'check.pl'), 'use Fcntl; print STDERR "$ARGV[0]: ", ((fcntl(STDOUT, F_GETFL, 0) & O_NONBLOCK) ? "nonblocking" : "blocking"), "\\n";\n');
+    const shell = (script: string): Promise<string> =>
+      new Promise((resolve) => {
+        const child = spawn('sh', ['-c', script], { cwd: work, env: host.env, stdio: ['ignore', 'ignore', 'pipe'] });
+        let err = '';
+        child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+        child.on('close', () => resolve(err));
+      });
+    // The control: without credproxy in between the flag stays on the pipe the shell's next command writes to.
+    expect(await shell('{ perl nb.pl; perl check.pl after; } | cat >/dev/null')).toBe('after: nonblocking\n');
+    const out = await shell(`{ "${process.execPath}" "${BIN}" run --allow-key openai -- sh -c 'perl nb.pl; perl check.pl inside'; perl check.pl after; } | cat >/dev/null`);
+    expect(out).toContain('inside: nonblocking\n');
+    expect(out).toContain('after: blocking\n');
+  });
+
   it('refuses to bind the home directory and a proxy that cannot start aborts with 125', async () => {
     const home = await runCli(['run', '--allow-key', 'openai', '--', 'true'], { env: host.env, cwd: host.home });
     expect(home.code).toBe(2);
