@@ -1,4 +1,4 @@
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 
@@ -103,11 +103,17 @@ export function prepareAgentEnv(plan: AgentEnvPlan, parent: string, gatewayUrl: 
   const problem = configDirProblem(plan.configDir);
   if (problem !== null) throw new Error(`the agent's config directory plan is malformed (${problem})`);
   const dir = mkdtempSync(join(parent, '.credproxy-agent-'));
-  chmodSync(dir, 0o700);
-  for (const file of plan.configDir.files) {
-    const path = join(dir, file.path);
-    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    writeFileSync(path, fillTemplate(file.template, gatewayUrl, placeholder), { mode: 0o600, flag: 'wx' });
+  try {
+    chmodSync(dir, 0o700);
+    for (const file of plan.configDir.files) {
+      const path = join(dir, file.path);
+      mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+      writeFileSync(path, fillTemplate(file.template, gatewayUrl, placeholder), { mode: 0o600, flag: 'wx' });
+    }
+  } catch (err) {
+    // Nothing half-written is left behind (under --sandbox none it would outlive the run).
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
   }
   for (const [name, sub] of Object.entries(plan.configDir.env)) env[name] = sub === '' ? dir : join(dir, sub);
   return { env, dir };

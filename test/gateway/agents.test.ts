@@ -193,6 +193,12 @@ describe('agent config directory', () => {
     expect(readdirSync(parent)).toEqual([]);
   });
 
+  it('leaves nothing behind when a file cannot be written (a value that cannot go into a config file)', () => {
+    const parent = scratch();
+    expect(() => prepareAgentEnv(agentEnvPlan('codex', policy(['codex'])), parent, GW, 'not"hex')).toThrow(/cannot be written/);
+    expect(readdirSync(parent)).toEqual([]);
+  });
+
   it('makes a fresh directory per call, so two runs never share or overwrite one', () => {
     const plan = agentEnvPlan('codex', policy(['codex']));
     const parent = scratch();
