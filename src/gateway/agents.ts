@@ -165,7 +165,10 @@ function geminiSettings(selectedType?: string): AgentFile {
  *   (GOOGLE_GENAI_USE_GCA, GOOGLE_CLOUD_ACCESS_TOKEN, CODE_ASSIST_ENDPOINT):
  *   it calls `v1internal:loadCodeAssist`, `:generateContent`,
  *   `:streamGenerateContent?alt=sse`… with Bearer. No oauth_creds.json: with
- *   one it insists on oauth2.googleapis.com/tokeninfo.
+ *   one it insists on oauth2.googleapis.com/tokeninfo. It also fetches
+ *   www.googleapis.com/oauth2/v2/userinfo with the placeholder (to cache the
+ *   account's email), outside the gateway: that fails in the sandbox and it
+ *   carries on.
  * - API key (`--allow-key gemini`): GEMINI_API_KEY and
  *   GOOGLE_GEMINI_BASE_URL, plus `security.auth.selectedType` in
  *   settings.json (non-interactive mode refuses the environment alone); it
@@ -210,7 +213,7 @@ function gemini(policy: Policy): AgentSetup {
       },
       why: {
         ...common,
-        GOOGLE_GENAI_USE_GCA: 'the Google login’s API (Code Assist)',
+        GOOGLE_GENAI_USE_GCA: 'the Google login’s API (Code Assist); Gemini CLI also asks www.googleapis.com/oauth2/v2/userinfo for the account’s email with the token it holds, the placeholder: the gateway has no route there, the sandbox no network to it (do not --allow-host it), and Gemini CLI carries on without it',
         CODE_ASSIST_ENDPOINT: 'Code Assist calls (v1internal:…) go to the gateway',
         GOOGLE_CLOUD_ACCESS_TOKEN: 'used as the Bearer token as it is, never refreshed (no oauth_creds.json, so no tokeninfo call to Google); the host refreshes the real one',
         'file:.gemini/settings.json': quiet,

@@ -109,6 +109,25 @@ describe('run --agent gemini with the real Gemini CLI in bwrap', () => {
     }
   });
 
+  it('with --allow-host: the gateway stays direct (NO_PROXY); the one other host it tries (userinfo, with the placeholder) is refused and it still answers', async () => {
+    const before = fake.requests.length;
+    const r = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--agent', 'gemini', '--allow', 'gemini', '--allow-host', 'example.invalid', '--', 'sh', '-c', 'gemini -p "say hi" </dev/null'], {
+      env: host.env,
+      timeoutMs: 180_000,
+    });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^fake answer #\d+\n$/);
+    for (const secret of [TOKEN, KEY]) expect(r.stdout + r.stderr).not.toContain(secret);
+    const requests = fake.requests.slice(before);
+    expect(requests.map((q) => q.url.split('?')[0])).toContain('/v1internal:streamGenerateContent');
+    for (const q of requests) expect(q.headers.authorization).toBe(`Bearer ${TOKEN}`);
+    const egress = readFileSync(join(host.home, 'state', 'egress-audit.jsonl'), 'utf8');
+    // Nothing of the model traffic reached the egress proxy: only the refused userinfo call.
+    expect(egress).toContain('"www.googleapis.com:443"');
+    expect(egress).not.toContain('127.0.0.1');
+    expect(egress).not.toMatch(/"result":"(ok|allowed)"/);
+  });
+
   it('--explain prints what the preset sets and why, without starting anything', async () => {
     const r = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--agent', 'gemini', '--allow', 'gemini', '--explain', '--', 'gemini', '-p', 'x'], { env: host.env });
     expect(r.code, r.stderr).toBe(0);
