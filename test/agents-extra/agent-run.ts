@@ -1,4 +1,5 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
 import type { CliResult } from '../support/cli.js';
@@ -50,4 +51,16 @@ export function checkRun(r: CliResult, fake: FakeUpstream, before: number, secre
   const answer = /--- answer\n([\s\S]*?)--- end/.exec(r.stdout)?.[1] ?? '';
   const errors = /--- stderr\n([\s\S]*?)--- stderr end/.exec(r.stdout)?.[1] ?? '';
   return { stdout: r.stdout, answer, errors, requests };
+}
+
+/**
+ * With `--allow-host example.invalid` the sandbox has an egress proxy, so a
+ * call the agent makes outside the gateway would show up in the egress
+ * audit (refused): none may.
+ */
+export const EGRESS_PROBE = ['--allow-host', 'example.invalid'];
+
+export function egressAudit(home: string): string {
+  const path = join(home, 'state', 'egress-audit.jsonl');
+  return existsSync(path) ? readFileSync(path, 'utf8') : '';
 }

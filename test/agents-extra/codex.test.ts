@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../support/fake-upstream.js';
 import { makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
 import { createTestCa, type TestCa } from '../support/test-ca.js';
-import { AGENTS_BIN, checkRun, requireInstalled, sweepScript, type AgentRun } from './agent-run.js';
+import { AGENTS_BIN, checkRun, EGRESS_PROBE, egressAudit, requireInstalled, sweepScript, type AgentRun } from './agent-run.js';
 
 /** The real Codex CLI (installed by scripts/agents-install): `codex exec` one-shot, inside `run --agent codex`. */
 const TOKEN = `codex-access-canary-${process.pid}-5be19f0d`;
@@ -58,8 +58,8 @@ async function codex(policy: string[]): Promise<AgentRun> {
 }
 
 describe('run --agent codex with the real Codex CLI in bwrap', () => {
-  it('ChatGPT login: codex exec gets the fake answer; the API sees the real token and account id, never a refresh', async () => {
-    const { answer, errors, requests, stdout } = await codex(['--allow', 'codex']);
+  it('ChatGPT login: codex exec gets the fake answer; the API sees the real token and account id, never a refresh, no other host', async () => {
+    const { answer, errors, requests, stdout } = await codex(['--allow', 'codex', ...EGRESS_PROBE]);
     expect(answer).toMatch(/^fake answer #\d+\n$/);
     // Codex did not even try to refresh (it logs "Failed to refresh token" when it does).
     expect(errors).not.toMatch(/refresh/i);
@@ -73,6 +73,8 @@ describe('run --agent codex with the real Codex CLI in bwrap', () => {
     }
     // Nothing reached a token endpoint (the gateway refuses the refresh path; the fake never saw one).
     expect(requests.some((q) => q.url.includes('oauth/token'))).toBe(false);
+    // With an egress proxy in the sandbox, codex tried no host besides the gateway (analytics, plugins, apps off).
+    expect(egressAudit(host.home)).toBe('');
   });
 
   it('API key (--allow-key openai): the Responses API sees the real key as Bearer, no account id', async () => {

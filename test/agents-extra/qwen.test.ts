@@ -5,7 +5,7 @@ import { FakeUpstream } from '../support/fake-upstream.js';
 import { makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
 import { createTestCa, type TestCa } from '../support/test-ca.js';
 import { dirname } from 'node:path';
-import { AGENTS_BIN, checkRun, NODE22, requireInstalled, sweepScript, type AgentRun } from './agent-run.js';
+import { AGENTS_BIN, checkRun, EGRESS_PROBE, egressAudit, NODE22, requireInstalled, sweepScript, type AgentRun } from './agent-run.js';
 
 /**
  * The real Qwen Code (installed by scripts/agents-install), which needs
@@ -86,8 +86,10 @@ describe('run --agent qwen with the real Qwen Code (Node 22) in bwrap', () => {
     for (const q of requests) expect(q.headers.authorization).toBe(`Bearer ${QWEN_KEY}`);
   });
 
-  it('--allow-key openai with -m: the OpenAI API sees the real key and the model asked for', async () => {
-    const { answer, requests } = await qwen(['--allow-key', 'openai'], 'gpt-fake-model');
+  it('--allow-key openai with -m: the OpenAI API sees the real key and the model asked for; no other host', async () => {
+    const { answer, requests } = await qwen(['--allow-key', 'openai', ...EGRESS_PROBE], 'gpt-fake-model');
+    // With an egress proxy in the sandbox, Qwen Code tried no host besides the gateway.
+    expect(egressAudit(host.home)).toBe('');
     expect(answer).toMatch(/fake answer #\d+/);
     const chats = requests.filter((q) => q.url === '/v1/chat/completions');
     expect(chats.length).toBeGreaterThan(0);
