@@ -77,6 +77,29 @@ describe('run --agent codex with the real Codex CLI in bwrap', () => {
     expect(egressAudit(host.home)).toBe('');
   });
 
+  it('after a 401, the refresh codex tries itself stays in the sandbox: the gateway refuses it (no route), no other host is tried', async () => {
+    const before = fake.requests.length;
+    fake.accept = () => false;
+    try {
+      const script = 'codex exec --skip-git-repo-check "say hi" </dev/null >/dev/null 2>/tmp/codex.err; echo "codex status $?"; cat /tmp/codex.err';
+      const r = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--agent', 'codex', '--allow', 'codex', ...EGRESS_PROBE, '--', 'sh', '-c', script], { env: host.env, timeoutMs: 240_000 });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/codex status [1-9]/);
+      // codex's own refresh went to CODEX_REFRESH_TOKEN_URL_OVERRIDE, a gateway path with no route (404), not to auth.openai.com.
+      expect(r.stdout).toMatch(/Failed to refresh token status=404/);
+      for (const secret of [TOKEN, KEY, ACCOUNT, ID_TOKEN]) expect(r.stdout + r.stderr).not.toContain(secret);
+    } finally {
+      fake.accept = (c) => c !== null;
+    }
+    const audit = readFileSync(join(host.home, 'state', 'gateway-audit.jsonl'), 'utf8');
+    expect(audit).toMatch(/"kind":"gateway_refused","refused":\{[^}]*"no_route":\d+/);
+    expect(egressAudit(host.home)).toBe('');
+    const requests = fake.requests.slice(before);
+    expect(requests.length).toBeGreaterThan(0);
+    expect(requests.some((q) => q.url.includes('oauth/token'))).toBe(false);
+    for (const q of requests) expect(q.credential).toBe(TOKEN);
+  });
+
   it('API key (--allow-key openai): the Responses API sees the real key as Bearer, no account id', async () => {
     const { answer, requests, stdout } = await codex(['--allow-key', 'openai']);
     expect(answer).toMatch(/^fake answer #\d+\n$/);
