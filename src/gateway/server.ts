@@ -276,7 +276,9 @@ export class GatewayServer {
     // TLS hands over one 16 KiB record per 'data', each in a callback of its own (a nextTick would run
     // between them): what arrives in one turn of the event loop leaves in one writev after its I/O phase.
     let corked = false;
+    // Only ever undoes our own cork (Node 22's uncork counts down even when nothing is corked).
     const uncork = (): void => {
+      if (!corked) return;
       corked = false;
       res.uncork();
     };
@@ -293,6 +295,8 @@ export class GatewayServer {
     res.on('drain', () => up.resume());
     up.once('end', () => {
       const rest = scanner.flush();
+      // Node 22 writes the last chunk's terminator past bytes still held by a cork: release them first.
+      uncork();
       res.end(rest.length > 0 ? rest : undefined);
       finish(null);
     });

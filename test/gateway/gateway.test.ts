@@ -210,6 +210,16 @@ describe('gateway with the official SDKs', () => {
     ]);
   });
 
+  it('a streamed answer whose events and end arrive at once reaches the client whole, each time', async () => {
+    await login(rig.store);
+    for (let i = 0; i < 20; i++) {
+      const r = await raw('GET', '/anthropic/sse-burst', bearer);
+      expect(r.status).toBe(200);
+      expect(r.text.match(/^data: /gm)?.length, r.text).toBe(21);
+      expect(r.text.endsWith('data: [DONE]\n\n')).toBe(true);
+    }
+  });
+
   it('refuses a missing or wrong placeholder with 401, counted in the audit, and sends nothing upstream', async () => {
     await login(rig.store);
     const before = fake.requests.length;

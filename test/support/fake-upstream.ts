@@ -176,6 +176,13 @@ export class FakeUpstream {
       res.end();
       return;
     }
+    if (path.endsWith('/sse-burst')) {
+      // Every event and the end in one go: the gateway gets data and end in the same turn of its event loop.
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+      for (let i = 0; i < 20; i++) res.write(`data: {"n":${i}}\n\n`);
+      res.end('data: [DONE]\n\n');
+      return;
+    }
     if (path.endsWith('/sse-gate')) {
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
       res.write('event: first\ndata: {"n":1}\n\n');
