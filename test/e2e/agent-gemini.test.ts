@@ -82,7 +82,8 @@ describe('run --agent gemini with the real Gemini CLI in bwrap', () => {
     expect(stdout).toContain('GOOGLE_GENAI_USE_GCA=true');
     expect(stdout).toMatch(/CODE_ASSIST_ENDPOINT=http:\/\/127\.0\.0\.1:\d+\/gemini\n/);
     // GOOGLE_CLOUD_ACCESS_TOKEN holds the placeholder (the run's capability token), never the real token.
-    const held = /GOOGLE_CLOUD_ACCESS_TOKEN=(\S+)/.exec(stdout)?.[1];
+    // The line of the env dump (the checkout may lie under /tmp, which the dump also prints: its sources name the variable too).
+    const held = /^GOOGLE_CLOUD_ACCESS_TOKEN=(\S+)$/m.exec(stdout)?.[1];
     expect(held).toMatch(/^[0-9a-f]{64}$/);
     expect(stdout).toContain(`CREDPROXY_TOKEN=${held}`);
     const paths = requests.map((q) => q.url.split('?')[0]);
@@ -99,7 +100,7 @@ describe('run --agent gemini with the real Gemini CLI in bwrap', () => {
     expect(answer).toMatch(/^fake answer #\d+\n$/);
     expect(stdout).toMatch(/GOOGLE_GEMINI_BASE_URL=http:\/\/127\.0\.0\.1:\d+\/keys\/gemini\n/);
     expect(stdout).toContain('"selectedType": "gemini-api-key"');
-    const held = /GEMINI_API_KEY=(\S+)/.exec(stdout)?.[1];
+    const held = /^GEMINI_API_KEY=(\S+)$/m.exec(stdout)?.[1];
     expect(held).toMatch(/^[0-9a-f]{64}$/);
     const streams = requests.filter((q) => /^\/v1beta\/models\/[^/]+:streamGenerateContent\?alt=sse$/.test(q.url));
     expect(streams.length).toBeGreaterThan(0);
