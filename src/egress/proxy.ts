@@ -1,17 +1,17 @@
 import { lookup as dnsLookup } from 'node:dns/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import net, { type AddressInfo, type Socket } from 'node:net';
+import net, { type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { splice } from '../gateway/relay.js';
 import type { Logger } from '../log.js';
-import { isForeignLoopbackPeer } from '../server/tcp-peer.js';
+import { listenForHttp, type ListenAt } from '../server/http-listener.js';
 import { canonicalIp, classifyAddress, type AddressClass } from './address.js';
 import { EgressRefusals, type EgressAuditSink, type EgressConnectionEntry, type EgressRefusal } from './audit.js';
 import { AuthorityError, literallyAllowed, matchHost, parseAuthority, suggestFlag, type HostRule, type RequestHost } from './hosts.js';
 
 export type LookupFn = (name: string) => Promise<Array<{ address: string; family: number }>>;
 
-export type EgressListen = { host: string; port: number } | { path: string };
+export type EgressListen = ListenAt;
 
 export interface EgressProxyOptions {
   rules: readonly HostRule[];
@@ -139,40 +139,29 @@ export class EgressProxy {
 
   /** Accept connections on a TCP address or a Unix socket path; may be called more than once. */
   async listen(where: EgressListen): Promise<string> {
-    const tcp = !('path' in where);
-    const server = net.createServer({ noDelay: true }, (socket) => {
-      // On the host's loopback any local user can connect: only our own uid's processes are carried.
-      if (tcp && isForeignLoopbackPeer(socket)) {
-        this.refusals.note('foreign_peer', '-');
-        socket.destroy();
-        return;
-      }
-      this.sockets.add(socket);
-      // One request per connection (answers say `connection: close`), so one deadline bounds its head:
-      // a slowloris client, trickling or silent, is closed when it runs out.
-      const deadline = setTimeout(() => {
-        this.refusals.note('bad_request', '-');
-        if (socket.writable) socket.end(rawResponse(408, 'credproxy egress: request head not received in time\n'));
-        socket.destroySoon();
-        setTimeout(() => socket.destroy(), 1000).unref();
-      }, this.headersTimeoutMs);
-      this.headDeadlines.set(socket, deadline);
-      socket.once('close', () => {
-        clearTimeout(deadline);
-        this.sockets.delete(socket);
-      });
-      this.http.emit('connection', socket);
-    });
-    server.maxConnections = this.o.maxConnections ?? 256;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      if ('path' in where) server.listen(where.path, () => resolve());
-      else server.listen(where.port, where.host, () => resolve());
+    const { server, address } = await listenForHttp(where, {
+      maxConnections: this.o.maxConnections ?? 256,
+      onForeignPeer: () => this.refusals.note('foreign_peer', '-'),
+      onConnection: (socket) => {
+        this.sockets.add(socket);
+        // One request per connection (answers say `connection: close`), so one deadline bounds its head:
+        // a slowloris client, trickling or silent, is closed when it runs out.
+        const deadline = setTimeout(() => {
+          this.refusals.note('bad_request', '-');
+          if (socket.writable) socket.end(rawResponse(408, 'credproxy egress: request head not received in time\n'));
+          socket.destroySoon();
+          setTimeout(() => socket.destroy(), 1000).unref();
+        }, this.headersTimeoutMs);
+        this.headDeadlines.set(socket, deadline);
+        socket.once('close', () => {
+          clearTimeout(deadline);
+          this.sockets.delete(socket);
+        });
+        this.http.emit('connection', socket);
+      },
     });
     this.listeners.push(server);
-    if ('path' in where) return where.path;
-    const addr = server.address() as AddressInfo;
-    return `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
+    return address;
   }
 
   async stop(): Promise<void> {

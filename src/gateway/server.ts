@@ -1,12 +1,12 @@
 import http, { type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../log.js';
 import type { CredentialService } from '../refresh/types.js';
 import type { KeyStore } from '../store/types.js';
 import { auditPath, GatewayRefusals, REFUSAL_OUTCOMES, type GatewayAuditEntry, type GatewayAuditSink, type GatewayOutcome } from './audit.js';
-import { isForeignLoopbackPeer } from '../server/tcp-peer.js';
+import { listenForHttp, type ListenAt } from '../server/http-listener.js';
 import { GatewayCredentials, GatewayError, type ResolvedCredential } from './credentials.js';
 import { downstreamHeaders, hasPlaceholder, upstreamHeaders } from './inject.js';
 import { KEY_ROUTE_PREFIX, rulesAllow, type Route } from './routes.js';
@@ -35,7 +35,7 @@ export interface GatewayOptions {
   upstream?: UpstreamOptions;
 }
 
-export type GatewayListen = { host: string; port: number } | { path: string };
+export type GatewayListen = ListenAt;
 
 interface Exchange {
   req: IncomingMessage;
@@ -82,30 +82,18 @@ export class GatewayServer {
 
   /** Accept connections on a TCP address or a Unix socket path; may be called more than once. */
   async listen(where: GatewayListen): Promise<string> {
-    // The stream buffers are the socket's: http.createServer's highWaterMark reaches only sockets it accepts itself.
-    const tcp = !('path' in where);
-    const server = net.createServer({ noDelay: true, highWaterMark: STREAM_HIGH_WATER_MARK }, (socket) => {
-      // On the host's loopback any local user can connect: only our own uid's processes get an answer.
-      if (tcp && isForeignLoopbackPeer(socket)) {
-        this.refusals.note('foreign_peer', null);
-        socket.destroy();
-        return;
-      }
-      this.sockets.add(socket);
-      socket.once('close', () => this.sockets.delete(socket));
-      this.http.emit('connection', socket);
-    });
-    server.maxConnections = this.o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      if ('path' in where) server.listen(where.path, () => resolve());
-      else server.listen(where.port, where.host, () => resolve());
+    const { server, address } = await listenForHttp(where, {
+      maxConnections: this.o.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+      highWaterMark: STREAM_HIGH_WATER_MARK,
+      onForeignPeer: () => this.refusals.note('foreign_peer', null),
+      onConnection: (socket) => {
+        this.sockets.add(socket);
+        socket.once('close', () => this.sockets.delete(socket));
+        this.http.emit('connection', socket);
+      },
     });
     this.listeners.push(server);
-    if ('path' in where) return where.path;
-    const addr = server.address() as AddressInfo;
-    const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
-    return `http://${host}:${addr.port}`;
+    return address;
   }
 
   /** Stop accepting, end every connection, drop upstream sockets. */

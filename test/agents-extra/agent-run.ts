@@ -1,9 +1,6 @@
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
-import type { CliResult } from '../support/cli.js';
-import type { FakeUpstream, SeenRequest } from '../support/fake-upstream.js';
 
 /** Where `scripts/agents-install` (run by `npm run test:agents`) puts Codex, Qwen Code and Node 22. */
 export const AGENTS_PREFIX = fileURLToPath(new URL('../../.tmp/agents/node_modules', import.meta.url));
@@ -15,52 +12,4 @@ export function requireInstalled(paths: string[]): void {
   for (const p of paths) expect(existsSync(p), `${p} is missing: run \`npm run test:agents\` (scripts/agents-install installs the agent CLIs and Node 22 under .tmp/agents)`).toBe(true);
 }
 
-/**
- * The sandbox script: the agent's one-shot command with its output kept,
- * then its answer and its stderr between markers, everything
- * in the sandbox's writable places (the tmpfs home with the agent's config
- * directory, /tmp) and its environment, for the canary sweep. The run exits
- * with the agent's own status.
- */
-export function sweepScript(agentCommand: string): string {
-  return [
-    `${agentCommand} </dev/null >/tmp/agent.out 2>/tmp/agent.err; echo $? >/tmp/agent.status`,
-    '{ echo "--- answer"; cat /tmp/agent.out; echo "--- end"; echo "--- stderr"; cat /tmp/agent.err; echo "--- stderr end"; find "$HOME" /tmp -type f -size -1024k -exec cat {} + 2>/dev/null; env; } | node -e "process.stdin.pipe(process.stdout)"',
-    'exit "$(cat /tmp/agent.status)"',
-  ].join('\n');
-}
-
-export interface AgentRun {
-  stdout: string;
-  answer: string;
-  /** What the agent wrote on stderr. */
-  errors: string;
-  requests: SeenRequest[];
-}
-
-/** Checks a finished run: exit 0, no canary anywhere it printed, the upstream never saw a placeholder. */
-export function checkRun(r: CliResult, fake: FakeUpstream, before: number, secrets: string[]): AgentRun {
-  expect(r.code, `${r.stderr}\n${r.stdout.slice(0, 6000)}`).toBe(0);
-  for (const secret of secrets) {
-    expect(r.stdout).not.toContain(secret);
-    expect(r.stderr).not.toContain(secret);
-  }
-  const requests = fake.requests.slice(before);
-  // The placeholder is 64 hex characters; the upstream must never see one as a credential.
-  expect(requests.some((q) => /^[0-9a-f]{64}$/.test(q.credential ?? ''))).toBe(false);
-  const answer = /--- answer\n([\s\S]*?)--- end/.exec(r.stdout)?.[1] ?? '';
-  const errors = /--- stderr\n([\s\S]*?)--- stderr end/.exec(r.stdout)?.[1] ?? '';
-  return { stdout: r.stdout, answer, errors, requests };
-}
-
-/**
- * With `--allow-host example.invalid` the sandbox has an egress proxy, so a
- * call the agent makes outside the gateway would show up in the egress
- * audit (refused): none may.
- */
-export const EGRESS_PROBE = ['--allow-host', 'example.invalid'];
-
-export function egressAudit(home: string): string {
-  const path = join(home, 'state', 'egress-audit.jsonl');
-  return existsSync(path) ? readFileSync(path, 'utf8') : '';
-}
+export { checkRun, EGRESS_PROBE, egressAudit, sweepScript, type AgentRun } from '../support/agent-run.js';

@@ -2,6 +2,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { checkGatewayAudit, checkRun, sweepScript, type AgentRun } from '../support/agent-run.js';
 import { FakeUpstream } from '../support/fake-upstream.js';
 import { makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
 import { createTestCa, type TestCa } from '../support/test-ca.js';
@@ -34,11 +35,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await fake?.close();
   ca?.remove();
-  const auditPath = join(host.home, 'state', 'gateway-audit.jsonl');
-  const audit = existsSync(auditPath) ? readFileSync(auditPath, 'utf8') : '';
-  expect(audit).toContain('"route":"gemini"');
-  expect(audit).toContain('"route":"keys/gemini"');
-  for (const secret of [TOKEN, KEY]) expect(audit).not.toContain(secret);
+  checkGatewayAudit(host.home, ['gemini', 'keys/gemini'], [TOKEN, KEY]);
   host?.cleanup();
 });
 
@@ -48,31 +45,18 @@ afterAll(async () => {
  * directory, /tmp) and its environment go to stdout for the sweep. The run
  * exits with gemini's own status.
  */
-async function gemini(policy: string[]): Promise<{ stdout: string; answer: string; requests: typeof fake.requests }> {
+async function gemini(policy: string[]): Promise<AgentRun> {
   const before = fake.requests.length;
-  const script = [
-    'gemini -p "say hi" </dev/null >/tmp/gemini.out 2>/tmp/gemini.err; echo $? >/tmp/gemini.status',
-    '{ echo "--- answer"; cat /tmp/gemini.out; echo "--- end"; [ "$(cat /tmp/gemini.status)" = 0 ] || cat /tmp/gemini.err; find "$HOME" /tmp -type f -size -1024k -exec cat {} + 2>/dev/null; env; } | node -e "process.stdin.pipe(process.stdout)"',
-    'exit "$(cat /tmp/gemini.status)"',
-  ].join('\n');
-  const r = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--agent', 'gemini', ...policy, '--', 'sh', '-c', script], { env: host.env, timeoutMs: 180_000 });
-  expect(r.code, `${r.stderr}\n${r.stdout.slice(0, 4000)}`).toBe(0);
+  const r = await runCli(['run', '--sandbox', 'bwrap', '--no-workdir', '--agent', 'gemini', ...policy, '--', 'sh', '-c', sweepScript('gemini -p "say hi"')], { env: host.env, timeoutMs: 180_000 });
   // The canary sweep: the real credentials never reached the sandbox (env, files, output) nor the run's own output.
-  for (const secret of [TOKEN, KEY]) {
-    expect(r.stdout).not.toContain(secret);
-    expect(r.stderr).not.toContain(secret);
-  }
+  const run = checkRun(r, fake, before, [TOKEN, KEY]);
   expect(r.stdout).toContain('GEMINI_CLI_TRUST_WORKSPACE=true');
   // The config directory is a fresh one on the sandbox's home, with side traffic off; the user's ~/.gemini is untouched.
   // (HOME is under /tmp here, which the sandbox covers with its own tmpfs: the relay then uses that /tmp.)
   expect(r.stdout).toMatch(new RegExp(`GEMINI_CLI_HOME=(${host.home}|/tmp)/\\.credproxy-agent-\\w+\\n`));
   expect(r.stdout).toContain('"usageStatisticsEnabled": false');
   expect(existsSync(join(host.home, '.gemini'))).toBe(false);
-  const answer = /--- answer\n([\s\S]*?)--- end/.exec(r.stdout)?.[1] ?? '';
-  const requests = fake.requests.slice(before);
-  // The placeholder is 64 hex characters; the upstream must never see one as a credential.
-  expect(requests.some((q) => /^[0-9a-f]{64}$/.test(q.credential ?? ''))).toBe(false);
-  return { stdout: r.stdout, answer, requests };
+  return run;
 }
 
 describe('run --agent gemini with the real Gemini CLI in bwrap', () => {

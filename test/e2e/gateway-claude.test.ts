@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../support/fake-upstream.js';
+import { checkGatewayAudit } from '../support/agent-run.js';
 import { makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
 import { createTestCa, type TestCa } from '../support/test-ca.js';
 
@@ -31,11 +32,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await fake?.close();
   ca?.remove();
-  const auditPath = join(host.home, 'state', 'gateway-audit.jsonl');
-  const audit = existsSync(auditPath) ? readFileSync(auditPath, 'utf8') : '';
-  expect(audit).toContain('"route":"anthropic"');
-  expect(audit).toContain('"route":"keys/anthropic"');
-  for (const secret of [TOKEN, KEY]) expect(audit).not.toContain(secret);
+  checkGatewayAudit(host.home, ['anthropic', 'keys/anthropic'], [TOKEN, KEY]);
   host?.cleanup();
 });
 
