@@ -3,6 +3,7 @@ import { realpathSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { CredproxyError } from '../errors.js';
 import type { Policy } from '../server/policy.js';
+import { OPENAI_AUTH_CLAIM, unsignedJwt } from '../oauth/jwt.js';
 import { KEY_ROUTE_PREFIX } from './routes.js';
 import { GATEWAY_URL_MARK, PLACEHOLDER_MARK, type AgentEnvPlan, type AgentFile } from './agent-env.js';
 
@@ -83,8 +84,7 @@ function codexToml(provider: Record<string, string | boolean>, top: Record<strin
 
 /** An unsigned, claims-only JWT for codex's auth.json: it reads the plan type from the id_token; nothing in it is secret. */
 function placeholderIdToken(): string {
-  const part = (o: object): string => Buffer.from(JSON.stringify(o)).toString('base64url');
-  return `${part({ alg: 'none', typ: 'JWT' })}.${part({ email: 'sandbox@credproxy.invalid', 'https://api.openai.com/auth': { chatgpt_plan_type: 'plus', chatgpt_account_id: 'credproxy-placeholder' } })}.credproxy-placeholder`;
+  return unsignedJwt({ email: 'sandbox@credproxy.invalid', [OPENAI_AUTH_CLAIM]: { chatgpt_plan_type: 'plus', chatgpt_account_id: 'credproxy-placeholder' } }, 'credproxy-placeholder');
 }
 
 /**

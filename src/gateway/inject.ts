@@ -1,4 +1,5 @@
 import { timingSafeEqual } from 'node:crypto';
+import { chatgptAccountId } from '../oauth/jwt.js';
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import type { OAuthToken } from '../store/types.js';
 import type { Route } from './routes.js';
@@ -101,18 +102,7 @@ export function keyInjection(route: Route & { kind: 'key' }, key: string): Injec
  */
 export function codexAccountId(token: OAuthToken): string | null {
   if (typeof token.account_id === 'string' && token.account_id !== '') return token.account_id;
-  const idToken = token.id_token;
-  if (typeof idToken !== 'string') return null;
-  const payload = idToken.split('.')[1];
-  if (payload === undefined) return null;
-  try {
-    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as Record<string, unknown>;
-    const auth = claims['https://api.openai.com/auth'] as Record<string, unknown> | undefined;
-    const id = auth?.chatgpt_account_id;
-    return typeof id === 'string' && /^[\x21-\x7e]{1,256}$/.test(id) ? id : null;
-  } catch {
-    return null;
-  }
+  return typeof token.id_token === 'string' ? chatgptAccountId(token.id_token) : null;
 }
 
 /**

@@ -1,3 +1,4 @@
+import { unverifiedClaims } from '../oauth/jwt.js';
 import type { OAuthToken } from '../store/types.js';
 
 const MAX_ACCOUNT_CHARS = 256;
@@ -12,16 +13,9 @@ const MAX_ACCOUNT_CHARS = 256;
 export function accountOf(token: OAuthToken): string | null {
   const idToken = token.id_token;
   if (typeof idToken !== 'string') return null;
-  const parts = idToken.split('.');
-  if (parts.length !== 3 || parts[1]!.length > 64 * 1024) return null;
-  let claims: unknown;
-  try {
-    claims = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString('utf8'));
-  } catch {
-    return null;
-  }
-  if (typeof claims !== 'object' || claims === null) return null;
-  const { email, sub } = claims as Record<string, unknown>;
+  const claims = unverifiedClaims(idToken);
+  if (claims === null) return null;
+  const { email, sub } = claims;
   const value = typeof email === 'string' && email !== '' ? email : typeof sub === 'string' && sub !== '' ? `sub:${sub}` : null;
   if (value === null) return null;
   // It ends up on a terminal: no control characters, bounded length.

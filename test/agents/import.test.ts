@@ -1,3 +1,4 @@
+import { unverifiedClaims } from '../../src/oauth/jwt.js';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -9,7 +10,6 @@ import { codexImporter } from '../../src/agents/import/codex.js';
 import {
   MAX_CREDENTIAL_FILE_BYTES,
   isPlaceholder,
-  jwtClaims,
   moveRefusal,
   readCredentialFile,
   replaceCredentialFile,
@@ -153,7 +153,7 @@ describe('Codex auth.json', () => {
     expect(ph.tokens.access_token).toBe('credproxy-moved:codex');
     expect(ph.tokens.refresh_token).toBe('credproxy-moved:codex');
     expect(ph.tokens.account_id).toBe('acct-field');
-    expect(jwtClaims(ph.tokens.id_token)).toEqual({ credproxy: 'credproxy-moved:codex' });
+    expect(unverifiedClaims(ph.tokens.id_token)).toEqual({ credproxy: 'credproxy-moved:codex' });
     expect(ph.OPENAI_API_KEY).toBe('credproxy-moved:openai');
     expect(ph.last_refresh).toBe('2026-12-01T10:00:00Z');
     expect(mapError(codexImporter, ph).message).toMatch(/already moved into credproxy/);

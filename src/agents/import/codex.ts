@@ -1,5 +1,6 @@
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { chatgptAccountId, unverifiedClaims } from '../../oauth/jwt.js';
 import type { OAuthToken } from '../../store/types.js';
 import {
   FieldReader,
@@ -7,7 +8,6 @@ import {
   formatError,
   isPlaceholder,
   isRecord,
-  jwtClaims,
   placeholderJwt,
   placeholderText,
   placeholderValue,
@@ -35,18 +35,12 @@ import {
 const TOOL = 'Codex';
 const PROVIDER = 'codex';
 export const CODEX_API_KEY_NAME = 'openai';
-const AUTH_CLAIM = 'https://api.openai.com/auth';
 
 export function codexAuthPath(env: NodeJS.ProcessEnv): string {
   const dir = env.CODEX_HOME !== undefined && env.CODEX_HOME !== '' ? env.CODEX_HOME : join(env.HOME || homedir(), '.codex');
   return join(dir, 'auth.json');
 }
 
-function accountFromIdToken(idToken: string): string | undefined {
-  const auth = jwtClaims(idToken)?.[AUTH_CLAIM];
-  const id = isRecord(auth) ? auth.chatgpt_account_id : undefined;
-  return typeof id === 'string' && /^[\x21-\x7e]{1,256}$/.test(id) ? id : undefined;
-}
 
 export const codexImporter: AgentImporter = {
   agent: 'codex',
@@ -74,8 +68,8 @@ export const codexImporter: AgentImporter = {
       const idToken = f.string(tokens, 'id_token', 'tokens.id_token');
       const accessToken = f.string(tokens, 'access_token', 'tokens.access_token');
       const refreshToken = f.string(tokens, 'refresh_token', 'tokens.refresh_token');
-      const accountId = f.optionalString(tokens, 'account_id', 'tokens.account_id') ?? accountFromIdToken(idToken);
-      const exp = jwtClaims(accessToken)?.exp;
+      const accountId = f.optionalString(tokens, 'account_id', 'tokens.account_id') ?? chatgptAccountId(idToken);
+      const exp = unverifiedClaims(accessToken)?.exp;
       let expiry: number;
       if (typeof exp === 'number' && Number.isFinite(exp) && exp >= 0) {
         expiry = Math.floor(exp);

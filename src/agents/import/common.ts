@@ -3,6 +3,7 @@ import { constants as fsc } from 'node:fs';
 import { access, lstat, open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { CredproxyError } from '../../errors.js';
+import { unsignedJwt } from '../../oauth/jwt.js';
 import type { OAuthToken } from '../../store/types.js';
 
 /**
@@ -107,26 +108,9 @@ export function msToExpiry(ms: number): number {
   return Math.floor(ms / 1000);
 }
 
-/**
- * The claims of a JWT, read without verifying it (the tool got it from its
- * provider's token endpoint; we only read `exp` and an account id). null
- * when the value is not a JWT with a JSON object payload.
- */
-export function jwtClaims(value: string): Record<string, unknown> | null {
-  const parts = value.split('.');
-  if (parts.length !== 3 || parts[1]!.length === 0 || parts[1]!.length > 64 * 1024) return null;
-  try {
-    const claims: unknown = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString('utf8'));
-    return isRecord(claims) ? claims : null;
-  } catch {
-    return null;
-  }
-}
-
 /** An unsigned, secret-free JWT, for formats whose readers insist on parsing one. */
 export function placeholderJwt(claims: Record<string, unknown>): string {
-  const part = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url');
-  return `${part({ alg: 'none', typ: 'JWT' })}.${part(claims)}.${Buffer.from(PLACEHOLDER_PREFIX).toString('base64url')}`;
+  return unsignedJwt(claims, Buffer.from(PLACEHOLDER_PREFIX).toString('base64url'));
 }
 
 /** JSON text for a placeholder file, in the style the tools write. */
