@@ -176,12 +176,12 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
       server?.recordLogin(event);
     },
   });
+  // A relative socket path given by the caller lands in the run's socket directory.
+  const placed = (where: GatewayListen[]): GatewayListen[] => where.map((w) => ('path' in w && !w.path.startsWith('/') ? { path: join(ownDir ?? flags.socketDir ?? host.dirs.run, w.path) } : w));
+  const rotation = config.audit ? { rotation: { ...config.audit } } : {};
   let gateway: RunningGateway | undefined;
   if (flags.gateway) {
-    const dir = ownDir ?? flags.socketDir;
-    const listen = (options.gateway?.listen ?? [{ host: '127.0.0.1', port: 0 }]).map((w) =>
-      'path' in w && !w.path.startsWith('/') ? { path: join(dir ?? host.dirs.run, w.path) } : w,
-    );
+    const listen = placed(options.gateway?.listen ?? [{ host: '127.0.0.1', port: 0 }]);
     try {
       // Loaded only when asked for: a plain serve/run does not pay for the HTTP stack at startup.
       const { startGateway } = await import('../gateway/index.js');
@@ -195,6 +195,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
         stateDir: ensurePrivateDir(host.dirs.state),
         listen,
         exposeOnSocket: Boolean(flags.gatewayExposeTokens),
+        ...rotation,
       });
     } catch (err) {
       if (ownDir) removeSocketDir(ownDir);
@@ -204,11 +205,9 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
   }
   let egress: RunningEgress | undefined;
   if (options.egress) {
-    const dir = ownDir ?? flags.socketDir ?? host.dirs.run;
-    const listen = options.egress.listen.map((w) => ('path' in w && !w.path.startsWith('/') ? { path: join(dir, w.path) } : w));
     try {
       const { startEgress } = await import('../egress/index.js');
-      egress = await startEgress({ rules: options.egress.rules, logger, stateDir: ensurePrivateDir(host.dirs.state), listen, ...(config.audit ? { rotation: { ...config.audit } } : {}) });
+      egress = await startEgress({ rules: options.egress.rules, logger, stateDir: ensurePrivateDir(host.dirs.state), listen: placed(options.egress.listen), ...rotation });
     } catch (err) {
       await gateway?.stop();
       if (ownDir) removeSocketDir(ownDir);
@@ -225,7 +224,7 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
     peerCheck: flags.peerCheck ? 'required' : 'off',
     allowRoot: Boolean(flags.allowRoot),
     auditPath: join(ensurePrivateDir(host.dirs.state), 'audit.jsonl'),
-    ...(config.audit ? { auditRotation: { ...config.audit } } : {}),
+    ...(rotation.rotation ? { auditRotation: rotation.rotation } : {}),
     ...idleTimeoutFromEnv(ctx.io.env),
     logger,
     login,

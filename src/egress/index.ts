@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { AuditLog } from '../server/audit.js';
+import { listenAll } from '../server/http-listener.js';
 import type { AuditRotation } from '../server/audit-rotate.js';
 import { EGRESS_AUDIT_FILE, type EgressAuditEntry } from './audit.js';
 import type { HostRule } from './hosts.js';
@@ -33,21 +34,5 @@ export async function startEgress(o: StartEgressOptions): Promise<RunningEgress>
   const audit = new AuditLog<EgressAuditEntry>({ path: join(o.stateDir, EGRESS_AUDIT_FILE), logger: o.logger, ...(o.rotation ? { rotation: o.rotation } : {}) });
   await audit.open();
   const proxy = new EgressProxy({ ...o.tuning, rules: o.rules, logger: o.logger, audit });
-  const addresses: string[] = [];
-  try {
-    for (const where of o.listen) addresses.push(await proxy.listen(where));
-  } catch (err) {
-    await proxy.stop();
-    await audit.close();
-    throw err;
-  }
-  let stopped: Promise<void> | undefined;
-  return {
-    proxy,
-    addresses,
-    stop() {
-      stopped ??= proxy.stop().finally(() => audit.close());
-      return stopped;
-    },
-  };
+  return { proxy, ...(await listenAll(proxy, audit, o.listen)) };
 }

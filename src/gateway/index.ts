@@ -3,9 +3,11 @@ import type { CredproxyConfig } from '../config.js';
 import type { Logger } from '../log.js';
 import type { CredentialService } from '../refresh/types.js';
 import { AuditLog } from '../server/audit.js';
+import type { AuditRotation } from '../server/audit-rotate.js';
+import { listenAll } from '../server/http-listener.js';
 import type { Policy } from '../server/policy.js';
 import type { KeyStore } from '../store/types.js';
-import type { GatewayAuditEntry } from './audit.js';
+import type { GatewayAuditEntry, GatewayRefusedEntry } from './audit.js';
 import { buildRoutes, type Route } from './routes.js';
 import { GatewayServer, type GatewayListen } from './server.js';
 
@@ -26,6 +28,8 @@ export interface StartGatewayOptions {
   listen: GatewayListen[];
   /** Leave get_token/refresh_token/get_api_key open on the socket for gateway-served credentials. */
   exposeOnSocket: boolean;
+  /** The audit file's size cap and retention (config.json `audit`, shared with the other audit files). */
+  rotation?: Partial<AuditRotation>;
 }
 
 export interface RunningGateway {
@@ -46,25 +50,8 @@ export async function startGateway(o: StartGatewayOptions): Promise<RunningGatew
   const table = buildRoutes({ policy: o.policy, config: o.config, storedKeys });
   for (const why of table.skipped) o.logger.warn({ reason: why }, 'gateway: no route for an allowed credential');
   if (!o.exposeOnSocket) o.policy.reserveForGateway(table.providers, table.keys);
-  const audit = new AuditLog<GatewayAuditEntry>({ path: join(o.stateDir, GATEWAY_AUDIT_FILE), logger: o.logger });
+  const audit = new AuditLog<GatewayAuditEntry | GatewayRefusedEntry>({ path: join(o.stateDir, GATEWAY_AUDIT_FILE), logger: o.logger, ...(o.rotation ? { rotation: o.rotation } : {}) });
   await audit.open();
   const server = new GatewayServer({ routes: table.routes, placeholder: o.placeholder, credentials: o.credentials, keys: o.keys, logger: o.logger, audit });
-  const addresses: string[] = [];
-  try {
-    for (const where of o.listen) addresses.push(await server.listen(where));
-  } catch (err) {
-    await server.stop();
-    await audit.close();
-    throw err;
-  }
-  let stopped: Promise<void> | undefined;
-  return {
-    server,
-    addresses,
-    routes: table.routes,
-    stop() {
-      stopped ??= server.stop().finally(() => audit.close());
-      return stopped;
-    },
-  };
+  return { server, routes: table.routes, ...(await listenAll(server, audit, o.listen)) };
 }

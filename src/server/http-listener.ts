@@ -41,3 +41,29 @@ export async function listenForHttp(where: ListenAt, o: HttpListenerOptions): Pr
   const addr = server.address() as AddressInfo;
   return { server, address: `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}` };
 }
+
+/** What listenAll drives: the gateway and the egress proxy. */
+export interface HttpFront {
+  listen(where: ListenAt): Promise<string>;
+  stop(): Promise<void>;
+}
+
+/**
+ * Start `front` on every address, with its (opened) audit log: on a failure
+ * nothing is left running. `stop()` stops it once, then closes the log.
+ */
+export async function listenAll(front: HttpFront, audit: { close(): Promise<void> }, where: readonly ListenAt[]): Promise<{ addresses: string[]; stop(): Promise<void> }> {
+  const addresses: string[] = [];
+  try {
+    for (const w of where) addresses.push(await front.listen(w));
+  } catch (err) {
+    await front.stop();
+    await audit.close();
+    throw err;
+  }
+  let stopped: Promise<void> | undefined;
+  return {
+    addresses,
+    stop: () => (stopped ??= front.stop().finally(() => audit.close())),
+  };
+}
