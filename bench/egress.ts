@@ -10,15 +10,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-
-export interface EgressRow {
-  figure: string;
-  value: string;
-  reference: string;
-  ratio: number | null;
-  target: string;
-  ok: boolean | null;
-}
+import { median, type Row } from './stats.js';
 
 const BIN = fileURLToPath(new URL('../bin/credproxy', import.meta.url));
 const SOURCE = fileURLToPath(new URL('./egress-source.mjs', import.meta.url));
@@ -28,11 +20,6 @@ const BYTES = 128 * 2 ** 20;
 const ROUNDS_PER_RUN = 3;
 const ALTERNATIONS = 3;
 
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
-
 function client(argv: string[], env: NodeJS.ProcessEnv, cwd: string): number[] {
   const r = spawnSync(argv[0]!, argv.slice(1), { env, cwd, encoding: 'utf8', timeout: 300_000 });
   const line = r.stdout.split('\n').find((l) => l.startsWith('{'));
@@ -40,7 +27,7 @@ function client(argv: string[], env: NodeJS.ProcessEnv, cwd: string): number[] {
   return (JSON.parse(line) as { mibPerSec: number[] }).mibPerSec;
 }
 
-export async function egressBench(): Promise<EgressRow[]> {
+export async function egressBench(): Promise<Row[]> {
   const source: ChildProcess = spawn(process.execPath, [SOURCE, OUTSIDE], { stdio: ['ignore', 'pipe', 'inherit'] });
   const home = mkdtempSync('/tmp/cp-benche-');
   try {

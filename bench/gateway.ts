@@ -2,36 +2,18 @@
 // same fake HTTPS API called directly, in the same run. Client (this
 // process), gateway (`serve --gateway`) and fake API are three processes.
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { createTestCa } from '../test/support/test-ca.js';
-
-export interface GatewayRow {
-  figure: string;
-  value: string;
-  reference: string;
-  ratio: number | null;
-  target: string;
-  ok: boolean | null;
-}
+import { percentile, rssMiB, sleep, type Row } from './stats.js';
 
 const BIN = fileURLToPath(new URL('../bin/credproxy', import.meta.url));
 const PLACEHOLDER_HEADER = 'authorization';
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
-
-function rssMiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return Number(m![1]) / 1024;
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface Target {
   base: string;
@@ -61,7 +43,7 @@ function timed(t: Target, path: string, onChunk?: (n: number) => void): Promise<
   });
 }
 
-export async function gatewayBench(): Promise<GatewayRow[]> {
+export async function gatewayBench(): Promise<Row[]> {
   const ca = createTestCa();
   // The fake API runs in a process of its own: client, gateway and API each get their own event loop.
   const fakeProc = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./fake-upstream-process.ts', import.meta.url)), ca.dir], { stdio: ['pipe', 'pipe', 'inherit'] });
@@ -95,7 +77,7 @@ export async function gatewayBench(): Promise<GatewayRow[]> {
   });
   const direct: Target = { base: fake.url, agent: new https.Agent({ keepAlive: true, ca: ca.caPem, maxSockets: 200 }), headers: { [PLACEHOLDER_HEADER]: `Bearer ${token}` } };
   const viaGateway: Target = { base: `${vars.CREDPROXY_GATEWAY_URL}/anthropic`, agent: new http.Agent({ keepAlive: true, maxSockets: 200 }), headers: { [PLACEHOLDER_HEADER]: `Bearer ${vars.CREDPROXY_TOKEN}` } };
-  const rows: GatewayRow[] = [];
+  const rows: Row[] = [];
   try {
     // Added latency: small requests, alternating direct and gateway, after a warm-up.
     for (let i = 0; i < 200; i++) {

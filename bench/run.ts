@@ -13,6 +13,7 @@ import { NATIVE_CLIENT_ID, OidcTestServer, type TokenSet } from '../test/support
 import { encodeFrame, FrameDecoder, parsePayload } from '../src/protocol/frame.js';
 import { FrameClient } from './frame-client.js';
 import { gatewayBench } from './gateway.js';
+import { median, percentile, rssMiB, sleep, type Row } from './stats.js';
 import { egressBench } from './egress.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -24,26 +25,8 @@ const onlyArg = process.argv.find((a) => a.startsWith('--only='));
 const only = new Set<string>(onlyArg ? onlyArg.slice('--only='.length).split(',') : SECTIONS);
 for (const s of only) if (!(SECTIONS as readonly string[]).includes(s)) throw new Error(`unknown section ${s} (use ${SECTIONS.join(', ')})`);
 
-interface Row {
-  figure: string;
-  value: string;
-  reference: string;
-  ratio: number | null;
-  target: string;
-  ok: boolean | null;
-}
-
 const report = (figure: string, value: string, reference = ''): Row => ({ figure, value, reference, ratio: null, target: 'report', ok: null });
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
-
-function median(values: number[]): number {
-  return percentile([...values].sort((a, b) => a - b), 50);
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const nowSeconds = (): number => Math.floor(Date.now() / 1000);
 
 function waitForLine(child: ChildProcess, pattern: RegExp): Promise<string> {
@@ -107,11 +90,6 @@ function cpuMs(pid: number): number {
   const ticks = Number(fields[11]) + Number(fields[12]);
   const hz = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
   return (ticks * 1000) / hz;
-}
-
-function rssMiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return Number(m![1]) / 1024;
 }
 
 function benchEnv(home: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
