@@ -1,9 +1,9 @@
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FakeUpstream } from '../support/fake-upstream.js';
-import { makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
-import { createTestCa, type TestCa } from '../support/test-ca.js';
+import { startAgentHost, type AgentHost } from '../support/agent-run.js';
+import type { FakeUpstream } from '../support/fake-upstream.js';
+import { runCli, type HostEnv } from '../support/cli.js';
 import { AGENTS_BIN, checkRun, EGRESS_PROBE, egressAudit, requireInstalled, sweepScript, type AgentRun } from './agent-run.js';
 
 /** The real Codex CLI (installed by scripts/agents-install): `codex exec` one-shot, inside `run --agent codex`. */
@@ -13,35 +13,18 @@ const KEY = `sk-proj-canary-${process.pid}-c3a7e1`;
 const b64 = (o: object): string => Buffer.from(JSON.stringify(o)).toString('base64url');
 const ID_TOKEN = `${b64({ alg: 'RS256' })}.${b64({ email: 'u@example.com', 'https://api.openai.com/auth': { chatgpt_account_id: ACCOUNT, chatgpt_plan_type: 'plus' } })}.sig-canary-${process.pid}`;
 
-let ca: TestCa;
+let agentHost: AgentHost;
 let fake: FakeUpstream;
 let host: HostEnv;
 
 beforeAll(async () => {
   requireInstalled([join(AGENTS_BIN, 'codex')]);
-  ca = createTestCa();
-  fake = await FakeUpstream.start(ca);
-  host = makeHostEnv({ NODE_EXTRA_CA_CERTS: ca.caPath, PATH: `${AGENTS_BIN}:${process.env.PATH}` });
-  mkdirSync(join(host.home, 'config'), { recursive: true, mode: 0o700 });
-  writeFileSync(
-    join(host.home, 'config', 'config.json'),
-    JSON.stringify({ providers: { codex: { api_base: fake.url } }, keys: { openai: { route: { api_base: fake.url, header: 'authorization' } } } }),
-  );
-  const t = await runCli(['token', 'import', 'codex'], { env: host.env, input: JSON.stringify({ access_token: TOKEN, id_token: ID_TOKEN, expiry: Math.floor(Date.now() / 1000) + 3600 }) });
-  expect(t.code, t.stderr).toBe(0);
-  const k = await runCli(['key', 'set', 'openai'], { env: host.env, input: `${KEY}\n` });
-  expect(k.code, k.stderr).toBe(0);
+  agentHost = await startAgentHost({ binDir: AGENTS_BIN, config: (url) => ({ providers: { codex: { api_base: url } }, keys: { openai: { route: { api_base: url, header: 'authorization' } } } }), tokens: { codex: { access_token: TOKEN, id_token: ID_TOKEN, expiry: Math.floor(Date.now() / 1000) + 3600 } }, keys: { openai: KEY } });
+  ({ fake, host } = agentHost);
 });
 
 afterAll(async () => {
-  await fake?.close();
-  ca?.remove();
-  const auditPath = join(host.home, 'state', 'gateway-audit.jsonl');
-  const audit = existsSync(auditPath) ? readFileSync(auditPath, 'utf8') : '';
-  expect(audit).toContain('"route":"codex"');
-  expect(audit).toContain('"route":"keys/openai"');
-  for (const secret of [TOKEN, KEY, ACCOUNT, ID_TOKEN]) expect(audit).not.toContain(secret);
-  host?.cleanup();
+  await agentHost?.close(['codex', 'keys/openai'], [TOKEN, KEY, ACCOUNT, ID_TOKEN]);
 });
 
 async function codex(policy: string[]): Promise<AgentRun> {

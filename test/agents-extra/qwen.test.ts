@@ -1,10 +1,9 @@
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FakeUpstream } from '../support/fake-upstream.js';
-import { makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
-import { createTestCa, type TestCa } from '../support/test-ca.js';
-import { dirname } from 'node:path';
+import { startAgentHost, type AgentHost } from '../support/agent-run.js';
+import type { FakeUpstream } from '../support/fake-upstream.js';
+import { runCli, type HostEnv } from '../support/cli.js';
 import { AGENTS_BIN, checkRun, EGRESS_PROBE, egressAudit, NODE22, requireInstalled, sweepScript, type AgentRun } from './agent-run.js';
 
 /**
@@ -24,35 +23,18 @@ import { AGENTS_BIN, checkRun, EGRESS_PROBE, egressAudit, NODE22, requireInstall
 const QWEN_KEY = `sk-dashscope-canary-${process.pid}-81f0`;
 const OPENAI_KEY = `sk-proj-canary-${process.pid}-9d2e4a`;
 
-let ca: TestCa;
+let agentHost: AgentHost;
 let fake: FakeUpstream;
 let host: HostEnv;
 
 beforeAll(async () => {
   requireInstalled([join(AGENTS_BIN, 'qwen'), NODE22]);
-  ca = createTestCa();
-  fake = await FakeUpstream.start(ca);
-  host = makeHostEnv({ NODE_EXTRA_CA_CERTS: ca.caPath, PATH: `${AGENTS_BIN}:${process.env.PATH}` });
-  mkdirSync(join(host.home, 'config'), { recursive: true, mode: 0o700 });
-  writeFileSync(
-    join(host.home, 'config', 'config.json'),
-    JSON.stringify({ keys: { qwen: { route: { api_base: `${fake.url}/compatible-mode/v1`, header: 'authorization' } }, openai: { route: { api_base: `${fake.url}/v1`, header: 'authorization' } } } }),
-  );
-  for (const [name, value] of [['qwen', QWEN_KEY], ['openai', OPENAI_KEY]]) {
-    const k = await runCli(['key', 'set', name!], { env: host.env, input: `${value}\n` });
-    expect(k.code, k.stderr).toBe(0);
-  }
+  agentHost = await startAgentHost({ binDir: AGENTS_BIN, config: (url) => ({ keys: { qwen: { route: { api_base: `${url}/compatible-mode/v1`, header: 'authorization' } }, openai: { route: { api_base: `${url}/v1`, header: 'authorization' } } } }), keys: { qwen: QWEN_KEY, openai: OPENAI_KEY } });
+  ({ fake, host } = agentHost);
 });
 
 afterAll(async () => {
-  await fake?.close();
-  ca?.remove();
-  const auditPath = join(host.home, 'state', 'gateway-audit.jsonl');
-  const audit = existsSync(auditPath) ? readFileSync(auditPath, 'utf8') : '';
-  expect(audit).toContain('"route":"keys/qwen"');
-  expect(audit).toContain('"route":"keys/openai"');
-  for (const secret of [QWEN_KEY, OPENAI_KEY]) expect(audit).not.toContain(secret);
-  host?.cleanup();
+  await agentHost?.close(['keys/qwen', 'keys/openai'], [QWEN_KEY, OPENAI_KEY]);
 });
 
 /**

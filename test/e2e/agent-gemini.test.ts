@@ -1,42 +1,28 @@
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkGatewayAudit, checkRun, sweepScript, type AgentRun } from '../support/agent-run.js';
-import { FakeUpstream } from '../support/fake-upstream.js';
-import { makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
-import { createTestCa, type TestCa } from '../support/test-ca.js';
+import { checkRun, startAgentHost, sweepScript, type AgentHost, type AgentRun } from '../support/agent-run.js';
+import type { FakeUpstream } from '../support/fake-upstream.js';
+import { runCli, type HostEnv } from '../support/cli.js';
 
 /** The real Gemini CLI (a devDependency pinned to an exact version that runs on Node 20). */
 const BIN_DIR = fileURLToPath(new URL('../../node_modules/.bin', import.meta.url));
 const TOKEN = `ya29.canary-gemini-${process.pid}-7d1e4c2b9a`;
 const KEY = `AIzaSy-canary-${process.pid}-0f3b6e`;
 
-let ca: TestCa;
+let agentHost: AgentHost;
 let fake: FakeUpstream;
 let host: HostEnv;
 
 beforeAll(async () => {
   expect(existsSync(join(BIN_DIR, 'gemini')), 'npm ci installs @google/gemini-cli').toBe(true);
-  ca = createTestCa();
-  fake = await FakeUpstream.start(ca);
-  host = makeHostEnv({ NODE_EXTRA_CA_CERTS: ca.caPath, PATH: `${BIN_DIR}:${process.env.PATH}` });
-  mkdirSync(join(host.home, 'config'), { recursive: true, mode: 0o700 });
-  writeFileSync(
-    join(host.home, 'config', 'config.json'),
-    JSON.stringify({ providers: { gemini: { api_base: fake.url } }, keys: { gemini: { route: { api_base: fake.url, header: 'x-goog-api-key' } } } }),
-  );
-  const t = await runCli(['token', 'import', 'gemini'], { env: host.env, input: JSON.stringify({ access_token: TOKEN, expiry: Math.floor(Date.now() / 1000) + 3600 }) });
-  expect(t.code, t.stderr).toBe(0);
-  const k = await runCli(['key', 'set', 'gemini'], { env: host.env, input: `${KEY}\n` });
-  expect(k.code, k.stderr).toBe(0);
+  agentHost = await startAgentHost({ binDir: BIN_DIR, config: (url) => ({ providers: { gemini: { api_base: url } }, keys: { gemini: { route: { api_base: url, header: 'x-goog-api-key' } } } }), tokens: { gemini: { access_token: TOKEN, expiry: Math.floor(Date.now() / 1000) + 3600 } }, keys: { gemini: KEY } });
+  ({ fake, host } = agentHost);
 });
 
 afterAll(async () => {
-  await fake?.close();
-  ca?.remove();
-  checkGatewayAudit(host.home, ['gemini', 'keys/gemini'], [TOKEN, KEY]);
-  host?.cleanup();
+  await agentHost?.close(['gemini', 'keys/gemini'], [TOKEN, KEY]);
 });
 
 /**

@@ -1,39 +1,28 @@
-import { chmodSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FakeUpstream } from '../support/fake-upstream.js';
-import { checkGatewayAudit } from '../support/agent-run.js';
-import { makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
-import { createTestCa, type TestCa } from '../support/test-ca.js';
+import { startAgentHost, type AgentHost } from '../support/agent-run.js';
+import type { FakeUpstream } from '../support/fake-upstream.js';
+import { runCli, type HostEnv } from '../support/cli.js';
 
 /** The real Claude Code CLI (a devDependency; its native binary comes with the platform package). */
 const CLAUDE_BIN_DIR = fileURLToPath(new URL('../../node_modules/.bin', import.meta.url));
 const TOKEN = `sk-ant-oat01-canary-${process.pid}-4b7e0c9d1a`;
 const KEY = `sk-ant-api03-canary-${process.pid}-e2c81f`;
 
-let ca: TestCa;
+let agentHost: AgentHost;
 let fake: FakeUpstream;
 let host: HostEnv;
 
 beforeAll(async () => {
   expect(existsSync(join(CLAUDE_BIN_DIR, 'claude')), 'npm ci installs @anthropic-ai/claude-code').toBe(true);
-  ca = createTestCa();
-  fake = await FakeUpstream.start(ca);
-  host = makeHostEnv({ NODE_EXTRA_CA_CERTS: ca.caPath, PATH: `${CLAUDE_BIN_DIR}:${process.env.PATH}` });
-  mkdirSync(join(host.home, 'config'), { recursive: true, mode: 0o700 });
-  writeFileSync(join(host.home, 'config', 'config.json'), JSON.stringify({ providers: { anthropic: { api_base: fake.url } }, keys: { anthropic: { route: { api_base: fake.url } } } }));
-  const t = await runCli(['token', 'import', 'anthropic'], { env: host.env, input: JSON.stringify({ access_token: TOKEN, expiry: Math.floor(Date.now() / 1000) + 3600 }) });
-  expect(t.code, t.stderr).toBe(0);
-  const k = await runCli(['key', 'set', 'anthropic'], { env: host.env, input: `${KEY}\n` });
-  expect(k.code, k.stderr).toBe(0);
+  agentHost = await startAgentHost({ binDir: CLAUDE_BIN_DIR, config: (url) => ({ providers: { anthropic: { api_base: url } }, keys: { anthropic: { route: { api_base: url } } } }), tokens: { anthropic: { access_token: TOKEN, expiry: Math.floor(Date.now() / 1000) + 3600 } }, keys: { anthropic: KEY } });
+  ({ fake, host } = agentHost);
 });
 
 afterAll(async () => {
-  await fake?.close();
-  ca?.remove();
-  checkGatewayAudit(host.home, ['anthropic', 'keys/anthropic'], [TOKEN, KEY]);
-  host?.cleanup();
+  await agentHost?.close(['anthropic', 'keys/anthropic'], [TOKEN, KEY]);
 });
 
 async function claude(policy: string[]): Promise<{ stdout: string; placeholderSeen: boolean; requests: typeof fake.requests }> {

@@ -1,8 +1,9 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'vitest';
-import type { CliResult } from './cli.js';
-import type { FakeUpstream, SeenRequest } from './fake-upstream.js';
+import { makeHostEnv, runCli, type CliResult, type HostEnv } from './cli.js';
+import { FakeUpstream, type SeenRequest } from './fake-upstream.js';
+import { createTestCa, type TestCa } from './test-ca.js';
 
 /**
  * What the real-agent end-to-end tests share (Gemini CLI in the suite; Codex
@@ -67,4 +68,45 @@ export function checkGatewayAudit(home: string, routes: string[], secrets: strin
   const audit = existsSync(path) ? readFileSync(path, 'utf8') : '';
   for (const route of routes) expect(audit).toContain(`"route":"${route}"`);
   for (const secret of secrets) expect(audit).not.toContain(secret);
+}
+
+export interface AgentHost {
+  ca: TestCa;
+  fake: FakeUpstream;
+  host: HostEnv;
+  /** Close the fake API, remove the CA, check the gateway audit (routes used, no secret), remove the home. */
+  close(routes: string[], secrets: string[]): Promise<void>;
+}
+
+/**
+ * The host side of a real-agent test: the fake API behind a throwaway CA
+ * that only the host trusts (NODE_EXTRA_CA_CERTS), a home with the agent's
+ * directory first on PATH, config.json built from the fake's URL, and the
+ * credentials stored through the real CLI (`token import`, `key set`).
+ */
+export async function startAgentHost(o: { binDir: string; config: (fakeUrl: string) => object; tokens?: Record<string, object>; keys?: Record<string, string> }): Promise<AgentHost> {
+  const ca = createTestCa();
+  const fake = await FakeUpstream.start(ca);
+  const host = makeHostEnv({ NODE_EXTRA_CA_CERTS: ca.caPath, PATH: `${o.binDir}:${process.env.PATH}` });
+  mkdirSync(join(host.home, 'config'), { recursive: true, mode: 0o700 });
+  writeFileSync(join(host.home, 'config', 'config.json'), JSON.stringify(o.config(fake.url)));
+  for (const [provider, token] of Object.entries(o.tokens ?? {})) {
+    const t = await runCli(['token', 'import', provider], { env: host.env, input: JSON.stringify(token) });
+    expect(t.code, t.stderr).toBe(0);
+  }
+  for (const [name, value] of Object.entries(o.keys ?? {})) {
+    const k = await runCli(['key', 'set', name], { env: host.env, input: `${value}\n` });
+    expect(k.code, k.stderr).toBe(0);
+  }
+  return {
+    ca,
+    fake,
+    host,
+    async close(routes, secrets) {
+      await fake.close();
+      ca.remove();
+      checkGatewayAudit(host.home, routes, secrets);
+      host.cleanup();
+    },
+  };
 }
