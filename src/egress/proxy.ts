@@ -4,7 +4,7 @@ import net, { type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { splice } from '../gateway/relay.js';
 import type { Logger } from '../log.js';
-import { listenForHttp, type ListenAt } from '../server/http-listener.js';
+import { HttpListeners, type ListenAt } from '../server/http-listener.js';
 import { canonicalIp, classifyAddress, type AddressClass } from './address.js';
 import { EgressRefusals, type EgressAuditSink, type EgressConnectionEntry, type EgressRefusal } from './audit.js';
 import { AuthorityError, literallyAllowed, matchHost, parseAuthority, suggestFlag, type HostRule, type RequestHost } from './hosts.js';
@@ -94,8 +94,7 @@ const systemLookup: LookupFn = (name) => dnsLookup(name, { all: true, verbatim: 
 export class EgressProxy {
   private readonly o: EgressProxyOptions;
   private readonly http: http.Server;
-  private readonly listeners: net.Server[] = [];
-  private readonly sockets = new Set<Socket>();
+  private readonly listeners: HttpListeners;
   /** Upstream connections open now: stop() ends them too, and waits for their audit lines. */
   private readonly upstreams = new Map<Socket, Promise<void>>();
   private readonly lookupLimiter: Limiter;
@@ -114,6 +113,11 @@ export class EgressProxy {
     this.lookupTimeoutMs = options.lookupTimeoutMs ?? 5_000;
     this.lookupLimiter = new Limiter(options.lookupConcurrency ?? 2, options.lookupQueue ?? 128);
     this.refusals = new EgressRefusals(options.audit);
+    this.listeners = new HttpListeners({
+      maxConnections: options.maxConnections ?? 256,
+      onForeignPeer: () => this.refusals.note('foreign_peer', '-'),
+      onConnection: (socket) => this.accept(socket),
+    });
     const headersTimeout = options.headersTimeoutMs ?? 10_000;
     this.headersTimeoutMs = headersTimeout;
     this.http = http.createServer(
@@ -138,35 +142,27 @@ export class EgressProxy {
   }
 
   /** Accept connections on a TCP address or a Unix socket path; may be called more than once. */
-  async listen(where: EgressListen): Promise<string> {
-    const { server, address } = await listenForHttp(where, {
-      maxConnections: this.o.maxConnections ?? 256,
-      onForeignPeer: () => this.refusals.note('foreign_peer', '-'),
-      onConnection: (socket) => {
-        this.sockets.add(socket);
-        // One request per connection (answers say `connection: close`), so one deadline bounds its head:
-        // a slowloris client, trickling or silent, is closed when it runs out.
-        const deadline = setTimeout(() => {
-          this.refusals.note('bad_request', '-');
-          if (socket.writable) socket.end(rawResponse(408, 'credproxy egress: request head not received in time\n'));
-          socket.destroySoon();
-          setTimeout(() => socket.destroy(), 1000).unref();
-        }, this.headersTimeoutMs);
-        this.headDeadlines.set(socket, deadline);
-        socket.once('close', () => {
-          clearTimeout(deadline);
-          this.sockets.delete(socket);
-        });
-        this.http.emit('connection', socket);
-      },
-    });
-    this.listeners.push(server);
-    return address;
+  listen(where: EgressListen): Promise<string> {
+    return this.listeners.listen(where);
+  }
+
+  /** A connection the listeners let in: its request head gets a deadline, then the HTTP server has it. */
+  private accept(socket: Socket): void {
+    // One request per connection (answers say `connection: close`), so one deadline bounds its head:
+    // a slowloris client, trickling or silent, is closed when it runs out.
+    const deadline = setTimeout(() => {
+      this.refusals.note('bad_request', '-');
+      if (socket.writable) socket.end(rawResponse(408, 'credproxy egress: request head not received in time\n'));
+      socket.destroySoon();
+      setTimeout(() => socket.destroy(), 1000).unref();
+    }, this.headersTimeoutMs);
+    this.headDeadlines.set(socket, deadline);
+    socket.once('close', () => clearTimeout(deadline));
+    this.http.emit('connection', socket);
   }
 
   async stop(): Promise<void> {
-    const closed = Promise.all(this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-    for (const s of this.sockets) s.destroy();
+    const closed = this.listeners.close();
     const recorded = [...this.upstreams.values()];
     for (const u of this.upstreams.keys()) u.destroy();
     await closed;
@@ -177,7 +173,7 @@ export class EgressProxy {
 
   /** Connections open now (tests). */
   get openConnections(): number {
-    return this.sockets.size;
+    return this.listeners.connections;
   }
 
   /** Rule check, resolution and address check; the address to connect to, or Refused. */

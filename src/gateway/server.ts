@@ -1,12 +1,11 @@
 import http, { type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../log.js';
 import type { CredentialService } from '../refresh/types.js';
 import type { KeyStore } from '../store/types.js';
 import { auditPath, GatewayRefusals, REFUSAL_OUTCOMES, type GatewayAuditEntry, type GatewayAuditSink, type GatewayOutcome } from './audit.js';
-import { listenForHttp, type ListenAt } from '../server/http-listener.js';
+import { HttpListeners, type ListenAt } from '../server/http-listener.js';
 import { GatewayCredentials, GatewayError, type ResolvedCredential } from './credentials.js';
 import { downstreamHeaders, hasPlaceholder, upstreamHeaders } from './inject.js';
 import { KEY_ROUTE_PREFIX, rulesAllow, type Route } from './routes.js';
@@ -59,8 +58,7 @@ export class GatewayServer {
   private readonly creds: GatewayCredentials;
   private readonly upstream: Upstream;
   private readonly http: http.Server;
-  private readonly listeners: net.Server[] = [];
-  private readonly sockets = new Set<Socket>();
+  private readonly listeners: HttpListeners;
   private readonly refusals: GatewayRefusals;
 
   constructor(options: GatewayOptions) {
@@ -72,6 +70,12 @@ export class GatewayServer {
     // Larger stream buffers than Node's 16 KiB: a two-hop pipe with small ones stalls on every drain.
     this.http = http.createServer({ requestTimeout: 0, headersTimeout: 30_000, keepAliveTimeout: 5_000, highWaterMark: STREAM_HIGH_WATER_MARK }, (req, res) => this.handle(req, res));
     this.http.timeout = this.upstream.idleTimeoutMs;
+    this.listeners = new HttpListeners({
+      maxConnections: options.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+      highWaterMark: STREAM_HIGH_WATER_MARK,
+      onForeignPeer: () => this.refusals.note('foreign_peer', null),
+      onConnection: (socket) => this.http.emit('connection', socket),
+    });
     this.http.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       // A reset by the client is its own business; malformed or too slow HTTP is a refusal.
       if (err.code !== 'ECONNRESET') this.refusals.note('bad_request', null);
@@ -81,27 +85,13 @@ export class GatewayServer {
   }
 
   /** Accept connections on a TCP address or a Unix socket path; may be called more than once. */
-  async listen(where: GatewayListen): Promise<string> {
-    const { server, address } = await listenForHttp(where, {
-      maxConnections: this.o.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
-      highWaterMark: STREAM_HIGH_WATER_MARK,
-      onForeignPeer: () => this.refusals.note('foreign_peer', null),
-      onConnection: (socket) => {
-        this.sockets.add(socket);
-        socket.once('close', () => this.sockets.delete(socket));
-        this.http.emit('connection', socket);
-      },
-    });
-    this.listeners.push(server);
-    return address;
+  listen(where: GatewayListen): Promise<string> {
+    return this.listeners.listen(where);
   }
 
   /** Stop accepting, end every connection, drop upstream sockets. */
   async stop(): Promise<void> {
-    const closed = Promise.all(this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-    // close() waits for open connections: end them (idle keep-alive ones included) rather than wait.
-    for (const s of this.sockets) s.destroy();
-    await closed;
+    await this.listeners.close();
     this.upstream.close();
     this.refusals.flush();
   }

@@ -15,31 +15,54 @@ export interface HttpListenerOptions {
 }
 
 /**
- * The listener behind the gateway and the egress proxy: accepts on a Unix
- * socket path or a TCP address and hands each connection on. On TCP, where
- * any local user can connect, only our own uid's processes get through.
- * Resolves with the server and what clients use to reach it: the path, or
- * an http:// base URL.
+ * The listeners behind the gateway and the egress proxy: each accepts on a
+ * Unix socket path or a TCP address and hands its connections on. On TCP,
+ * where any local user can connect, only our own uid's processes get
+ * through. Every accepted connection is tracked, so close() can end them
+ * (idle keep-alive ones included) instead of waiting for them.
  */
-export async function listenForHttp(where: ListenAt, o: HttpListenerOptions): Promise<{ server: net.Server; address: string }> {
-  const tcp = !('path' in where);
-  const server = net.createServer({ noDelay: true, ...(o.highWaterMark === undefined ? {} : { highWaterMark: o.highWaterMark }) }, (socket) => {
-    if (tcp && isForeignLoopbackPeer(socket)) {
-      o.onForeignPeer();
-      socket.destroy();
-      return;
-    }
-    o.onConnection(socket);
-  });
-  server.maxConnections = o.maxConnections;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    if ('path' in where) server.listen(where.path, () => resolve());
-    else server.listen(where.port, where.host, () => resolve());
-  });
-  if ('path' in where) return { server, address: where.path };
-  const addr = server.address() as AddressInfo;
-  return { server, address: `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}` };
+export class HttpListeners {
+  private readonly servers: net.Server[] = [];
+  private readonly open = new Set<Socket>();
+
+  constructor(private readonly o: HttpListenerOptions) {}
+
+  /** Connections open now. */
+  get connections(): number {
+    return this.open.size;
+  }
+
+  /** Listen at `where`; resolves with what clients use to reach it: the path, or an http:// base URL. */
+  async listen(where: ListenAt): Promise<string> {
+    const tcp = !('path' in where);
+    const server = net.createServer({ noDelay: true, ...(this.o.highWaterMark === undefined ? {} : { highWaterMark: this.o.highWaterMark }) }, (socket) => {
+      if (tcp && isForeignLoopbackPeer(socket)) {
+        this.o.onForeignPeer();
+        socket.destroy();
+        return;
+      }
+      this.open.add(socket);
+      socket.once('close', () => this.open.delete(socket));
+      this.o.onConnection(socket);
+    });
+    server.maxConnections = this.o.maxConnections;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      if ('path' in where) server.listen(where.path, () => resolve());
+      else server.listen(where.port, where.host, () => resolve());
+    });
+    this.servers.push(server);
+    if ('path' in where) return where.path;
+    const addr = server.address() as AddressInfo;
+    return `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
+  }
+
+  /** Stop accepting and end every connection; the connections are destroyed before this returns its promise. */
+  close(): Promise<void> {
+    const closed = Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    for (const s of this.open) s.destroy();
+    return closed.then(() => undefined);
+  }
 }
 
 /** What listenAll drives: the gateway and the egress proxy. */
