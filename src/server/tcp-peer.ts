@@ -1,16 +1,142 @@
 import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { isIPv4, isIPv6, type Socket } from 'node:net';
 
 /**
  * The uid that owns the other end of a loopback TCP connection, the way
- * SO_PEERCRED answers it for a Unix socket. Linux lists every TCP socket in
- * /proc/net/tcp{,6} with its owner; the client's socket is the one whose
- * local address is our remote one and whose remote address is our local
- * one. null when it cannot be told: not Linux, not loopback, or the client
- * already gone.
+ * SO_PEERCRED answers it for a Unix socket. null when it cannot be told:
+ * not Linux, not loopback, or the client already gone.
+ *
+ * The kernel is asked for that one socket (sock_diag, what `ss` uses): the
+ * cost stays the same however many connections a flood leaves behind.
+ * Where the netlink call cannot be made, /proc/net/tcp is scanned instead.
  */
-export function loopbackPeerUid(socket: Socket, read: (path: string) => string = (p) => readFileSync(p, 'utf8')): number | null {
+export function loopbackPeerUid(socket: Socket): number | null {
   if (process.platform !== 'linux') return null;
+  const diag = sockDiag();
+  return diag === null ? procPeerUid(socket) : diagPeerUid(socket, diag);
+}
+
+interface Tuple {
+  family: typeof AF_INET | typeof AF_INET6;
+  /** Their address and port: the client socket's local end. */
+  src: Buffer;
+  sport: number;
+  /** Ours: the client socket's remote end. */
+  dst: Buffer;
+  dport: number;
+}
+
+function tupleOf(socket: Socket): Tuple | null {
+  const { localAddress, localPort, remoteAddress, remotePort } = socket;
+  if (localAddress === undefined || localPort === undefined || remoteAddress === undefined || remotePort === undefined) return null;
+  const theirs = addressBytes(remoteAddress);
+  const ours = addressBytes(localAddress);
+  if (theirs === null || ours === null || theirs.length !== ours.length) return null;
+  return { family: theirs.length === 4 ? AF_INET : AF_INET6, src: theirs, sport: remotePort, dst: ours, dport: localPort };
+}
+
+/** Network-order bytes; an IPv4-mapped IPv6 address as its IPv4 (the kernel finds either socket by it). */
+function addressBytes(address: string): Buffer | null {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  const v4 = mapped ? mapped[1]! : isIPv4(address) ? address : null;
+  if (v4 !== null) return Buffer.from(v4.split('.').map(Number));
+  if (!isIPv6(address)) return null;
+  const bytes = ipv6Bytes(address);
+  return bytes === null ? null : Buffer.from(bytes);
+}
+
+const AF_INET = 2;
+const AF_INET6 = 10;
+const AF_NETLINK = 16;
+const SOCK_DGRAM_CLOEXEC = 2 | 0o2000000;
+const NETLINK_SOCK_DIAG = 4;
+const SOCK_DIAG_BY_FAMILY = 20;
+const NLM_F_REQUEST = 1;
+const MSG_DONTWAIT = 0x40;
+const IPPROTO_TCP = 6;
+const TCP_TIME_WAIT = 6;
+const TCP_LISTEN = 10;
+/** nlmsghdr (16) + inet_diag_req_v2 (8 + inet_diag_sockid 48). */
+const REQUEST_SIZE = 72;
+/** nlmsghdr (16) + inet_diag_msg up to idiag_uid (64): family, state, timer, retrans, the sockid (at 20), expires, queues. */
+const UID_OFFSET = 16 + 64;
+
+interface SockDiag {
+  socket(domain: number, type: number, protocol: number): number;
+  send(fd: number, buf: Buffer, len: number, flags: number): number;
+  recv(fd: number, buf: Buffer, len: number, flags: number): number;
+  close(fd: number): number;
+}
+
+let loaded: SockDiag | null | undefined;
+
+function sockDiag(): SockDiag | null {
+  if (loaded === undefined) {
+    try {
+      const required = createRequire(import.meta.url)('koffi') as { default?: unknown };
+      const koffi = (required.default ?? required) as { load(path: null): { func(decl: string): (...args: unknown[]) => number } };
+      const lib = koffi.load(null);
+      loaded = {
+        socket: lib.func('int socket(int domain, int type, int protocol)'),
+        send: lib.func('long send(int fd, const void *buf, size_t len, int flags)'),
+        recv: lib.func('long recv(int fd, _Out_ void *buf, size_t len, int flags)'),
+        close: lib.func('int close(int fd)'),
+      };
+    } catch {
+      loaded = null;
+    }
+  }
+  return loaded;
+}
+
+/** One exact-match SOCK_DIAG_BY_FAMILY request (no dump) for the client's socket. */
+export function diagPeerUid(socket: Socket, diag: SockDiag | null = sockDiag()): number | null {
+  if (diag === null) return null;
+  const t = tupleOf(socket);
+  if (t === null) return null;
+  const req = Buffer.alloc(REQUEST_SIZE);
+  req.writeUInt32LE(REQUEST_SIZE, 0);
+  req.writeUInt16LE(SOCK_DIAG_BY_FAMILY, 4);
+  req.writeUInt16LE(NLM_F_REQUEST, 6);
+  req.writeUInt32LE(1, 8);
+  req[16] = t.family;
+  req[17] = IPPROTO_TCP;
+  req.writeUInt32LE(0xffffffff, 20); // every state
+  req.writeUInt16BE(t.sport, 24);
+  req.writeUInt16BE(t.dport, 26);
+  t.src.copy(req, 28);
+  t.dst.copy(req, 44);
+  req.writeUInt32LE(0xffffffff, 64); // INET_DIAG_NOCOOKIE
+  req.writeUInt32LE(0xffffffff, 68);
+  const fd = diag.socket(AF_NETLINK, SOCK_DGRAM_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (fd < 0) return null;
+  try {
+    if (diag.send(fd, req, REQUEST_SIZE, 0) !== REQUEST_SIZE) return null;
+    // The kernel answers within send(); nothing to wait for.
+    const res = Buffer.alloc(512);
+    const n = diag.recv(fd, res, res.length, MSG_DONTWAIT);
+    // An NLMSG_ERROR answer (ENOENT: no such socket) has another type.
+    if (n < UID_OFFSET + 4 || res.readUInt16LE(4) !== SOCK_DIAG_BY_FAMILY) return null;
+    // With no connection of that address the kernel falls back to a listener
+    // on it, and a TIME_WAIT socket has no owner (it reads as uid 0): only
+    // the client's own, live socket names a uid.
+    const state = res[17]!;
+    if (state === TCP_LISTEN || state === TCP_TIME_WAIT) return null;
+    if (res.readUInt16BE(20) !== t.sport || res.readUInt16BE(22) !== t.dport) return null;
+    if (!res.subarray(24, 24 + t.src.length).equals(t.src) || !res.subarray(40, 40 + t.dst.length).equals(t.dst)) return null;
+    return res.readUInt32LE(UID_OFFSET);
+  } finally {
+    diag.close(fd);
+  }
+}
+
+/**
+ * Linux lists every TCP socket in /proc/net/tcp{,6} with its owner; the
+ * client's socket is the one whose local address is our remote one and
+ * whose remote address is our local one. Its cost grows with the table.
+ */
+export function procPeerUid(socket: Socket, read: (path: string) => string = (p) => readFileSync(p, 'utf8')): number | null {
   const { localAddress, localPort, remoteAddress, remotePort } = socket;
   if (localAddress === undefined || localPort === undefined || remoteAddress === undefined || remotePort === undefined) return null;
   const theirs = procAddress(remoteAddress, remotePort);
@@ -29,6 +155,8 @@ export function loopbackPeerUid(socket: Socket, read: (path: string) => string =
       const f = line.trim().split(/\s+/);
       // sl local rem st tx:rx tr:when retrnsmt uid ...
       if (f.length > 7 && f[1] === want[0] && f[2] === want[1]) {
+        // As above: a TIME_WAIT socket has no owner.
+        if (parseInt(f[3]!, 16) === TCP_TIME_WAIT) return null;
         const uid = Number(f[7]);
         return Number.isInteger(uid) ? uid : null;
       }

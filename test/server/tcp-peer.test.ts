@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { isForeignLoopbackPeer, loopbackPeerUid } from '../../src/server/tcp-peer.js';
+import { diagPeerUid, isForeignLoopbackPeer, loopbackPeerUid, procPeerUid } from '../../src/server/tcp-peer.js';
 
 /** A uid no process of the test runs as (the tests run as root here; see MACHINE-NOTES). */
 const NOBODY = 65534;
@@ -31,7 +31,7 @@ function clientAs(uid: number | undefined, host: string, port: number): void {
   child.unref();
 }
 
-describe('loopback TCP peer uid (/proc/net/tcp)', () => {
+describe('loopback TCP peer uid (sock_diag, and /proc/net/tcp where netlink cannot be used)', () => {
   it('names the uid of the process at the other end, over IPv4 and IPv6, and tells a foreign one', async () => {
     expect(process.getuid?.()).toBe(0); // the foreign client below needs root to take another uid
     for (const host of ['127.0.0.1', '::1']) {
@@ -39,6 +39,8 @@ describe('loopback TCP peer uid (/proc/net/tcp)', () => {
       clientAs(undefined, host, own.port);
       const mine = await own.accepted;
       expect(loopbackPeerUid(mine), host).toBe(0);
+      expect(diagPeerUid(mine), host).toBe(0);
+      expect(procPeerUid(mine), host).toBe(0);
       expect(isForeignLoopbackPeer(mine)).toBe(false);
       mine.destroy();
 
@@ -46,6 +48,8 @@ describe('loopback TCP peer uid (/proc/net/tcp)', () => {
       clientAs(NOBODY, host, other.port);
       const theirs = await other.accepted;
       expect(loopbackPeerUid(theirs), host).toBe(NOBODY);
+      expect(diagPeerUid(theirs), host).toBe(NOBODY);
+      expect(procPeerUid(theirs), host).toBe(NOBODY);
       expect(isForeignLoopbackPeer(theirs)).toBe(true);
       theirs.destroy();
     }
@@ -56,7 +60,8 @@ describe('loopback TCP peer uid (/proc/net/tcp)', () => {
     clientAs(NOBODY, '127.0.0.1', dual.port);
     const s = await dual.accepted;
     expect(s.remoteAddress).toBe('::ffff:127.0.0.1');
-    expect(loopbackPeerUid(s)).toBe(NOBODY);
+    expect(diagPeerUid(s)).toBe(NOBODY);
+    expect(procPeerUid(s)).toBe(NOBODY);
     s.destroy();
   });
 
@@ -64,7 +69,36 @@ describe('loopback TCP peer uid (/proc/net/tcp)', () => {
     const own = await listen('127.0.0.1');
     clientAs(undefined, '127.0.0.1', own.port);
     const s = await own.accepted;
-    expect(loopbackPeerUid(s, () => '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n')).toBeNull();
+    expect(procPeerUid(s, () => '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n')).toBeNull();
     s.destroy();
+  });
+
+  it('is null from the kernel too when no socket has that address and port', async () => {
+    const own = await listen('127.0.0.1');
+    clientAs(undefined, '127.0.0.1', own.port);
+    const s = await own.accepted;
+    expect(diagPeerUid(s)).toBe(0);
+    // The same connection as seen from a port no client holds.
+    const ghost = { localAddress: s.localAddress, localPort: s.localPort, remoteAddress: s.remoteAddress, remotePort: s.localPort } as Socket;
+    expect(diagPeerUid(ghost)).toBeNull();
+    expect(isForeignLoopbackPeer(ghost)).toBe(true);
+    s.destroy();
+  });
+
+  it('a client socket in TIME_WAIT names no one (the kernel shows such sockets as uid 0, which is root, which we are here)', async () => {
+    const own = await listen('127.0.0.1');
+    const client = connect(own.port, '127.0.0.1');
+    const s = await own.accepted;
+    const tuple = { localAddress: s.localAddress, localPort: s.localPort, remoteAddress: s.remoteAddress, remotePort: s.remotePort } as Socket;
+    expect(diagPeerUid(tuple)).toBe(0);
+    // The client closes first, so its side is the one that waits.
+    await new Promise<void>((resolve) => {
+      s.on('end', () => s.end());
+      client.on('close', () => resolve());
+      client.end();
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    expect(diagPeerUid(tuple)).toBeNull();
+    expect(procPeerUid(tuple)).toBeNull();
   });
 });
