@@ -5,12 +5,13 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { connect } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { startKeyringSession } from '../test/support/keyring-session.js';
 import { NATIVE_CLIENT_ID, OidcTestServer, type TokenSet } from '../test/support/oidc-server.js';
 import { encodeFrame, FrameDecoder, parsePayload } from '../src/protocol/frame.js';
+import { diagPeerUid, procPeerUid } from '../src/server/tcp-peer.js';
 import { FrameClient } from './frame-client.js';
 import { gatewayBench } from './gateway.js';
 import { median, percentile, rssMiB, sleep, type Row } from './stats.js';
@@ -601,6 +602,51 @@ async function nonReadingBurst(): Promise<Row[]> {
   }
 }
 
+/**
+ * The gateway's and egress proxy's loopback TCP listeners look up the uid
+ * behind every connection they accept. A hostile process can hold thousands
+ * of connections open: the lookup must not cost more for each one it holds.
+ */
+async function loopbackPeerCheck(): Promise<Row[]> {
+  const accepted: Socket[] = [];
+  const server = createServer((s) => void accepted.push(s));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const port = (server.address() as { port: number }).port;
+  const clients: Socket[] = [];
+  const timeEach = (f: () => unknown): number => {
+    const us: number[] = [];
+    for (let i = 0; i < 200; i++) {
+      const t0 = performance.now();
+      f();
+      us.push((performance.now() - t0) * 1000);
+    }
+    return median(us);
+  };
+  const open = async (n: number): Promise<void> => {
+    while (clients.length < n) {
+      const batch = Array.from({ length: Math.min(200, n - clients.length) }, () => connect(port, '127.0.0.1'));
+      clients.push(...batch);
+      await Promise.all(batch.map((c) => new Promise((r) => c.once('connect', r))));
+    }
+    while (accepted.length < n) await sleep(10);
+  };
+  try {
+    await open(1);
+    const first = accepted[0]!;
+    const few = { diag: timeEach(() => diagPeerUid(first)), proc: timeEach(() => procPeerUid(first)) };
+    await open(4000);
+    const many = { diag: timeEach(() => diagPeerUid(first)), proc: timeEach(() => procPeerUid(first)) };
+    return [
+      { figure: 'loopback peer check, 4,000 connections open (sock_diag)', value: `${many.diag.toFixed(0)} µs`, reference: `${few.diag.toFixed(0)} µs with one open`, ratio: many.diag / few.diag, target: '≤ 2×', ok: many.diag <= 2 * few.diag },
+      report('the same check scanning /proc/net/tcp (the fallback)', `${many.proc.toFixed(0)} µs with 4,000 open, ${few.proc.toFixed(0)} µs with one`),
+    ];
+  } finally {
+    for (const c of clients) c.destroy();
+    for (const s of accepted) s.destroy();
+    server.close();
+  }
+}
+
 const run: Record<Section, () => Promise<Row[]>> = {
   'round-trip': async () => [...(await roundTrip('file')), ...(await roundTrip('keyring'))],
   throughput,
@@ -609,7 +655,7 @@ const run: Record<Section, () => Promise<Row[]>> = {
   launch: async () => launchCost(),
   gateway: gatewayBench,
   egress: egressBench,
-  hostile: async () => [...(await hostileLoad()), ...(await nonReadingBurst())],
+  hostile: async () => [...(await hostileLoad()), ...(await nonReadingBurst()), ...(await loopbackPeerCheck())],
 };
 const rows: Row[] = [];
 for (const section of SECTIONS) {
