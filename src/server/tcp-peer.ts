@@ -9,13 +9,23 @@ import { isIPv4, isIPv6, type Socket } from 'node:net';
  *
  * The kernel is asked for that one socket (sock_diag, what `ss` uses): the
  * cost stays the same however many connections a flood leaves behind.
- * Where the netlink call cannot be made, /proc/net/tcp is scanned instead.
+ * Where netlink cannot be used, /proc/net/tcp is scanned instead. A kernel
+ * without the inet_diag module answers "no such socket" to everything, so
+ * until sock_diag has once named a uid, its "no such socket" is checked
+ * against /proc.
  */
-export function loopbackPeerUid(socket: Socket): number | null {
+export function loopbackPeerUid(socket: Socket, diag: SockDiag | null = sockDiag(), read: (path: string) => string = readProc): number | null {
   if (process.platform !== 'linux') return null;
-  const diag = sockDiag();
-  return diag === null ? procPeerUid(socket) : diagPeerUid(socket, diag);
+  const answer = diagPeerUid(socket, diag);
+  if (typeof answer === 'number') {
+    if (diag !== null) diag.answered = true;
+    return answer;
+  }
+  if (answer === null && diag?.answered === true) return null;
+  return procPeerUid(socket, read);
 }
+
+const readProc = (path: string): string => readFileSync(path, 'utf8');
 
 interface Tuple {
   family: typeof AF_INET | typeof AF_INET6;
@@ -62,7 +72,9 @@ const REQUEST_SIZE = 72;
 /** nlmsghdr (16) + inet_diag_msg up to idiag_uid (64): family, state, timer, retrans, the sockid (at 20), expires, queues. */
 const UID_OFFSET = 16 + 64;
 
-interface SockDiag {
+export interface SockDiag {
+  /** Set once the kernel has named a uid: its "no such socket" is then believed. */
+  answered?: boolean;
   socket(domain: number, type: number, protocol: number): number;
   send(fd: number, buf: Buffer, len: number, flags: number): number;
   recv(fd: number, buf: Buffer, len: number, flags: number): number;
@@ -71,7 +83,7 @@ interface SockDiag {
 
 let loaded: SockDiag | null | undefined;
 
-function sockDiag(): SockDiag | null {
+export function sockDiag(): SockDiag | null {
   if (loaded === undefined) {
     try {
       const required = createRequire(import.meta.url)('koffi') as { default?: unknown };
@@ -90,9 +102,13 @@ function sockDiag(): SockDiag | null {
   return loaded;
 }
 
-/** One exact-match SOCK_DIAG_BY_FAMILY request (no dump) for the client's socket. */
-export function diagPeerUid(socket: Socket, diag: SockDiag | null = sockDiag()): number | null {
-  if (diag === null) return null;
+/**
+ * One exact-match SOCK_DIAG_BY_FAMILY request (no dump) for the client's
+ * socket: its owner's uid, null when the kernel has no such live socket,
+ * undefined when the kernel could not be asked.
+ */
+export function diagPeerUid(socket: Socket, diag: SockDiag | null = sockDiag()): number | null | undefined {
+  if (diag === null) return undefined;
   const t = tupleOf(socket);
   if (t === null) return null;
   const req = Buffer.alloc(REQUEST_SIZE);
@@ -110,12 +126,13 @@ export function diagPeerUid(socket: Socket, diag: SockDiag | null = sockDiag()):
   req.writeUInt32LE(0xffffffff, 64); // INET_DIAG_NOCOOKIE
   req.writeUInt32LE(0xffffffff, 68);
   const fd = diag.socket(AF_NETLINK, SOCK_DGRAM_CLOEXEC, NETLINK_SOCK_DIAG);
-  if (fd < 0) return null;
+  if (fd < 0) return undefined;
   try {
-    if (diag.send(fd, req, REQUEST_SIZE, 0) !== REQUEST_SIZE) return null;
+    if (diag.send(fd, req, REQUEST_SIZE, 0) !== REQUEST_SIZE) return undefined;
     // The kernel answers within send(); nothing to wait for.
     const res = Buffer.alloc(512);
     const n = diag.recv(fd, res, res.length, MSG_DONTWAIT);
+    if (n < 0) return undefined;
     // An NLMSG_ERROR answer (ENOENT: no such socket) has another type.
     if (n < UID_OFFSET + 4 || res.readUInt16LE(4) !== SOCK_DIAG_BY_FAMILY) return null;
     // With no connection of that address the kernel falls back to a listener
@@ -136,7 +153,7 @@ export function diagPeerUid(socket: Socket, diag: SockDiag | null = sockDiag()):
  * client's socket is the one whose local address is our remote one and
  * whose remote address is our local one. Its cost grows with the table.
  */
-export function procPeerUid(socket: Socket, read: (path: string) => string = (p) => readFileSync(p, 'utf8')): number | null {
+export function procPeerUid(socket: Socket, read: (path: string) => string = readProc): number | null {
   const { localAddress, localPort, remoteAddress, remotePort } = socket;
   if (localAddress === undefined || localPort === undefined || remoteAddress === undefined || remotePort === undefined) return null;
   const theirs = procAddress(remoteAddress, remotePort);

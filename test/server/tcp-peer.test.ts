@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { diagPeerUid, isForeignLoopbackPeer, loopbackPeerUid, procPeerUid } from '../../src/server/tcp-peer.js';
+import { readFileSync } from 'node:fs';
+import { diagPeerUid, isForeignLoopbackPeer, loopbackPeerUid, procPeerUid, sockDiag, type SockDiag } from '../../src/server/tcp-peer.js';
 
 /** A uid no process of the test runs as (the tests run as root here; see MACHINE-NOTES). */
 const NOBODY = 65534;
@@ -100,5 +101,41 @@ describe('loopback TCP peer uid (sock_diag, and /proc/net/tcp where netlink cann
     await new Promise((r) => setTimeout(r, 50));
     expect(diagPeerUid(tuple)).toBeNull();
     expect(procPeerUid(tuple)).toBeNull();
+  });
+
+  it('falls back to /proc when netlink cannot be used, and until sock_diag has once named a uid', async () => {
+    const other = await listen('127.0.0.1');
+    clientAs(NOBODY, '127.0.0.1', other.port);
+    const theirs = await other.accepted;
+    let reads = 0;
+    const counting = (path: string): string => {
+      reads++;
+      return readFileSync(path, 'utf8');
+    };
+    const cannot: SockDiag = { socket: () => -1, send: () => -1, recv: () => -1, close: () => 0 };
+    expect(loopbackPeerUid(theirs, cannot, counting)).toBe(NOBODY);
+    expect(reads).toBeGreaterThan(0);
+    // A kernel without inet_diag answers "no such socket" (an NLMSG_ERROR) to every request.
+    const real = sockDiag()!;
+    const blind: SockDiag = {
+      ...real,
+      answered: undefined,
+      recv: (fd, buf, len, flags) => {
+        const n = real.recv(fd, buf, len, flags);
+        buf.writeUInt16LE(2, 4);
+        return n;
+      },
+    };
+    reads = 0;
+    expect(loopbackPeerUid(theirs, blind, counting)).toBe(NOBODY);
+    expect(reads).toBeGreaterThan(0);
+    // Once the kernel has named a uid, its "no such socket" is believed: a flood of gone clients costs no scan.
+    const fresh: SockDiag = { ...real, answered: undefined };
+    reads = 0;
+    expect(loopbackPeerUid(theirs, fresh, counting)).toBe(NOBODY);
+    const ghost = { localAddress: theirs.localAddress, localPort: theirs.localPort, remoteAddress: theirs.remoteAddress, remotePort: theirs.localPort } as Socket;
+    expect(loopbackPeerUid(ghost, fresh, counting)).toBeNull();
+    expect(reads).toBe(0);
+    theirs.destroy();
   });
 });
