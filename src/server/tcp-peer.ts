@@ -63,6 +63,8 @@ const SOCK_DGRAM_CLOEXEC = 2 | 0o2000000;
 const NETLINK_SOCK_DIAG = 4;
 const SOCK_DIAG_BY_FAMILY = 20;
 const NLM_F_REQUEST = 1;
+const NLMSG_ERROR = 2;
+const ENOENT = 2;
 const MSG_DONTWAIT = 0x40;
 const IPPROTO_TCP = 6;
 const TCP_TIME_WAIT = 6;
@@ -132,20 +134,29 @@ export function diagPeerUid(socket: Socket, diag: SockDiag | null = sockDiag()):
     // The kernel answers within send(); nothing to wait for.
     const res = Buffer.alloc(512);
     const n = diag.recv(fd, res, res.length, MSG_DONTWAIT);
-    if (n < 0) return undefined;
-    // An NLMSG_ERROR answer (ENOENT: no such socket) has another type.
-    if (n < UID_OFFSET + 4 || res.readUInt16LE(4) !== SOCK_DIAG_BY_FAMILY) return null;
+    if (n < 16) return undefined;
+    if (res.readUInt16LE(4) === NLMSG_ERROR) return n >= 20 && res.readInt32LE(16) === -ENOENT ? null : undefined;
+    if (n < UID_OFFSET + 4 || res.readUInt16LE(4) !== SOCK_DIAG_BY_FAMILY) return undefined;
     // With no connection of that address the kernel falls back to a listener
     // on it, and a TIME_WAIT socket has no owner (it reads as uid 0): only
     // the client's own, live socket names a uid.
     const state = res[17]!;
     if (state === TCP_LISTEN || state === TCP_TIME_WAIT) return null;
     if (res.readUInt16BE(20) !== t.sport || res.readUInt16BE(22) !== t.dport) return null;
-    if (!res.subarray(24, 24 + t.src.length).equals(t.src) || !res.subarray(40, 40 + t.dst.length).equals(t.dst)) return null;
+    // An IPv6 socket connected to ::ffff:a.b.c.d is found by the IPv4 address and reported in the mapped form.
+    const width = res[16] === AF_INET6 ? 16 : 4;
+    if (!res.subarray(24, 24 + width).equals(widen(t.src, width)) || !res.subarray(40, 40 + width).equals(widen(t.dst, width))) return null;
     return res.readUInt32LE(UID_OFFSET);
   } finally {
     diag.close(fd);
   }
+}
+
+/** An address in `width` bytes: an IPv4 one as ::ffff:a.b.c.d when 16 are wanted. */
+function widen(address: Buffer, width: number): Buffer {
+  if (address.length === width) return address;
+  if (address.length === 4 && width === 16) return Buffer.concat([Buffer.alloc(10), Buffer.from([0xff, 0xff]), address]);
+  return Buffer.alloc(0);
 }
 
 /**

@@ -66,6 +66,16 @@ describe('loopback TCP peer uid (sock_diag, and /proc/net/tcp where netlink cann
     s.destroy();
   });
 
+  it('an IPv6 socket connected to ::ffff:127.0.0.1 of an IPv4 listener is found too', async () => {
+    const v4 = await listen('127.0.0.1');
+    clientAs(NOBODY, '::ffff:127.0.0.1', v4.port);
+    const s = await v4.accepted;
+    expect(s.remoteAddress).toBe('127.0.0.1');
+    expect(diagPeerUid(s)).toBe(NOBODY);
+    expect(procPeerUid(s)).toBe(NOBODY);
+    s.destroy();
+  });
+
   it('is null, so foreign, when the table has no such connection', async () => {
     const own = await listen('127.0.0.1');
     clientAs(undefined, '127.0.0.1', own.port);
@@ -121,14 +131,26 @@ describe('loopback TCP peer uid (sock_diag, and /proc/net/tcp where netlink cann
       ...real,
       answered: undefined,
       recv: (fd, buf, len, flags) => {
-        const n = real.recv(fd, buf, len, flags);
-        buf.writeUInt16LE(2, 4);
-        return n;
+        real.recv(fd, buf, len, flags);
+        buf.writeUInt16LE(2, 4); // NLMSG_ERROR
+        buf.writeInt32LE(-2, 16); // -ENOENT
+        return 36;
       },
     };
+    expect(diagPeerUid(theirs, blind)).toBeNull();
     reads = 0;
     expect(loopbackPeerUid(theirs, blind, counting)).toBe(NOBODY);
     expect(reads).toBeGreaterThan(0);
+    // Any other error means the kernel could not be asked.
+    const failing: SockDiag = {
+      ...blind,
+      recv: (fd, buf, len, flags) => {
+        blind.recv(fd, buf, len, flags);
+        buf.writeInt32LE(-1, 16); // -EPERM
+        return 36;
+      },
+    };
+    expect(diagPeerUid(theirs, failing)).toBeUndefined();
     // Once the kernel has named a uid, its "no such socket" is believed: a flood of gone clients costs no scan.
     const fresh: SockDiag = { ...real, answered: undefined };
     reads = 0;
