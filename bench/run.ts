@@ -633,6 +633,7 @@ async function loopbackPeerCheck(): Promise<Row[]> {
   try {
     await open(1);
     const first = accepted[0]!;
+    if (typeof diagPeerUid(first) !== 'number' || typeof procPeerUid(first) !== 'number') throw new Error('the peer check named no uid for our own connection');
     const few = { diag: timeEach(() => diagPeerUid(first)), proc: timeEach(() => procPeerUid(first)) };
     await open(4000);
     const many = { diag: timeEach(() => diagPeerUid(first)), proc: timeEach(() => procPeerUid(first)) };
