@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { homedir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import type { OAuthToken } from '../../store/types.js';
-import { FieldReader, alreadyMoved, isPlaceholder, isRecord, msToExpiry, placeholderText, placeholderValue, formatError, type AgentImporter, type MappedCredential } from './common.js';
+import { FieldReader, alreadyMoved, isPlaceholder, msToExpiry, placeholderText, placeholderValue, formatError, type AgentImporter, type MappedCredential } from './common.js';
 
 /**
  * Claude Code keeps its login as `.credentials.json` in its config dir
@@ -53,9 +53,9 @@ export const claudeImporter: AgentImporter = {
   agent: 'claude',
   tool: TOOL,
   provider: PROVIDER,
-  map(value: unknown, where: string): MappedCredential {
+  map(parsed: unknown, where: string): MappedCredential {
     const f = new FieldReader(where, TOOL);
-    if (!isRecord(value)) throw formatError(where, TOOL, '(top level)', 'is not a JSON object');
+    const value = f.root(parsed);
     if (value.claudeAiOauth === null) throw formatError(where, TOOL, 'claudeAiOauth', 'is null: Claude Code is not logged in');
     const oauth = f.object(value, 'claudeAiOauth', 'claudeAiOauth');
     if (isPlaceholder(oauth.accessToken) || isPlaceholder(oauth.refreshToken)) throw alreadyMoved(where, TOOL, PROVIDER);

@@ -46,9 +46,9 @@ export const codexImporter: AgentImporter = {
   agent: 'codex',
   tool: TOOL,
   provider: PROVIDER,
-  map(value: unknown, where: string): MappedCredential {
+  map(parsed: unknown, where: string): MappedCredential {
     const f = new FieldReader(where, TOOL);
-    if (!isRecord(value)) throw formatError(where, TOOL, '(top level)', 'is not a JSON object');
+    const value = f.root(parsed);
     const rawKey = value.OPENAI_API_KEY;
     if (rawKey !== undefined && rawKey !== null && typeof rawKey !== 'string') throw formatError(where, TOOL, 'OPENAI_API_KEY', 'is neither null nor a string');
     const rawTokens = value.tokens;

@@ -75,6 +75,12 @@ export class FieldReader {
     private readonly tool: string,
   ) {}
 
+  /** The parsed file itself, which must be a JSON object. */
+  root(value: unknown): Record<string, unknown> {
+    if (!isRecord(value)) throw formatError(this.where, this.tool, '(top level)', 'is not a JSON object');
+    return value;
+  }
+
   object(parent: Record<string, unknown>, key: string, path: string): Record<string, unknown> {
     const v = parent[key];
     if (!isRecord(v)) throw formatError(this.where, this.tool, path, v === undefined ? 'is missing' : 'is not an object');
@@ -296,9 +302,9 @@ export async function replaceCredentialFile(file: CredentialFile, placeholder: s
  * one extra string field that is the tool's own (`scope`, `resource_url`),
  * kept under the same name.
  */
-export function mapOAuthCredsFile(value: unknown, where: string, o: { tool: string; provider: string; extra: 'scope' | 'resource_url' }): MappedCredential {
+export function mapOAuthCredsFile(parsed: unknown, where: string, o: { tool: string; provider: string; extra: 'scope' | 'resource_url' }): MappedCredential {
   const f = new FieldReader(where, o.tool);
-  if (!isRecord(value)) throw formatError(where, o.tool, '(top level)', 'is not a JSON object');
+  const value = f.root(parsed);
   if (isPlaceholder(value.access_token) || isPlaceholder(value.refresh_token)) throw alreadyMoved(where, o.tool, o.provider);
   const accessToken = f.string(value, 'access_token', 'access_token');
   const refreshToken = f.optionalString(value, 'refresh_token', 'refresh_token');
