@@ -100,10 +100,15 @@ function benchEnv(home: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEn
 const BENCH_TOKEN = JSON.stringify({ access_token: 'a'.repeat(1200), expiry: 4102444800, refresh_token: 'r'.repeat(200), token_type: 'Bearer', scope: 'user:inference user:profile' });
 const GET_TOKEN = { v: 1, op: 'get_token', payload: { provider: 'bench' } };
 
+/** `serve --allow bench` with the bench token stored. */
+async function serveBench(env: NodeJS.ProcessEnv, serveArgs: string[] = []): Promise<Served> {
+  cli(['token', 'import', 'bench'], env, BENCH_TOKEN);
+  return serve(['--allow', 'bench', ...serveArgs], env);
+}
+
 /** A serve process with one stored token, plus a raw echo server answering replies of the same size. */
 async function proxyAndFloor(env: NodeJS.ProcessEnv, dir: string, serveArgs: string[] = []) {
-  cli(['token', 'import', 'bench'], env, BENCH_TOKEN);
-  const proxy = await serve(['--allow', 'bench', ...serveArgs], env);
+  const proxy = await serveBench(env, serveArgs);
   const probe = await FrameClient.connect(proxy.socket);
   await probe.handshake(proxy.token);
   const answer = await probe.call(GET_TOKEN);
@@ -465,9 +470,7 @@ async function pacedSamples(c: FrameClient, n: number): Promise<{ us: number[]; 
 async function hostileLoad(): Promise<Row[]> {
   const home = mkdtempSync('/tmp/cp-bench-');
   try {
-    const env = benchEnv(home);
-    cli(['token', 'import', 'bench'], env, BENCH_TOKEN);
-    const proxy = await serve(['--allow', 'bench'], env);
+    const proxy = await serveBench(benchEnv(home));
     const legit = await FrameClient.connect(proxy.socket);
     await legit.handshake(proxy.token);
     await pacedSamples(legit, 25);
@@ -553,9 +556,7 @@ async function nonReadingBurst(): Promise<Row[]> {
   const home = mkdtempSync('/tmp/cp-bench-');
   const clients: Array<ReturnType<typeof connect>> = [];
   try {
-    const env = benchEnv(home);
-    cli(['token', 'import', 'bench'], env, BENCH_TOKEN);
-    const proxy = await serve(['--allow', 'bench'], env);
+    const proxy = await serveBench(benchEnv(home));
     const warm = await FrameClient.connect(proxy.socket);
     await warm.handshake(proxy.token);
     for (let n = 0; n < 100; n++) await warm.call(GET_TOKEN);
