@@ -1,6 +1,6 @@
-import { createRequire } from 'node:module';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { libcFunction } from './libc.js';
 
 let collector: (() => void) | null | undefined;
 let trimmer: (() => void) | null | undefined;
@@ -54,17 +54,8 @@ export function collectGarbage(): void {
  */
 function trimMalloc(): void {
   if (trimmer === undefined) {
-    trimmer = null;
-    if (process.platform === 'linux') {
-      try {
-        const required = createRequire(import.meta.url)('koffi') as { default?: unknown };
-        const koffi = (required.default ?? required) as { load(path: null): { func(decl: string): (pad: number) => number } };
-        const trim = koffi.load(null).func('int malloc_trim(size_t pad)');
-        trimmer = () => void trim(0);
-      } catch {
-        trimmer = null;
-      }
-    }
+    const trim = process.platform === 'linux' ? libcFunction<(pad: number) => number>('int malloc_trim(size_t pad)') : null;
+    trimmer = trim === null ? null : () => void trim(0);
   }
   trimmer?.();
 }

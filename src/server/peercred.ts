@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import { CredproxyError } from '../errors.js';
+import { libcFunction } from '../libc.js';
 
 /** The connecting process as the kernel reports it (struct ucred). */
 export interface PeerCred {
@@ -48,20 +49,11 @@ class KoffiPeerCredReader implements PeerCredReader {
  * SO_PEERCRED through koffi (Node has no API for it). Only Linux has this
  * option; elsewhere, or when the FFI cannot load, the result says why.
  */
-export async function loadPeerCredReader(platform: NodeJS.Platform = process.platform): Promise<PeerCredLoadResult> {
+export function loadPeerCredReader(platform: NodeJS.Platform = process.platform): PeerCredLoadResult {
   if (platform !== 'linux') return { ok: false, reason: `SO_PEERCRED is not available on ${platform}` };
-  try {
-    const mod = await import('koffi');
-    const koffi = mod.default ?? mod;
-    // dlopen(NULL): the symbols of the running process, libc included, so
-    // glibc and musl need no library name.
-    const lib = koffi.load(null);
-    const getsockopt = lib.func('int getsockopt(int fd, int level, int name, _Out_ void *val, _Inout_ uint32_t *len)') as GetSockOpt;
-    return { ok: true, reader: new KoffiPeerCredReader(getsockopt) };
-  } catch (err) {
-    const name = err instanceof Error ? err.name : typeof err;
-    return { ok: false, reason: `the koffi FFI could not load getsockopt (${name})` };
-  }
+  const getsockopt = libcFunction<GetSockOpt>('int getsockopt(int fd, int level, int name, _Out_ void *val, _Inout_ uint32_t *len)');
+  if (getsockopt === null) return { ok: false, reason: 'the koffi FFI could not load getsockopt' };
+  return { ok: true, reader: new KoffiPeerCredReader(getsockopt) };
 }
 
 /** SPEC §5: only our own uid, plus root when explicitly allowed. */

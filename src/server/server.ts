@@ -283,7 +283,7 @@ export class ProxyServer {
 
   private async loadPeerCheck(): Promise<void> {
     if (this.o.peerCheck === 'off') return;
-    const loaded = await loadPeerCredReader();
+    const loaded = loadPeerCredReader();
     if (loaded.ok) {
       this.peerReader = loaded.reader;
       return;

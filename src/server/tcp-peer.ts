@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { isIPv4, isIPv6, type Socket } from 'node:net';
+import { libcFunction } from '../libc.js';
 
 /**
  * The uid that owns the other end of a loopback TCP connection, the way
@@ -87,19 +87,11 @@ let loaded: SockDiag | null | undefined;
 
 export function sockDiag(): SockDiag | null {
   if (loaded === undefined) {
-    try {
-      const required = createRequire(import.meta.url)('koffi') as { default?: unknown };
-      const koffi = (required.default ?? required) as { load(path: null): { func(decl: string): (...args: unknown[]) => number } };
-      const lib = koffi.load(null);
-      loaded = {
-        socket: lib.func('int socket(int domain, int type, int protocol)'),
-        send: lib.func('long send(int fd, const void *buf, size_t len, int flags)'),
-        recv: lib.func('long recv(int fd, _Out_ void *buf, size_t len, int flags)'),
-        close: lib.func('int close(int fd)'),
-      };
-    } catch {
-      loaded = null;
-    }
+    const socket = libcFunction<SockDiag['socket']>('int socket(int domain, int type, int protocol)');
+    const send = libcFunction<SockDiag['send']>('long send(int fd, const void *buf, size_t len, int flags)');
+    const recv = libcFunction<SockDiag['recv']>('long recv(int fd, _Out_ void *buf, size_t len, int flags)');
+    const close = libcFunction<SockDiag['close']>('int close(int fd)');
+    loaded = socket && send && recv && close ? { socket, send, recv, close } : null;
   }
   return loaded;
 }
