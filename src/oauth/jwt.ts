@@ -29,9 +29,17 @@ export function unsignedJwt(claims: Record<string, unknown>, signature: string):
 /** Where ChatGPT's id_tokens keep the account id (`chatgpt_account_id`) and plan. */
 export const OPENAI_AUTH_CLAIM = 'https://api.openai.com/auth';
 
+/**
+ * A ChatGPT account id the gateway can send as the `chatgpt-account-id`
+ * header: 1 to 256 printable ASCII characters, no space or control character.
+ */
+export function isChatgptAccountId(id: unknown): id is string {
+  return typeof id === 'string' && /^[\x21-\x7e]{1,256}$/.test(id);
+}
+
 /** The ChatGPT account id in an OpenAI id_token, when it is one a header can carry. */
 export function chatgptAccountId(idToken: string): string | null {
   const auth = unverifiedClaims(idToken)?.[OPENAI_AUTH_CLAIM];
   const id = typeof auth === 'object' && auth !== null ? (auth as Record<string, unknown>).chatgpt_account_id : undefined;
-  return typeof id === 'string' && /^[\x21-\x7e]{1,256}$/.test(id) ? id : null;
+  return isChatgptAccountId(id) ? id : null;
 }

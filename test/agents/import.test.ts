@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { claudeImporter, claudeKeychainItem } from '../../src/agents/import/claude.js';
 import { codexImporter } from '../../src/agents/import/codex.js';
 import {
@@ -16,9 +16,56 @@ import {
   type AgentImporter,
 } from '../../src/agents/import/common.js';
 import { geminiImporter } from '../../src/agents/import/gemini.js';
-import { credentialPath, mapSource, readAgentSource, replaceSource, sourceWarnings } from '../../src/agents/import/index.js';
+import { credentialPath, mapSource, readAgentSource, replaceSource, sourceMoveRefusal, sourceWarnings } from '../../src/agents/import/index.js';
 import { qwenImporter } from '../../src/agents/import/qwen.js';
 import { CredproxyError } from '../../src/errors.js';
+import { keychainWriteRefusal, writeKeychainItem } from '../../src/agents/import/keychain.js';
+
+/**
+ * Seams in node:fs/promises for the races of reading and replacing a file:
+ * each hook runs once, at the moment named, then clears itself. Unset, the
+ * module is the real one.
+ */
+const fsHooks = vi.hoisted(() => ({
+  /** After an lstat of this path returned (and before whatever comes next, e.g. the open). */
+  afterLstat: undefined as { path: string; run: () => void } | undefined,
+  /** After the fsync of a temp file (`*.tmp`) opened for writing returned. */
+  afterTempSync: undefined as (() => void) | undefined,
+  /** The next open of this path fails with this errno code. */
+  failOpen: undefined as { path: string; code: string } | undefined,
+}));
+
+vi.mock('node:fs/promises', async (importOriginal) => {
+  const real = await importOriginal<typeof import('node:fs/promises')>();
+  const lstat = (async (...args: Parameters<typeof real.lstat>) => {
+    const st = await real.lstat(...args);
+    const hook = fsHooks.afterLstat;
+    if (hook && String(args[0]) === hook.path) {
+      fsHooks.afterLstat = undefined;
+      hook.run();
+    }
+    return st;
+  }) as typeof real.lstat;
+  const open = (async (...args: Parameters<typeof real.open>) => {
+    const fail = fsHooks.failOpen;
+    if (fail && String(args[0]) === fail.path) {
+      fsHooks.failOpen = undefined;
+      throw Object.assign(new Error(`${fail.code}: injected`), { code: fail.code });
+    }
+    const fh = await real.open(...args);
+    if (String(args[0]).endsWith('.tmp')) {
+      const sync = fh.sync.bind(fh);
+      fh.sync = async () => {
+        await sync();
+        const hook = fsHooks.afterTempSync;
+        fsHooks.afterTempSync = undefined;
+        hook?.();
+      };
+    }
+    return fh;
+  }) as typeof real.open;
+  return { ...real, default: { ...real, lstat, open }, lstat, open };
+});
 
 /**
  * Unit tests of `credproxy import`'s formats and file handling, with fixture
@@ -161,6 +208,16 @@ describe('Codex auth.json', () => {
     expect(mapError(codexImporter, keyOnly).message).toMatch(/already moved into credproxy/);
   });
 
+  it('refuses a tokens.account_id no header can carry (the gateway sends it as chatgpt-account-id), naming the field, never the value', () => {
+    for (const bad of [`${C}\r\nX-Injected: 1`, `${C} with spaces`, `${C}${'a'.repeat(256)}`, `${C}\u00e9`]) {
+      const err = mapError(codexImporter, file({ account_id: bad }), '/h/.codex/auth.json');
+      expect(err.message).toMatch(/\/h\/\.codex\/auth\.json: not a Codex credential file credproxy knows: 'tokens\.account_id' is not an account id/);
+      expect(err.message).not.toContain('X-Injected');
+    }
+    expect(mapError(codexImporter, file({ account_id: 12 })).message).toMatch(/'tokens\.account_id' is not a string/);
+    expect(codexImporter.map(file({ account_id: 'a'.repeat(256) }), 'f').token?.account_id).toBe('a'.repeat(256));
+  });
+
   it('refuses unknown shapes naming the field', () => {
     expect(mapError(codexImporter, { OPENAI_API_KEY: null }).message).toMatch(/'tokens' is missing/);
     expect(mapError(codexImporter, file({ refresh_token: 7 })).message).toMatch(/'tokens\.refresh_token' is not a non-empty string/);
@@ -203,7 +260,12 @@ describe('reading and replacing credential files', () => {
   beforeEach(() => {
     dir = mkdtempSync(join(tmpdir(), 'cp-import-'));
   });
-  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+  afterEach(() => {
+    fsHooks.afterLstat = undefined;
+    fsHooks.afterTempSync = undefined;
+    fsHooks.failOpen = undefined;
+    rmSync(dir, { recursive: true, force: true });
+  });
 
   const write = (name: string, text: string, mode = 0o600): string => {
     const p = join(dir, name);
@@ -277,7 +339,165 @@ describe('reading and replacing credential files', () => {
     await expect(replaceCredentialFile(g, '{}\n')).rejects.toThrow(/changed while it was being imported/);
     expect(readdirSync(dir)).toEqual(['c.json']);
   });
+
+  it('refuses a path swapped for a link between its lstat and its open (the link would go unreported)', async () => {
+    const p = write('c.json', `{"t":"${RT}"}`);
+    const elsewhere = write('elsewhere.json', `{"t":"${RT}-elsewhere"}`);
+    fsHooks.afterLstat = {
+      path: p,
+      run: () => {
+        rmSync(p);
+        symlinkSync(elsewhere, p);
+      },
+    };
+    const err = await readCredentialFile(p).catch((e: unknown) => e);
+    expect(fsHooks.afterLstat).toBeUndefined(); // the swap happened
+    expect(err).toBeInstanceOf(CredproxyError);
+    expect((err as Error).message).toMatch(/c\.json changed while it was being read/);
+    expectNoCanary((err as Error).message);
+  });
+
+  it('refuses a path swapped for another file between its lstat and its open', async () => {
+    const p = write('c.json', `{"t":"${RT}"}`);
+    write('next.json', `{"t":"${RT}-next"}`);
+    fsHooks.afterLstat = { path: p, run: () => renameSync(join(dir, 'next.json'), p) };
+    await expect(readCredentialFile(p)).rejects.toThrow(/c\.json changed while it was being read/);
+    expect(fsHooks.afterLstat).toBeUndefined();
+  });
+
+  it('leaves the file alone when the tool rewrites it in place (same inode) while the placeholder is being written', async () => {
+    const p = write('c.json', `{"t":"${RT}"}`);
+    const f = (await readCredentialFile(p))!;
+    // The tool refreshes its login during the slow part (temp file written and fsynced): same inode, new text.
+    fsHooks.afterTempSync = () => writeFileSync(p, `{"t":"${RT}-rotated"}`);
+    const err = await replaceCredentialFile(f, '{"t":"credproxy-moved:x"}\n').catch((e: unknown) => e);
+    expect(fsHooks.afterTempSync).toBeUndefined(); // the rewrite happened
+    expect(statSync(p).ino).toBe(f.ino);
+    expect(readFileSync(p, 'utf8')).toBe(`{"t":"${RT}-rotated"}`); // the tool's new refresh token is not lost
+    expect(err).toBeInstanceOf(CredproxyError);
+    expect((err as Error).message).toMatch(/changed while it was being imported .*it was left in place/);
+    expectNoCanary((err as Error).message);
+    expect(readdirSync(dir)).toEqual(['c.json']);
+  });
+
+  it('says "changed" when the file is gone at the last check, and reports any other error reading it as that error', async () => {
+    const p = write('c.json', `{"t":"${RT}"}`);
+    const f = (await readCredentialFile(p))!;
+    fsHooks.afterTempSync = () => rmSync(p);
+    await expect(replaceCredentialFile(f, '{}\n')).rejects.toThrow(/changed while it was being imported/);
+    expect(readdirSync(dir)).toEqual([]);
+
+    const q = write('d.json', `{"t":"${RT}"}`);
+    const g = (await readCredentialFile(q))!;
+    fsHooks.failOpen = { path: q, code: 'EIO' };
+    const err = await replaceCredentialFile(g, '{}\n').catch((e: unknown) => e);
+    expect(fsHooks.failOpen).toBeUndefined();
+    expect(err).toBeInstanceOf(CredproxyError);
+    expect((err as Error).message).toMatch(/cannot check .*d\.json before replacing it: cannot read .*d\.json \(EIO\); it was left in place/);
+    expect((err as Error).message).not.toMatch(/changed/);
+    expect(readFileSync(q, 'utf8')).toBe(`{"t":"${RT}"}`);
+    expect(readdirSync(dir)).toEqual(['d.json']);
+  });
 });
+
+/** Not derived from C: a secret that --move keeps (an MCP server's token in Claude Code's item). */
+const MCP = `mcptok${process.pid}`;
+
+/**
+ * A stand-in for /usr/bin/security with the same arguments, exit codes and
+ * `-i` line parsing (Apple's split_line: quotes, backslash escapes), keeping
+ * the items in a file and recording every command line it was started with.
+ */
+function fakeSecurity(dir: string): { bin: string; store: string; argvs: () => string[][] } {
+  const store = join(dir, 'keychain.json');
+  const log = join(dir, 'security-argv.log');
+  const bin = join(dir, 'security');
+  writeFileSync(
+    bin,
+    String.raw`#!/usr/bin/env node
+const fs = require('fs');
+fs.appendFileSync(${JSON.stringify(log)}, JSON.stringify(process.argv.slice(2)) + '\n');
+const STORE = ${JSON.stringify(store)};
+function splitLine(line) {
+  const args = [];
+  let state = 'ws', quote = '', cur = '';
+  for (const ch of line) {
+    if (state === 'ws') {
+      if (/\s/.test(ch)) continue;
+      cur = '';
+      if (ch === '"' || ch === "'") { quote = ch; state = 'q'; continue; }
+      state = 'a';
+    }
+    if (state === 'a') {
+      if (ch === '\\') state = 'ae';
+      else if (/\s/.test(ch)) { args.push(cur); state = 'ws'; }
+      else cur += ch;
+    } else if (state === 'ae') { cur += ch; state = 'a'; }
+    else if (state === 'q') {
+      if (ch === '\\') state = 'qe';
+      else if (ch === quote) { args.push(cur); state = 'ws'; }
+      else cur += ch;
+    } else if (state === 'qe') { cur += ch; state = 'q'; }
+  }
+  if (state !== 'ws') args.push(cur);
+  return args;
+}
+function run(cmd, args) {
+  const opt = (f) => args[args.indexOf(f) + 1];
+  const items = fs.existsSync(STORE) ? JSON.parse(fs.readFileSync(STORE, 'utf8')) : {};
+  const id = opt('-s') + '\u0000' + opt('-a');
+  if (cmd === 'find-generic-password') {
+    if (!(id in items)) return 44;
+    process.stdout.write(items[id] + '\n');
+    return 0;
+  }
+  if (cmd === 'add-generic-password') {
+    if (!args.includes('-U') && id in items) return 45;
+    if (args.includes('-w')) items[id] = opt('-w');
+    else if (args.includes('-X') && /^(?:[0-9a-f]{2})+$/i.test(opt('-X'))) items[id] = Buffer.from(opt('-X'), 'hex').toString('utf8');
+    else return 2;
+    fs.writeFileSync(STORE, JSON.stringify(items));
+    return 0;
+  }
+  return 1;
+}
+const argv = process.argv.slice(2);
+if (argv[0] === '-i') {
+  let result = 0;
+  for (const line of fs.readFileSync(0, 'utf8').split('\n')) {
+    // Apple's security reads lines into a 4096-byte buffer and runs a longer line's pieces as commands.
+    if (Buffer.byteLength(line) > 4094) { process.stderr.write('line too long\n'); process.exit(99); }
+    const [cmd, ...args] = splitLine(line);
+    if (cmd !== undefined) result = run(cmd, args);
+  }
+  process.exit(result);
+}
+process.exit(run(argv[0], argv.slice(1)));
+`,
+  );
+  chmodSync(bin, 0o755);
+  const argvs = (): string[][] =>
+    existsSync(log)
+      ? readFileSync(log, 'utf8')
+          .split('\n')
+          .filter((l) => l !== '')
+          .map((l) => JSON.parse(l) as string[])
+      : [];
+  return { bin, store, argvs };
+}
+
+/** No command line holds any of `secrets`, as text or as hex. */
+function expectNoSecretArgv(argvs: string[][], secrets: string[]): void {
+  expect(argvs.length).toBeGreaterThan(0);
+  for (const argv of argvs) {
+    for (const arg of argv) {
+      for (const secret of secrets) {
+        expect(arg).not.toContain(secret);
+        expect(arg.toLowerCase()).not.toContain(Buffer.from(secret).toString('hex'));
+      }
+    }
+  }
+}
 
 describe('finding each tool\'s file', () => {
   let home: string;
@@ -316,33 +536,13 @@ describe('finding each tool\'s file', () => {
     expectNoCanary(message);
   });
 
-  it('on macOS reads and replaces the Keychain item through the security tool', async () => {
-    // A stand-in for /usr/bin/security with the same arguments and exit codes, keeping the item in a file.
-    const store = join(home, 'keychain.json');
-    const bin = join(home, 'security');
-    writeFileSync(
-      bin,
-      `#!/usr/bin/env node
-const fs = require('fs');
-const [cmd, ...args] = process.argv.slice(2);
-const opt = (f) => args[args.indexOf(f) + 1];
-const items = fs.existsSync(${JSON.stringify(store)}) ? JSON.parse(fs.readFileSync(${JSON.stringify(store)}, 'utf8')) : {};
-const id = opt('-s') + '\\u0000' + opt('-a');
-if (cmd === 'find-generic-password') {
-  if (!(id in items)) process.exit(44);
-  process.stdout.write(items[id] + '\\n');
-} else if (cmd === 'add-generic-password') {
-  if (!args.includes('-U') && id in items) process.exit(45);
-  items[id] = opt('-w');
-  fs.writeFileSync(${JSON.stringify(store)}, JSON.stringify(items));
-} else process.exit(1);
-`,
-    );
-    chmodSync(bin, 0o755);
+  it('on macOS reads and replaces the Keychain item through the security tool, the value never on a command line', async () => {
+    const { bin, store, argvs } = fakeSecurity(home);
     const env = { HOME: home, USER: 'alice' };
     const missing = await readAgentSource('claude', { env, platform: 'darwin', securityBin: bin }).catch((e: unknown) => e);
     expect((missing as Error).message).toMatch(/\.credentials\.json does not exist, and the macOS Keychain has no item 'Claude Code-credentials' \(account 'alice'\)/);
-    const login = { claudeAiOauth: { accessToken: AT, refreshToken: RT, expiresAt: inOneHourMs(), scopes: ['user:inference'] } };
+    // MCP servers' logins beside Claude's own: kept by --move, so the placeholder is a secret too.
+    const login = { claudeAiOauth: { accessToken: AT, refreshToken: RT, expiresAt: inOneHourMs(), scopes: ['user:inference'] }, mcpOAuth: { srv: { accessToken: MCP, refreshToken: `${MCP}-r` } } };
     writeFileSync(store, JSON.stringify({ 'Claude Code-credentials\u0000alice': JSON.stringify(login) }));
     // A file beside the item is named, and neither imported nor touched.
     mkdirSync(join(home, '.claude'));
@@ -353,12 +553,43 @@ if (cmd === 'find-generic-password') {
     expect(sourceWarnings(source).join('\n')).toMatch(/\.credentials\.json exists too; only the Keychain item .* is imported and moved/);
     const mapped = mapSource('claude', source);
     expect(mapped.token?.refresh_token).toBe(RT);
+    expect(await sourceMoveRefusal(source, mapped.placeholder)).toBeNull();
     await replaceSource(source, mapped.placeholder);
     const after = JSON.parse(readFileSync(store, 'utf8'))['Claude Code-credentials\u0000alice'];
     expectNoCanary(after);
     expect(JSON.parse(after).claudeAiOauth.refreshToken).toBe('credproxy-moved:anthropic');
+    expect(JSON.parse(after).mcpOAuth).toEqual(login.mcpOAuth);
     const again = await readAgentSource('claude', { env, platform: 'darwin', securityBin: bin });
     expect(() => mapSource('claude', again)).toThrow(/already moved into credproxy/);
     expect(readFileSync(join(home, '.claude', '.credentials.json'), 'utf8')).toBe(fileText);
+    // What every local user could see (ps): the command lines of security. The write went through `security -i`.
+    expectNoSecretArgv(argvs(), [AT, RT, MCP, after, 'credproxy-moved']);
+    expect(argvs()).toContainEqual(['-i']);
+  });
+
+  it('quotes the item name for `security -i`, and refuses a placeholder too long for its 4 KiB command lines before anything is stored', async () => {
+    const { bin, store, argvs } = fakeSecurity(home);
+    const odd = { service: 'Claude Code-credentials "x" \\ y', account: 'alice' };
+    await writeKeychainItem(odd, `{"k":"${MCP}"}`, bin);
+    expect(JSON.parse(readFileSync(store, 'utf8'))[`${odd.service}\u0000alice`]).toBe(`{"k":"${MCP}"}`);
+    expect(keychainWriteRefusal({ ...odd, account: 'a\nb' }, '{}')).toMatch(/control character/);
+
+    // Many MCP logins: the placeholder keeps them all, and its hex does not fit one line of `security -i`.
+    const servers = Object.fromEntries(Array.from({ length: 80 }, (_, i) => [`server${i}`, { accessToken: `${MCP}-${i}` }]));
+    const login = { claudeAiOauth: { accessToken: AT, refreshToken: RT, expiresAt: inOneHourMs() }, mcpOAuth: servers };
+    writeFileSync(store, JSON.stringify({ 'Claude Code-credentials\u0000alice': JSON.stringify(login) }));
+    const env = { HOME: home, USER: 'alice' };
+    const source = await readAgentSource('claude', { env, platform: 'darwin', securityBin: bin });
+    const mapped = mapSource('claude', source);
+    const refusal = await sourceMoveRefusal(source, mapped.placeholder);
+    expect(refusal).toMatch(/the placeholder for the macOS Keychain item 'Claude Code-credentials' \(account 'alice'\) would be \d+ bytes .*too long for one 'security -i' command line/);
+    expectNoCanary(refusal!);
+    expect(refusal).not.toContain(MCP);
+    const before = readFileSync(store, 'utf8');
+    const calls = argvs().length;
+    await expect(replaceSource(source, mapped.placeholder)).rejects.toThrow(/too long for one 'security -i' command line.*it was left in place/);
+    expect(argvs().slice(calls).filter((a) => a[0] !== 'find-generic-password')).toEqual([]); // no write was attempted
+    expect(readFileSync(store, 'utf8')).toBe(before);
+    expectNoSecretArgv(argvs(), [AT, RT, MCP]);
   });
 });

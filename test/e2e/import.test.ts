@@ -213,6 +213,23 @@ describe('credproxy import', () => {
     expect(ph.tokens.refresh_token).toBe('credproxy-moved:codex');
   });
 
+  it('codex: refuses a tokens.account_id no header can carry, naming the field, never the value, before storing anything', async () => {
+    const path = writeFixture('.codex/auth.json', {
+      OPENAI_API_KEY: null,
+      tokens: { id_token: ID_TOKEN, access_token: jwt({ exp: nowS() + 900 }), refresh_token: RT, account_id: `${C}-acct\r\nX-Injected: 1` },
+      last_refresh: null,
+    });
+    const before = readFileSync(path, 'utf8');
+    const r = await cli(['import', 'codex', '--move', '--yes']);
+    expect(r.code).toBe(1);
+    expectClean(r);
+    expect(r.stderr).toMatch(/auth\.json: not a Codex credential file credproxy knows: 'tokens\.account_id' is not an account id/);
+    expect(r.stderr).not.toContain(C);
+    expect(r.stderr).not.toContain('X-Injected');
+    expect(readFileSync(path, 'utf8')).toBe(before);
+    expect(existsSync(join(host.home, 'data'))).toBe(false);
+  });
+
   it('--move without a terminal and without --yes is a usage error that changes nothing', async () => {
     const path = writeFixture('.gemini/oauth_creds.json', FIXTURES[2]!.content(nowS() + 600));
     const before = readFileSync(path, 'utf8');

@@ -1,6 +1,6 @@
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { chatgptAccountId, unverifiedClaims } from '../../oauth/jwt.js';
+import { chatgptAccountId, isChatgptAccountId, unverifiedClaims } from '../../oauth/jwt.js';
 import type { OAuthToken } from '../../store/types.js';
 import {
   FieldReader,
@@ -25,7 +25,8 @@ import {
  *      "last_refresh": "<ISO time>"}
  *
  * The file has no expiry: it comes from the access token's `exp` claim when
- * that is a JWT (ChatGPT's are). The ChatGPT account id is `tokens.account_id`,
+ * that is a JWT (ChatGPT's are). The ChatGPT account id is `tokens.account_id`
+ * (refused unless a header can carry it: the gateway sends it as one),
  * else the id_token's `https://api.openai.com/auth` → `chatgpt_account_id`
  * claim. An OPENAI_API_KEY value is an API key: it is stored as the key
  * `openai` (what `credproxy key set openai` would do; the gateway's built-in
@@ -68,7 +69,12 @@ export const codexImporter: AgentImporter = {
       const idToken = f.string(tokens, 'id_token', 'tokens.id_token');
       const accessToken = f.string(tokens, 'access_token', 'tokens.access_token');
       const refreshToken = f.string(tokens, 'refresh_token', 'tokens.refresh_token');
-      const accountId = f.optionalString(tokens, 'account_id', 'tokens.account_id') ?? chatgptAccountId(idToken);
+      // The gateway sends the account id as a header (chatgpt-account-id): it must be one a header can carry.
+      const fileAccountId = f.optionalString(tokens, 'account_id', 'tokens.account_id');
+      if (fileAccountId !== undefined && !isChatgptAccountId(fileAccountId)) {
+        throw formatError(where, TOOL, 'tokens.account_id', 'is not an account id (1 to 256 printable ASCII characters, no spaces)');
+      }
+      const accountId = fileAccountId ?? chatgptAccountId(idToken);
       const exp = unverifiedClaims(accessToken)?.exp;
       let expiry: number;
       if (typeof exp === 'number' && Number.isFinite(exp) && exp >= 0) {

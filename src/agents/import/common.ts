@@ -35,7 +35,11 @@ export interface MappedCredential {
   token?: OAuthToken;
   /** An API key found beside (or instead of) the login, stored with `key set` semantics. */
   apiKey?: { name: string; value: string; field: string };
-  /** The file's full text after `--move`: the same format, every secret a placeholder. */
+  /**
+   * The file's full text after `--move`: the same format, every secret of this
+   * login a placeholder. Entries that are not this login stay as they are, and
+   * may be secrets too (Claude Code's `mcpOAuth`: MCP servers' tokens).
+   */
   placeholder: string;
   /** Safe remarks about the mapping (an expiry that had to be guessed...). */
   notes: string[];
@@ -174,7 +178,9 @@ function tooLarge(where: string): CredproxyError {
  * Read a tool's credential file: null when it does not exist. A symlink is
  * followed for reading (dotfile managers use them) and reported; anything
  * but a regular file (a FIFO, a device, a directory) is refused before a
- * byte is read, and so is a file over 1 MiB.
+ * byte is read, and so is a file over 1 MiB. A path that was not a link
+ * must lead to the very file found by the lstat (same device and inode),
+ * else it was swapped meanwhile and is refused.
  */
 export async function readCredentialFile(path: string): Promise<CredentialFile | null> {
   let link;
@@ -190,12 +196,19 @@ export async function readCredentialFile(path: string): Promise<CredentialFile |
     fh = await open(path, fsc.O_RDONLY | fsc.O_NONBLOCK | fsc.O_NOCTTY);
   } catch (err) {
     if (errnoOf(err) === 'ENOENT') {
+      // Not a link: the file went away since the lstat, as if it had not been there.
+      if (!link.isSymbolicLink()) return null;
       throw new CredproxyError('INVALID_REQUEST', `${path} is a symbolic link to a file that does not exist`);
     }
     throw new CredproxyError('INVALID_REQUEST', `cannot read ${path} (${errnoOf(err) ?? 'error'})`);
   }
   try {
     const st = await fh.stat();
+    // `symlink` and the checks below must describe the file that is read: a path swapped between
+    // the lstat and the open (another file, or a link, put in its place) is refused.
+    if (!link.isSymbolicLink() && (st.dev !== link.dev || st.ino !== link.ino)) {
+      throw new CredproxyError('INVALID_REQUEST', `${path} changed while it was being read (it was replaced meanwhile); run the import again`);
+    }
     if (!st.isFile()) throw new CredproxyError('INVALID_REQUEST', `${path} is not a regular file; refusing to read it`);
     if (st.size > MAX_CREDENTIAL_FILE_BYTES) throw tooLarge(path);
     const text = await readBounded(fh, path);
@@ -242,26 +255,19 @@ export async function moveRefusalNow(file: CredentialFile): Promise<string | nul
 /**
  * `--move`: replace the credential file by `placeholder`, atomically and
  * with the same mode (and owner, when running as root): a temp file in the
- * same directory, fsynced, renamed over the original, the directory fsynced.
- * The original must still be the very file that was imported (same inode,
- * same bytes): when the tool refreshed its login meanwhile, the refresh
- * token just stored is already stale, and the file is left alone.
+ * same directory, written and fsynced, then the original checked, then the
+ * rename over it, then the directory fsynced. The check comes after the slow
+ * part, just before the rename: the original must still be the very file
+ * that was imported (same inode, same text). When the tool refreshed its
+ * login meanwhile (a new file renamed into place, or the same file rewritten
+ * in place), the refresh token just stored is already stale and the tool's
+ * new one is in the file: it is left alone. (A rewrite in the instant
+ * between that check and the rename cannot be seen without the tool's
+ * cooperation.)
  */
 export async function replaceCredentialFile(file: CredentialFile, placeholder: string): Promise<void> {
   const refusal = moveRefusal(file);
   if (refusal) throw new CredproxyError('INVALID_REQUEST', refusal);
-  const changed = (): CredproxyError =>
-    new CredproxyError(
-      'INVALID_REQUEST',
-      `${file.path} changed while it was being imported (the tool may have refreshed its login): it was left in place. Run the import again`,
-    );
-  let now: CredentialFile | null;
-  try {
-    now = await readCredentialFile(file.path);
-  } catch {
-    throw changed();
-  }
-  if (!now || now.symlink || now.dev !== file.dev || now.ino !== file.ino || now.text !== file.text) throw changed();
 
   const dir = dirname(file.path);
   const tmp = join(dir, `.${basename(file.path)}.credproxy-${randomBytes(6).toString('hex')}.tmp`);
@@ -276,8 +282,7 @@ export async function replaceCredentialFile(file: CredentialFile, placeholder: s
     } finally {
       await fh.close();
     }
-    const again = await lstat(file.path);
-    if (again.isSymbolicLink() || again.dev !== file.dev || again.ino !== file.ino) throw changed();
+    await expectUnchanged(file);
     await rename(tmp, file.path);
   } catch (err) {
     await unlink(tmp).catch(() => undefined);
@@ -293,6 +298,27 @@ export async function replaceCredentialFile(file: CredentialFile, placeholder: s
     }
   } catch {
     // Some file systems refuse fsync on a directory; the rename itself happened.
+  }
+}
+
+/**
+ * Read the credential file again: it must be the file imported, unchanged.
+ * Gone, or another file or text: "changed". An error reading it (a
+ * permission, an I/O error...) is reported as that error.
+ */
+async function expectUnchanged(file: CredentialFile): Promise<void> {
+  let now: CredentialFile | null;
+  try {
+    now = await readCredentialFile(file.path);
+  } catch (err) {
+    const why = err instanceof CredproxyError ? err.message : `cannot read ${file.path} (${errnoOf(err) ?? 'error'})`;
+    throw new CredproxyError('INVALID_REQUEST', `cannot check ${file.path} before replacing it: ${why}; it was left in place`);
+  }
+  if (!now || now.symlink || now.dev !== file.dev || now.ino !== file.ino || now.text !== file.text) {
+    throw new CredproxyError(
+      'INVALID_REQUEST',
+      `${file.path} changed while it was being imported (the tool may have refreshed its login): it was left in place. Run the import again`,
+    );
   }
 }
 

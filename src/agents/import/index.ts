@@ -4,7 +4,7 @@ import { claudeCredentialsPath, claudeImporter, claudeKeychainItem } from './cla
 import { codexAuthPath, codexImporter } from './codex.js';
 import { moveRefusalNow, readCredentialFile, replaceCredentialFile, type AgentImporter, type AgentName, type CredentialFile, type MappedCredential } from './common.js';
 import { geminiCredsPath, geminiImporter } from './gemini.js';
-import { keychainLabel, readKeychainItem, SECURITY_BIN, writeKeychainItem, type KeychainItem } from './keychain.js';
+import { keychainLabel, keychainWriteRefusal, readKeychainItem, SECURITY_BIN, writeKeychainItem, type KeychainItem } from './keychain.js';
 import { qwenCredsPath, qwenImporter } from './qwen.js';
 
 export { PLACEHOLDER_PREFIX, isPlaceholder, type AgentName, type MappedCredential } from './common.js';
@@ -106,9 +106,14 @@ export function mapSource(agent: AgentName, source: CredentialSource): MappedCre
   return importer.map(value, source.label);
 }
 
-/** Why --move cannot replace this source, or null. */
-export async function sourceMoveRefusal(source: CredentialSource): Promise<string | null> {
-  return source.kind === 'file' ? moveRefusalNow(source.file) : null;
+/** Why --move cannot replace this source by `placeholder`, or null. Checked before anything is stored. */
+export async function sourceMoveRefusal(source: CredentialSource, placeholder: string): Promise<string | null> {
+  return source.kind === 'file' ? moveRefusalNow(source.file) : keychainWriteRefusal(source.item, keychainValue(placeholder));
+}
+
+/** The item holds JSON like the file, written compact: `security -i` takes it in one line of at most 4 KiB, in hex. */
+function keychainValue(placeholder: string): string {
+  return JSON.stringify(JSON.parse(placeholder));
 }
 
 /** --move: put the placeholder where the login was, if the source is unchanged since it was read. */
@@ -118,5 +123,5 @@ export async function replaceSource(source: CredentialSource, placeholder: strin
   if (now !== source.text) {
     throw new CredproxyError('INVALID_REQUEST', `${source.label} changed while it was being imported (Claude Code may have refreshed its login): it was left in place. Run the import again`);
   }
-  await writeKeychainItem(source.item, placeholder.trimEnd(), source.securityBin);
+  await writeKeychainItem(source.item, keychainValue(placeholder), source.securityBin);
 }

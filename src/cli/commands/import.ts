@@ -84,7 +84,7 @@ async function runImport(ctx: CliContext, agent: AgentName, opts: ImportOptions)
   const mapped = mapSource(agent, source);
   const token = mapped.token ? validateToken(mapped.token) : undefined;
   if (move) {
-    const refusal = await sourceMoveRefusal(source);
+    const refusal = await sourceMoveRefusal(source, mapped.placeholder);
     if (refusal) throw new CredproxyError('INVALID_REQUEST', `${refusal}. Nothing was changed.`);
   }
   const report = buildReport(agent, source, mapped, token, bucket, move, dryRun);
@@ -205,7 +205,7 @@ function printPlan(ctx: CliContext, r: ImportReport, source: CredentialSource, t
   for (const n of r.notes) out(`  note:        ${n}`);
   if (r.move === 'would-move') {
     const mode = source.kind === 'file' ? `, mode ${modeText(source.file.mode)} kept` : '';
-    out(`  --move:      would replace ${r.source} with a placeholder ('${r.placeholder}'${mode}) holding no secret, after the token is stored;`);
+    out(`  --move:      would replace ${r.source} with a placeholder ('${r.placeholder}'${mode}) in place of this login's secrets, after the token is stored;`);
     out(`               ${tool} could then no longer refresh this login`);
   } else {
     out(`  --move:      not requested: ${tool} would keep its own copy of the refresh token`);
