@@ -36,10 +36,12 @@ export type GatewayOutcome =
   | 'encoded_response'
   | 'client_closed'
   | 'bad_request'
+  | 'slow_head'
+  | 'busy'
   | 'foreign_peer';
 
 /** Outcomes where the gateway answered itself and nothing was served: counted per second, not a line each. */
-export const REFUSAL_OUTCOMES: ReadonlySet<GatewayOutcome> = new Set(['no_route', 'bad_path', 'not_allowed', 'no_placeholder', 'credential_error', 'bad_request', 'foreign_peer']);
+export const REFUSAL_OUTCOMES: ReadonlySet<GatewayOutcome> = new Set(['no_route', 'bad_path', 'not_allowed', 'no_placeholder', 'credential_error', 'bad_request', 'slow_head', 'busy', 'foreign_peer']);
 
 /**
  * The gateway's refusals of one second: a sandbox sending requests without

@@ -32,6 +32,8 @@ export interface GatewayOptions {
   logger: Logger;
   audit?: GatewayAuditSink;
   upstream?: UpstreamOptions;
+  /** From a connection's start, or its last answer, to a request's complete head (default 30 s). */
+  headDeadlineMs?: number;
 }
 
 export type GatewayListen = ListenAt;
@@ -68,11 +70,19 @@ export class GatewayServer {
     this.creds = new GatewayCredentials(options.credentials, options.keys);
     this.upstream = new Upstream(options.upstream);
     // Larger stream buffers than Node's 16 KiB: a two-hop pipe with small ones stalls on every drain.
-    this.http = http.createServer({ requestTimeout: 0, headersTimeout: 30_000, keepAliveTimeout: 5_000, highWaterMark: STREAM_HIGH_WATER_MARK }, (req, res) => this.handle(req, res));
+    // Larger stream buffers than Node's 16 KiB: a two-hop pipe with small ones stalls on every drain.
+    // The head deadline is the listeners' (headersTimeout never applies to connections handed over).
+    this.http = http.createServer({ requestTimeout: 0, keepAliveTimeout: 5_000, highWaterMark: STREAM_HIGH_WATER_MARK }, (req, res) => this.handle(req, res));
     this.http.timeout = this.upstream.idleTimeoutMs;
     this.listeners = new HttpListeners({
       maxConnections: options.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
       highWaterMark: STREAM_HIGH_WATER_MARK,
+      headDeadlineMs: options.headDeadlineMs ?? 30_000,
+      onHeadTimeout: (socket) => {
+        this.refusals.note('slow_head', null);
+        if (socket.writable) socket.end('HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      },
+      onBusy: () => this.refusals.note('busy', null),
       onForeignPeer: () => this.refusals.note('foreign_peer', null),
       onConnection: (socket) => this.http.emit('connection', socket),
     });
@@ -89,6 +99,11 @@ export class GatewayServer {
     return this.listeners.listen(where);
   }
 
+  /** Connections open now. */
+  get connections(): number {
+    return this.listeners.connections;
+  }
+
   /** Stop accepting, end every connection, drop upstream sockets. */
   async stop(): Promise<void> {
     await this.listeners.close();
@@ -98,6 +113,8 @@ export class GatewayServer {
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const started = performance.now();
+    this.listeners.headArrived(req.socket);
+    res.once('finish', () => this.listeners.awaitHead(req.socket));
     const x: Exchange = {
       req,
       res,

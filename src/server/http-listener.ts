@@ -8,6 +8,18 @@ export interface HttpListenerOptions {
   maxConnections: number;
   /** Stream buffers of the accepted sockets (http.createServer's own option never reaches them). */
   highWaterMark?: number;
+  /**
+   * How long a connection may take to send a request's head, counted from
+   * when it opened or from its last answer (headArrived / awaitHead). A
+   * slowloris client, silent or trickling, is closed when it runs out.
+   * (http.Server's own headersTimeout is checked only for connections it
+   * accepted through its own listen(), never for ones handed to it.)
+   */
+  headDeadlineMs?: number;
+  /** A head that did not arrive in time: answer and count it; the connection is closed after. */
+  onHeadTimeout?(socket: Socket): void;
+  /** A connection turned away because maxConnections were open. */
+  onBusy?(): void;
   /** A TCP connection from another uid's process, closed before a byte was read. */
   onForeignPeer(): void;
   /** Every other connection, to hand to the HTTP server. */
@@ -23,7 +35,8 @@ export interface HttpListenerOptions {
  */
 export class HttpListeners {
   private readonly servers: net.Server[] = [];
-  private readonly open = new Set<Socket>();
+  /** Every open connection, with the deadline of the head it is waiting for, if any. */
+  private readonly open = new Map<Socket, NodeJS.Timeout | null>();
 
   constructor(private readonly o: HttpListenerOptions) {}
 
@@ -35,17 +48,24 @@ export class HttpListeners {
   /** Listen at `where`; resolves with what clients use to reach it: the path, or an http:// base URL. */
   async listen(where: ListenAt): Promise<string> {
     const tcp = !('path' in where);
-    const server = net.createServer({ noDelay: true, ...(this.o.highWaterMark === undefined ? {} : { highWaterMark: this.o.highWaterMark }) }, (socket) => {
+    // Half-open as http.Server itself makes them: a tunnel's client may end its side and still read the answer.
+    const options = { noDelay: true, allowHalfOpen: true, ...(this.o.highWaterMark === undefined ? {} : { highWaterMark: this.o.highWaterMark }) };
+    const server = net.createServer(options, (socket) => {
       if (tcp && isForeignLoopbackPeer(socket)) {
         this.o.onForeignPeer();
         socket.destroy();
         return;
       }
-      this.open.add(socket);
-      socket.once('close', () => this.open.delete(socket));
+      this.open.set(socket, null);
+      socket.once('close', () => {
+        this.headArrived(socket);
+        this.open.delete(socket);
+      });
+      this.awaitHead(socket);
       this.o.onConnection(socket);
     });
     server.maxConnections = this.o.maxConnections;
+    server.on('drop', () => this.o.onBusy?.());
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       if ('path' in where) server.listen(where.path, () => resolve());
@@ -57,10 +77,32 @@ export class HttpListeners {
     return `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
   }
 
+  /** A request's head has been read from `socket`: its deadline is off. */
+  headArrived(socket: Socket): void {
+    const timer = this.open.get(socket);
+    if (timer) clearTimeout(timer);
+    if (timer !== undefined) this.open.set(socket, null);
+  }
+
+  /** `socket` (still open) waits for a request's head again, e.g. after an answer on a keep-alive connection. */
+  awaitHead(socket: Socket): void {
+    if (this.o.headDeadlineMs === undefined || !this.open.has(socket) || socket.destroyed) return;
+    this.headArrived(socket);
+    const timer = setTimeout(() => {
+      this.open.set(socket, null);
+      this.o.onHeadTimeout?.(socket);
+      socket.destroySoon();
+      // Whatever it does not read of the answer is not waited for.
+      setTimeout(() => socket.destroy(), 1000).unref();
+    }, this.o.headDeadlineMs);
+    timer.unref();
+    this.open.set(socket, timer);
+  }
+
   /** Stop accepting and end every connection; the connections are destroyed before this returns its promise. */
   close(): Promise<void> {
     const closed = Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-    for (const s of this.open) s.destroy();
+    for (const s of this.open.keys()) s.destroy();
     return closed.then(() => undefined);
   }
 }

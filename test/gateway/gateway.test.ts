@@ -41,6 +41,8 @@ interface Rig {
   coordinator: RefreshCoordinator;
   gateway: GatewayServer;
   recorder: TcpRecorder;
+  routes: ReturnType<typeof buildRoutes>['routes'];
+  logger: ReturnType<typeof capturingLogger>['logger'];
   /** A line per request the upstream saw. */
   audit: GatewayAuditEntry[];
   /** The per-second counts of what the gateway refused itself. */
@@ -125,7 +127,7 @@ beforeEach(async () => {
   const recorder = await TcpRecorder.start(Number(new URL(direct).port));
   recorders.push(recorder);
   fake.accept = (c) => c !== null;
-  rig = { store, keys, coordinator, gateway, recorder, audit, refused, url: recorder.url, stateDir };
+  rig = { store, keys, coordinator, gateway, recorder, routes: table.routes, logger, audit, refused, url: recorder.url, stateDir };
 });
 
 afterEach(async () => {
@@ -318,6 +320,127 @@ describe('gateway with the official SDKs', () => {
     expect(fake.requests.at(-1)!.url).toBe('/base/echo?x=1');
     expect(rig.audit.at(-1)).toMatchObject({ route: 'limited', path: '/echo', status: 200 });
     expect(JSON.stringify(rig.audit)).not.toContain('x=1');
+  });
+});
+
+describe('connections that hold the gateway without asking anything', () => {
+  /** A gateway of its own, listening directly, with a short head deadline or a small connection cap. */
+  async function own(o: { headDeadlineMs?: number; maxConnections?: number }): Promise<{ gateway: GatewayServer; port: number; refused: () => Record<string, number> }> {
+    const refused: GatewayRefusedEntry[] = [];
+    audits.push(refused);
+    const gateway = new GatewayServer({
+      routes: rig.routes,
+      placeholder: PLACEHOLDER,
+      credentials: rig.coordinator,
+      keys: rig.keys,
+      logger: rig.logger,
+      audit: { record: (e) => void (e.kind === 'gateway_refused' ? refused.push(e) : undefined) },
+      upstream: { ca: ca.caPem },
+      ...o,
+    });
+    const url = await gateway.listen({ host: '127.0.0.1', port: 0 });
+    const refusedNow = (): Record<string, number> => {
+      const out: Record<string, number> = {};
+      for (const e of refused) for (const [k, n] of Object.entries(e.refused)) out[k] = (out[k] ?? 0) + n;
+      return out;
+    };
+    return { gateway, port: Number(new URL(url).port), refused: refusedNow };
+  }
+
+  const get = (port: number, path: string): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port, path, headers: bearer, agent: false }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+
+  const closed = (s: ReturnType<typeof connect>): Promise<number> => new Promise((resolve) => s.once('close', () => resolve(performance.now())));
+
+  it('a client that sends no head, or trickles one, even after an answer on the same connection, is closed at the deadline and counted; others are served', async () => {
+    await login(rig.store);
+    const { gateway, port, refused } = await own({ headDeadlineMs: 1000 });
+    try {
+      const started = performance.now();
+      const silent = Array.from({ length: 10 }, () => connect(port, '127.0.0.1'));
+      const trickling = Array.from({ length: 10 }, () => connect(port, '127.0.0.1'));
+      const timers: NodeJS.Timeout[] = [];
+      // They read what they are sent (a client that does not would never see the server's end).
+      for (const s of [...silent, ...trickling]) s.on('error', () => undefined).resume();
+      const heldClosed = [...silent, ...trickling].map(closed);
+      for (const s of trickling) {
+        s.write('GET /anthropic/echo HTTP/1.1\r\nhost: x\r\n');
+        // A byte every 200 ms: never idle, never done.
+        timers.push(setInterval(() => s.writable && s.write('x-trickle: y\r\n'), 200));
+      }
+      // A keep-alive connection that was answered once, then trickles its next head.
+      const keptAlive = connect(port, '127.0.0.1');
+      keptAlive.on('error', () => undefined);
+      const keptAliveClosed = closed(keptAlive);
+      const firstAnswer = new Promise<string>((resolve) => keptAlive.once('data', (d: Buffer) => resolve(d.toString('latin1'))));
+      keptAlive.write(`GET /anthropic/echo HTTP/1.1\r\nhost: x\r\nauthorization: ${bearer.authorization}\r\n\r\n`);
+      expect(await firstAnswer).toMatch(/^HTTP\/1\.1 200 /);
+      keptAlive.resume();
+      keptAlive.write('GET /anthropic/echo HTTP/1.1\r\n');
+      timers.push(setInterval(() => keptAlive.writable && keptAlive.write('x-trickle: y\r\n'), 200));
+      // Meanwhile a real client is answered.
+      expect(await get(port, '/anthropic/echo')).toBe(200);
+      const closedAt = await Promise.all([...heldClosed, keptAliveClosed]);
+      for (const t of timers) clearInterval(t);
+      for (const at of closedAt) expect(at - started).toBeGreaterThanOrEqual(900);
+      expect(gateway.connections).toBe(0);
+      await vi.waitFor(() => expect(refused()).toEqual({ slow_head: 21 }), { timeout: 10_000, interval: 100 });
+    } finally {
+      await gateway.stop();
+    }
+  });
+
+  it('connections past the cap are turned away and counted as busy; once the holders go, a client is served', async () => {
+    await login(rig.store);
+    const { gateway, port, refused } = await own({ maxConnections: 4 });
+    try {
+      const holders = Array.from({ length: 4 }, () => connect(port, '127.0.0.1'));
+      for (const s of holders) s.on('error', () => undefined);
+      await Promise.all(holders.map((s) => new Promise((r) => s.once('connect', r))));
+      await vi.waitFor(() => expect(gateway.connections).toBe(4), { timeout: 10_000, interval: 20 });
+      const extra = Array.from({ length: 3 }, () => connect(port, '127.0.0.1'));
+      for (const s of extra) s.on('error', () => undefined);
+      await Promise.all(extra.map(closed));
+      await vi.waitFor(() => expect(refused()).toEqual({ busy: 3 }), { timeout: 10_000, interval: 100 });
+      for (const s of holders) s.destroy();
+      await vi.waitFor(() => expect(gateway.connections).toBe(0), { timeout: 10_000, interval: 20 });
+      expect(await get(port, '/anthropic/echo')).toBe(200);
+    } finally {
+      await gateway.stop();
+    }
+  });
+
+  it('refuses requests whose length is ambiguous (Content-Length with chunked, two lengths) with 400, counted, nothing upstream', async () => {
+    await login(rig.store);
+    const before = fake.requests.length;
+    const { gateway, port, refused } = await own({});
+    const send = (text: string): Promise<string> =>
+      new Promise((resolve) => {
+        const s = connect(port, '127.0.0.1');
+        let got = '';
+        s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+        s.on('error', () => undefined);
+        s.on('close', () => resolve(got));
+        s.end(text);
+      });
+    const head = `POST /anthropic/echo HTTP/1.1\r\nhost: x\r\nauthorization: ${bearer.authorization}\r\n`;
+    const smuggled = `GET /anthropic/v1/models HTTP/1.1\r\nhost: x\r\n\r\n`;
+    const answers = [
+      await send(`${head}content-length: ${4 + smuggled.length}\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n${smuggled}`),
+      await send(`${head}transfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n0\r\n\r\n${smuggled}`),
+      await send(`${head}content-length: 0\r\ncontent-length: ${smuggled.length}\r\n\r\n${smuggled}`),
+    ];
+    await gateway.stop();
+    for (const a of answers) expect(a).toMatch(/^HTTP\/1\.1 400 /);
+    expect(fake.requests.length).toBe(before);
+    expect(refused()).toEqual({ bad_request: 3 });
   });
 });
 
