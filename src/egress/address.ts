@@ -124,6 +124,9 @@ export function classifyIpv6(b: Uint8Array): AddressClass {
   if (allZero(0, 15) && b[15] === 1) return 'loopback';
   // ::ffff:a.b.c.d (IPv4-mapped): the IPv4 address is what a dual-stack socket reaches.
   if (allZero(0, 10) && b[10] === 0xff && b[11] === 0xff) return classifyIpv4(embeddedV4(b, 12));
+  // ::ffff:0:a.b.c.d (IPv4-translated, SIIT's ::ffff:0:0:0/96): a translator reaches the IPv4 address, so it is
+  // classed as that address (::ffff:0:7f00:1 is loopback, not public).
+  if (allZero(0, 8) && b[8] === 0xff && b[9] === 0xff && b[10] === 0 && b[11] === 0) return classifyIpv4(embeddedV4(b, 12));
   // ::a.b.c.d (deprecated IPv4-compatible) and the rest of ::/96.
   if (allZero(0, 12)) return 'reserved';
   // NAT64 (64:ff9b::/96) carries an IPv4 address the translator will reach.

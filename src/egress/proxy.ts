@@ -105,6 +105,13 @@ export class EgressProxy {
   private readonly headersTimeoutMs: number;
   /** Per connection: closes it unless its (only) request head is complete in time. */
   private readonly headDeadlines = new WeakMap<Socket, NodeJS.Timeout>();
+  /**
+   * Client connections that have carried a request. One request per
+   * connection, whatever it is: a pipelined second request is refused (it
+   * would open another upstream connection and skip the head deadline), and
+   * so is a CONNECT after a request (its tunnel would mix into that answer).
+   */
+  private readonly carried = new WeakSet<Socket>();
 
   constructor(options: EgressProxyOptions) {
     this.o = options;
@@ -128,10 +135,26 @@ export class EgressProxy {
         keepAliveTimeout: 5_000,
         connectionsCheckingInterval: options.checkIntervalMs ?? 1_000,
         highWaterMark: 64 * 1024,
+        // Every request reaches forward(), which answers a missing Host itself: Node's own 400 would skip the
+        // one-request-per-connection mark (a CONNECT could follow it).
+        requireHostHeader: false,
       },
       (req, res) => this.forward(req, res),
     );
     this.http.timeout = this.idleTimeoutMs;
+    // Node drops HTTP/1.1 requests after the first itself (503, never sent: the first answer closes the connection);
+    // forward() refuses the rest (HTTP/1.0 is not counted by Node).
+    this.http.maxRequestsPerSocket = 1;
+    this.http.on('dropRequest', (_req: IncomingMessage, socket: Socket) => {
+      this.carried.add(socket);
+      this.refusals.note('bad_request', '-');
+    });
+    // An Expect other than 100-continue: answered here (not by Node) so that the connection is marked as used.
+    this.http.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+      if (!this.firstRequest(req, res)) return;
+      this.refusals.note('bad_request', '-');
+      plainAnswer(res, 417, 'credproxy egress: unsupported Expect header\n');
+    });
     this.http.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => this.tunnel(req, socket, head));
     this.http.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
@@ -242,8 +265,16 @@ export class EgressProxy {
   private tunnel(req: IncomingMessage, client: Socket, head: Buffer): void {
     const started = performance.now();
     const time = new Date().toISOString();
-    clearTimeout(this.headDeadlines.get(client));
     client.on('error', () => client.destroy());
+    if (this.carried.has(client)) {
+      // A CONNECT after a request on the same connection: that request's answer may still be on its way, and a
+      // tunnel would mix into it. Dropped, with the answer.
+      this.refusals.note('bad_request', '-');
+      client.destroy();
+      return;
+    }
+    this.carried.add(client);
+    clearTimeout(this.headDeadlines.get(client));
     client.setTimeout(this.idleTimeoutMs, () => client.destroy());
     let target: ReturnType<typeof parseAuthority>;
     try {
@@ -293,6 +324,23 @@ export class EgressProxy {
     })().catch((err: unknown) => this.unexpected(err, client));
   }
 
+  /**
+   * Marks the client connection as having carried its one request; a later
+   * request on it is refused and counted, and never reaches an upstream. Its
+   * answer waits behind the first one, which closes the connection, so it is
+   * not sent.
+   */
+  private firstRequest(req: IncomingMessage, res: ServerResponse): boolean {
+    res.shouldKeepAlive = false;
+    if (!this.carried.has(req.socket)) {
+      this.carried.add(req.socket);
+      return true;
+    }
+    this.refusals.note('bad_request', '-');
+    plainAnswer(res, 400, 'credproxy egress: one request per connection\n');
+    return false;
+  }
+
   /** A bug of ours must not take `run` down: log it and drop the one connection. */
   private unexpected(err: unknown, socket: Socket): void {
     this.o.logger.warn({ error: err instanceof Error ? err.message : 'unknown' }, 'egress: unexpected error; connection dropped');
@@ -303,9 +351,13 @@ export class EgressProxy {
   private forward(req: IncomingMessage, res: ServerResponse): void {
     const started = performance.now();
     const time = new Date().toISOString();
+    // One request per client connection (answered with `connection: close`): the head deadline then bounds every head.
+    if (!this.firstRequest(req, res)) return;
     clearTimeout(this.headDeadlines.get(req.socket));
-    // One request per client connection: the head deadline above then bounds every head.
-    res.shouldKeepAlive = false;
+    if (req.httpVersion === '1.1' && req.headers.host === undefined) {
+      this.refusals.note('bad_request', '-');
+      return plainAnswer(res, 400, 'credproxy egress: an HTTP/1.1 request needs a Host header\n');
+    }
     const url = req.url ?? '';
     const m = /^http:\/\/([^/?#]*)(.*)$/i.exec(url);
     if (m === null) {

@@ -153,6 +153,15 @@ describe('address classes', () => {
     for (const [ip, cls] of cases) expect(classifyAddress(ip), ip).toBe(cls);
   });
 
+  it('IPv4-translated (SIIT, ::ffff:0:0:0/96) addresses are classified by their embedded IPv4 address, never public for a private one', () => {
+    const cases: Array<[string, string]> = [
+      ['::ffff:0:7f00:1', 'loopback'], ['::ffff:0:127.0.0.1', 'loopback'], ['0:0:0:0:ffff:0:a00:1', 'private'], ['::ffff:0:a00:1', 'private'],
+      ['::ffff:0:a9fe:a9fe', 'link-local'], ['::ffff:0:0:0', 'unspecified'], ['::ffff:0:c0a8:101', 'private'], ['::ffff:0:808:808', 'public'],
+    ];
+    for (const [ip, cls] of cases) expect(classifyAddress(ip), ip).toBe(cls);
+    for (const ip of ['::ffff:0:7f00:1', '::ffff:0:a00:1']) expect(classifyAddress(ip), ip).not.toBe('public');
+  });
+
   it('canonicalises literals and rejects non-canonical ones', () => {
     expect(canonicalIp('::ffff:127.0.0.1')).toEqual({ address: '127.0.0.1', family: 4 });
     expect(canonicalIp('[0:0::1]')).toEqual({ address: '::1', family: 6 });

@@ -16,6 +16,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 /** The "outside world": servers on 127.0.0.2 and 127.0.0.3, reachable only because tests name them literally. */
 let echo: net.Server;
 let echoPort = 0;
+let echoConnections = 0;
 let decoy: net.Server;
 let decoyConnections = 0;
 let burst: net.Server;
@@ -24,9 +25,11 @@ const BURST_BYTES = 8 * 2 ** 20;
 let web: http.Server;
 let webPort = 0;
 const webSeen: Array<{ method: string; url: string; headers: http.IncomingHttpHeaders; body: string }> = [];
+let webConnections = 0;
 
 beforeAll(async () => {
   echo = net.createServer((s) => {
+    echoConnections++;
     s.on('error', () => undefined);
     s.pipe(s);
   });
@@ -55,6 +58,7 @@ beforeAll(async () => {
       res.end(`hello ${req.method} ${req.url} ${body.length}`);
     });
   });
+  web.on('connection', () => webConnections++);
   await new Promise<void>((r) => web.listen(0, '127.0.0.2', r));
   webPort = (web.address() as AddressInfo).port;
 });
@@ -238,6 +242,17 @@ describe('CONNECT', () => {
     expect(connected(h)).toEqual([]);
     const r = await exchange(h.port, `CONNECT meta.test:80 HTTP/1.1\r\n\r\n`);
     expect(r.text).toContain('link-local (includes cloud metadata)');
+  });
+
+  it('refuses names that resolve to IPv4-translated (SIIT) forms of loopback or private addresses', async () => {
+    const resolve = { 'siit-loop.test': ['::ffff:0:7f00:1'], 'siit-lan.test': ['::ffff:0:a00:1'] };
+    const h = await start(Object.keys(resolve).map((n) => `${n}:*`), { resolve });
+    for (const [host, addrs] of Object.entries(resolve)) {
+      const r = await exchange(h.port, `CONNECT ${host}:${echoPort} HTTP/1.1\r\n\r\n`);
+      expect(r.text, host).toMatch(/^HTTP\/1\.1 403 /);
+      expect(r.text, host).toContain(`resolves to ${addrs[0]}`);
+    }
+    expect(connected(h)).toEqual([]);
   });
 
   it('refuses literal private addresses unless a rule names them, and IP-literal tricks are not literals', async () => {
@@ -485,6 +500,71 @@ describe('plain HTTP', () => {
     h.proxy.refusals.flush();
     expect(JSON.stringify(h.audit)).not.toContain('token=abc');
     expect(JSON.stringify(h.audit)).not.toContain('pw');
+  });
+});
+
+describe('one request per client connection', () => {
+  /** Refusal reasons counted so far, from the aggregated audit lines. */
+  const reasonsOf = (h: Harness): Record<string, number> => {
+    h.proxy.refusals.flush();
+    const out: Record<string, number> = {};
+    for (const l of refusedLines(h)) for (const [k, v] of Object.entries(l.reasons)) out[k] = (out[k] ?? 0) + v;
+    return out;
+  };
+
+  for (const version of ['1.1', '1.0'] as const) {
+    it(`50 pipelined absolute-form GETs (HTTP/${version}) on one connection: one upstream connection, one answer, the other 49 refused and counted`, async () => {
+      const h = await start([`127.0.0.2:${webPort}`]);
+      const before = webConnections;
+      const seenBefore = webSeen.length;
+      const keep = version === '1.0' ? 'Connection: keep-alive\r\n' : '';
+      const one = (i: number): string => `GET http://127.0.0.2:${webPort}/p${i} HTTP/${version}\r\nHost: 127.0.0.2:${webPort}\r\n${keep}\r\n`;
+      const r = await exchange(h.port, Array.from({ length: 50 }, (_, i) => one(i)).join(''));
+      expect(r.closed).toBe(true);
+      expect(r.text.match(/hello GET/g)).toEqual(['hello GET']);
+      expect(r.text).toContain('hello GET /p0 ');
+      await sleep(300); // any further upstream connection would have been opened by now
+      expect(webConnections - before).toBe(1);
+      expect(webSeen.length - seenBefore).toBe(1);
+      await until(() => connected(h).length === 1);
+      await until(() => h.proxy.refusals.total === 49);
+      expect(reasonsOf(h)).toEqual({ bad_request: 49 });
+      await until(() => h.proxy.openConnections === 0);
+    });
+  }
+
+  it('a CONNECT after a GET on the same connection opens no tunnel, and is counted', async () => {
+    const h = await start([`127.0.0.2:${webPort}`, `127.0.0.2:${echoPort}`]);
+    const before = echoConnections;
+    const r = await exchange(h.port, `GET http://127.0.0.2:${webPort}/first HTTP/1.1\r\nHost: 127.0.0.2:${webPort}\r\n\r\nCONNECT 127.0.0.2:${echoPort} HTTP/1.1\r\n\r\nping`, { timeoutMs: 3000 });
+    expect(r.closed).toBe(true);
+    expect(r.text).not.toContain('Connection Established');
+    expect(r.text).not.toMatch(/ping$/);
+    await sleep(300);
+    expect(echoConnections - before).toBe(0);
+    expect(connected(h).filter((e) => e.type === 'connect')).toEqual([]);
+    expect(reasonsOf(h).bad_request).toBeGreaterThanOrEqual(1);
+    await until(() => h.proxy.openConnections === 0);
+  });
+
+  it('a CONNECT after a request Node answers itself (no Host, unknown Expect, HTTP/1.0) opens no tunnel either', async () => {
+    const h = await start([`127.0.0.2:${webPort}`, `127.0.0.2:${echoPort}`]);
+    const before = echoConnections;
+    const firsts = [
+      `GET http://127.0.0.2:${webPort}/nohost HTTP/1.1\r\n\r\n`,
+      `GET http://127.0.0.2:${webPort}/expect HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n`,
+      `GET http://127.0.0.2:${webPort}/old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n`,
+      `GET / HTTP/1.1\r\nHost: x\r\n\r\n`,
+    ];
+    for (const first of firsts) {
+      const r = await exchange(h.port, `${first}CONNECT 127.0.0.2:${echoPort} HTTP/1.1\r\n\r\nping`, { timeoutMs: 3000 });
+      expect(r.closed, first).toBe(true);
+      expect(r.text, first).not.toContain('Connection Established');
+    }
+    await sleep(300);
+    expect(echoConnections - before).toBe(0);
+    expect(connected(h).filter((e) => e.type === 'connect')).toEqual([]);
+    await until(() => h.proxy.openConnections === 0);
   });
 });
 
