@@ -1,4 +1,4 @@
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 
@@ -84,11 +84,18 @@ export function configDirProblem(dir: unknown): string | null {
 /**
  * Where the relay makes the config directory inside the sandbox: the
  * sandbox's home (a tmpfs in bwrap), or its /tmp (also a tmpfs) when that
- * home is not there (a HOME under /tmp is covered by the sandbox's own).
+ * home is not there or not ours to write (a container run as a uid the
+ * image does not know gets HOME=/).
  */
 export function sandboxConfigParent(env: NodeJS.ProcessEnv): string {
   const home = env.HOME;
-  return home !== undefined && home.startsWith('/') && existsSync(home) ? home : tmpdir();
+  if (home === undefined || !home.startsWith('/')) return tmpdir();
+  try {
+    accessSync(home, constants.W_OK | constants.X_OK);
+    return home;
+  } catch {
+    return tmpdir();
+  }
 }
 
 /**
@@ -102,9 +109,9 @@ export function prepareAgentEnv(plan: AgentEnvPlan, parent: string, gatewayUrl: 
   if (plan.configDir === undefined) return { env, dir: null };
   const problem = configDirProblem(plan.configDir);
   if (problem !== null) throw new Error(`the agent's config directory plan is malformed (${problem})`);
+  // mkdtemp makes it 0700.
   const dir = mkdtempSync(join(parent, '.credproxy-agent-'));
   try {
-    chmodSync(dir, 0o700);
     for (const file of plan.configDir.files) {
       const path = join(dir, file.path);
       mkdirSync(dirname(path), { recursive: true, mode: 0o700 });

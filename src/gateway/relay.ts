@@ -106,11 +106,12 @@ export function splice(a: net.Socket, b: net.Socket, onClosed?: () => void): voi
 
 /** Carry one accepted connection to the host socket, both ways, until both sides are done. */
 function carry(client: net.Socket, socketPath: string): void {
-  splice(client, net.connect(socketPath));
+  splice(client, net.connect({ path: socketPath, allowHalfOpen: true }));
 }
 
-export async function startRelayListener(socketPath: string): Promise<{ server: net.Server; url: string }> {
-  const server = net.createServer({ noDelay: true }, (client) => carry(client, socketPath));
+async function startRelayListener(socketPath: string): Promise<{ server: net.Server; url: string }> {
+  // Half-open both ways: a client that ends its side still gets the answer, and its end is passed on.
+  const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (client) => carry(client, socketPath));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => resolve());
@@ -118,18 +119,28 @@ export async function startRelayListener(socketPath: string): Promise<{ server: 
   return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
 }
 
-/** bwrap hands the placeholder over in CREDPROXY_TOKEN; containers as a 0400 file in the socket mount. */
+/**
+ * bwrap hands the placeholder over in CREDPROXY_TOKEN; containers as a 0400
+ * file in the socket mount. Without one the agent's files would carry an
+ * empty key and every request would come back 401: stop here instead.
+ */
 function placeholder(): string {
   const inEnv = process.env.CREDPROXY_TOKEN;
-  if (inEnv !== undefined && inEnv !== '') return inEnv;
   const file = process.env.CREDPROXY_TOKEN_FILE;
-  if (file === undefined) return '';
-  try {
-    return readFileSync(file, 'utf8').trim();
-  } catch (err) {
-    process.stderr.write(`credproxy gateway relay: cannot read the token file (${(err as NodeJS.ErrnoException).code ?? 'error'})\n`);
+  let value = inEnv ?? '';
+  if (value === '' && file !== undefined && file !== '') {
+    try {
+      value = readFileSync(file, 'utf8').trim();
+    } catch (err) {
+      process.stderr.write(`credproxy relay: cannot read the token file (${(err as NodeJS.ErrnoException).code ?? 'error'})\n`);
+      process.exit(RELAY_FAILURE_EXIT);
+    }
+  }
+  if (value === '') {
+    process.stderr.write('credproxy relay: no placeholder for the agent\'s config files (neither CREDPROXY_TOKEN nor CREDPROXY_TOKEN_FILE has one)\n');
     process.exit(RELAY_FAILURE_EXIT);
   }
+  return value;
 }
 
 async function main(argv: string[]): Promise<void> {

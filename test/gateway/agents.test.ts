@@ -1,6 +1,8 @@
 import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AGENTS, agentEnvPlan, agentSetup, explainAgent, locateAgentCommand, prepareAgentEnv, type Agent } from '../../src/gateway/agents.js';
 import { configDirProblem, fillTemplate, GATEWAY_URL_MARK, PLACEHOLDER_MARK, resolveAgentEnv, sandboxConfigParent, type AgentEnvPlan } from '../../src/gateway/agent-env.js';
@@ -223,6 +225,21 @@ describe('agent config directory', () => {
     expect(sandboxConfigParent({ HOME: join(home, 'missing') })).toBe(tmpdir());
     expect(sandboxConfigParent({})).toBe(tmpdir());
     expect(sandboxConfigParent({ HOME: 'relative' })).toBe(tmpdir());
+  });
+
+  it('a HOME the relay may not write (a container run as a uid its image does not know) falls back to /tmp', () => {
+    expect(process.getuid?.()).toBe(0); // to run the check as another uid (MACHINE-NOTES: the tests run as root)
+    const theirs = scratch(); // 0700, root's
+    const built = fileURLToPath(new URL('../../dist/gateway/agent-env.js', import.meta.url));
+    const asNobody = (home: string): string =>
+      execFileSync(process.execPath, ['--input-type=module', '-e', `import { sandboxConfigParent } from ${JSON.stringify(built)}; process.stdout.write(sandboxConfigParent({ HOME: ${JSON.stringify(home)} }));`], {
+        uid: 65534,
+        gid: 65534,
+        cwd: '/',
+        encoding: 'utf8',
+      });
+    expect(asNobody(theirs)).toBe(tmpdir());
+    expect(asNobody(tmpdir())).toBe(tmpdir());
   });
 });
 
