@@ -14,7 +14,7 @@ export type EgressRefusal =
   | 'blocked_address'
   /** The name did not resolve. */
   | 'dns_failed'
-  /** Too many name lookups waiting. */
+  /** Too many connections open, or too many name lookups waiting. */
   | 'busy'
   /** The checked address did not accept the connection in time. */
   | 'connect_failed'

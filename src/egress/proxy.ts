@@ -35,8 +35,6 @@ export interface EgressProxyOptions {
   lookupConcurrency?: number;
   /** Name lookups waiting beyond that (default 128; more are refused with 503). */
   lookupQueue?: number;
-  /** How often the HTTP server checks head timeouts (default 1 s). */
-  checkIntervalMs?: number;
 }
 
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
@@ -102,9 +100,6 @@ export class EgressProxy {
   private readonly connectTimeoutMs: number;
   private readonly idleTimeoutMs: number;
   private readonly lookupTimeoutMs: number;
-  private readonly headersTimeoutMs: number;
-  /** Per connection: closes it unless its (only) request head is complete in time. */
-  private readonly headDeadlines = new WeakMap<Socket, NodeJS.Timeout>();
   /**
    * Client connections that have carried a request. One request per
    * connection, whatever it is: a pipelined second request is refused (it
@@ -122,18 +117,22 @@ export class EgressProxy {
     this.refusals = new EgressRefusals(options.audit);
     this.listeners = new HttpListeners({
       maxConnections: options.maxConnections ?? 256,
+      highWaterMark: 64 * 1024,
+      // One request per connection, so one deadline bounds its head: a slowloris client, trickling or silent, is closed.
+      headDeadlineMs: options.headersTimeoutMs ?? 10_000,
+      onHeadTimeout: (socket) => {
+        this.refusals.note('bad_request', '-');
+        if (socket.writable) socket.end(rawResponse(408, 'credproxy egress: request head not received in time\n'));
+      },
+      onBusy: () => this.refusals.note('busy', '-'),
       onForeignPeer: () => this.refusals.note('foreign_peer', '-'),
-      onConnection: (socket) => this.accept(socket),
+      onConnection: (socket) => this.http.emit('connection', socket),
     });
-    const headersTimeout = options.headersTimeoutMs ?? 10_000;
-    this.headersTimeoutMs = headersTimeout;
+    // The head deadline is the listeners' (headersTimeout never applies to connections handed over).
     this.http = http.createServer(
       {
         maxHeaderSize: options.maxHeaderSize ?? 16 * 1024,
-        headersTimeout,
         requestTimeout: 0,
-        keepAliveTimeout: 5_000,
-        connectionsCheckingInterval: options.checkIntervalMs ?? 1_000,
         highWaterMark: 64 * 1024,
         // Every request reaches forward(), which answers a missing Host itself: Node's own 400 would skip the
         // one-request-per-connection mark (a CONNECT could follow it).
@@ -157,9 +156,9 @@ export class EgressProxy {
     });
     this.http.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => this.tunnel(req, socket, head));
     this.http.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-      const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+      const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
       this.refusals.note('bad_request', '-');
-      if (socket.writable) socket.end(rawResponse(status, `credproxy egress: ${status === 431 ? 'request head too large' : status === 408 ? 'request head not received in time' : 'malformed request'}\n`));
+      if (socket.writable) socket.end(rawResponse(status, `credproxy egress: ${status === 431 ? 'request head too large' : 'malformed request'}\n`));
       else socket.destroy();
     });
   }
@@ -167,21 +166,6 @@ export class EgressProxy {
   /** Accept connections on a TCP address or a Unix socket path; may be called more than once. */
   listen(where: EgressListen): Promise<string> {
     return this.listeners.listen(where);
-  }
-
-  /** A connection the listeners let in: its request head gets a deadline, then the HTTP server has it. */
-  private accept(socket: Socket): void {
-    // One request per connection (answers say `connection: close`), so one deadline bounds its head:
-    // a slowloris client, trickling or silent, is closed when it runs out.
-    const deadline = setTimeout(() => {
-      this.refusals.note('bad_request', '-');
-      if (socket.writable) socket.end(rawResponse(408, 'credproxy egress: request head not received in time\n'));
-      socket.destroySoon();
-      setTimeout(() => socket.destroy(), 1000).unref();
-    }, this.headersTimeoutMs);
-    this.headDeadlines.set(socket, deadline);
-    socket.once('close', () => clearTimeout(deadline));
-    this.http.emit('connection', socket);
   }
 
   async stop(): Promise<void> {
@@ -245,7 +229,7 @@ export class EgressProxy {
 
   private connectTo(address: string, family: 4 | 6, port: number): Promise<Socket> {
     return new Promise((resolve, reject) => {
-      const upstream = net.connect({ host: address, port, family, noDelay: true });
+      const upstream = net.connect({ host: address, port, family, noDelay: true, allowHalfOpen: true });
       const timer = setTimeout(() => {
         upstream.destroy();
         reject(new Error('connect timeout'));
@@ -274,7 +258,7 @@ export class EgressProxy {
       return;
     }
     this.carried.add(client);
-    clearTimeout(this.headDeadlines.get(client));
+    this.listeners.headArrived(client);
     client.setTimeout(this.idleTimeoutMs, () => client.destroy());
     let target: ReturnType<typeof parseAuthority>;
     try {
@@ -353,7 +337,7 @@ export class EgressProxy {
     const time = new Date().toISOString();
     // One request per client connection (answered with `connection: close`): the head deadline then bounds every head.
     if (!this.firstRequest(req, res)) return;
-    clearTimeout(this.headDeadlines.get(req.socket));
+    this.listeners.headArrived(req.socket);
     if (req.httpVersion === '1.1' && req.headers.host === undefined) {
       this.refusals.note('bad_request', '-');
       return plainAnswer(res, 400, 'credproxy egress: an HTTP/1.1 request needs a Host header\n');

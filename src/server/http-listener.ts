@@ -15,11 +15,11 @@ export interface HttpListenerOptions {
    * (http.Server's own headersTimeout is checked only for connections it
    * accepted through its own listen(), never for ones handed to it.)
    */
-  headDeadlineMs?: number;
+  headDeadlineMs: number;
   /** A head that did not arrive in time: answer and count it; the connection is closed after. */
-  onHeadTimeout?(socket: Socket): void;
+  onHeadTimeout(socket: Socket): void;
   /** A connection turned away because maxConnections were open. */
-  onBusy?(): void;
+  onBusy(): void;
   /** A TCP connection from another uid's process, closed before a byte was read. */
   onForeignPeer(): void;
   /** Every other connection, to hand to the HTTP server. */
@@ -65,7 +65,7 @@ export class HttpListeners {
       this.o.onConnection(socket);
     });
     server.maxConnections = this.o.maxConnections;
-    server.on('drop', () => this.o.onBusy?.());
+    server.on('drop', () => this.o.onBusy());
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       if ('path' in where) server.listen(where.path, () => resolve());
@@ -86,11 +86,11 @@ export class HttpListeners {
 
   /** `socket` (still open) waits for a request's head again, e.g. after an answer on a keep-alive connection. */
   awaitHead(socket: Socket): void {
-    if (this.o.headDeadlineMs === undefined || !this.open.has(socket) || socket.destroyed) return;
+    if (!this.open.has(socket) || socket.destroyed) return;
     this.headArrived(socket);
     const timer = setTimeout(() => {
       this.open.set(socket, null);
-      this.o.onHeadTimeout?.(socket);
+      this.o.onHeadTimeout(socket);
       socket.destroySoon();
       // Whatever it does not read of the answer is not waited for.
       setTimeout(() => socket.destroy(), 1000).unref();

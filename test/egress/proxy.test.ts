@@ -4,7 +4,7 @@ import net, { type AddressInfo } from 'node:net';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createLogger } from '../../src/log.js';
 import type { EgressAuditEntry, EgressConnectionEntry, EgressRefusedEntry } from '../../src/egress/audit.js';
 import { parseHostRules } from '../../src/egress/hosts.js';
@@ -176,6 +176,34 @@ describe('CONNECT', () => {
     expect(connected(h)[0]).toMatchObject({ bytesDown: BURST_BYTES, bytesUp: 0 });
   });
 
+  it('a client that ends its side of a tunnel still gets the answer the server sends after that end', async () => {
+    // A server that answers only once the client has finished (an upload's end, a half-closing protocol).
+    const late = net.createServer({ allowHalfOpen: true }, (c) => {
+      let n = 0;
+      c.on('data', (d: Buffer) => (n += d.length));
+      c.on('end', () => c.end(`got ${n} bytes after the end`));
+    });
+    await new Promise<void>((r) => late.listen(0, '127.0.0.2', r));
+    const port = (late.address() as AddressInfo).port;
+    try {
+      const h = await start([`127.0.0.2:${port}`]);
+      const text = await new Promise<string>((resolve) => {
+        const s = net.connect(h.port, '127.0.0.1');
+        let got = '';
+        s.on('data', (d: Buffer) => {
+          got += d.toString('latin1');
+          if (/\r\n\r\n$/.test(got)) s.end('hello');
+        });
+        s.on('error', () => resolve(got));
+        s.on('close', () => resolve(got));
+        s.write(`CONNECT 127.0.0.2:${port} HTTP/1.1\r\nhost: 127.0.0.2:${port}\r\n\r\n`);
+      });
+      expect(text).toMatch(/^HTTP\/1\.1 200 [^]*\r\n\r\ngot 5 bytes after the end$/);
+    } finally {
+      await new Promise((r) => late.close(r));
+    }
+  });
+
   it('stop() ends open tunnels and waits for their audit lines', async () => {
     const h = await start([`127.0.0.2:${echoPort}`]);
     const r = await exchange(h.port, `CONNECT 127.0.0.2:${echoPort} HTTP/1.1\r\n\r\nabc`, { until: /abc$/ });
@@ -344,7 +372,7 @@ describe('limits', () => {
   });
 
   it('slowloris: a head trickled a byte at a time, and a connection that sends nothing, are closed after the head timeout', async () => {
-    const h = await start(['example.org'], { headersTimeoutMs: 1500, checkIntervalMs: 250 });
+    const h = await start(['example.org'], { headersTimeoutMs: 1500 });
     const t0 = Date.now();
     const silent = exchange(h.port, '', { timeoutMs: 15_000 });
     const trickle = net.connect(h.port, '127.0.0.1');
@@ -374,6 +402,18 @@ describe('limits', () => {
     });
     expect(closedIn).toBeLessThan(6000);
     await until(() => connected(h).length === 1);
+  });
+
+  it('connections past the cap are turned away and counted as busy', async () => {
+    const h = await start(['allowed.test'], { maxConnections: 2 });
+    const holders = [net.connect(h.port, '127.0.0.1'), net.connect(h.port, '127.0.0.1')];
+    for (const s of holders) s.on('error', () => undefined);
+    await vi.waitFor(() => expect(h.proxy.openConnections).toBe(2), { timeout: 10_000, interval: 20 });
+    const extra = await Promise.all([exchange(h.port, ''), exchange(h.port, ''), exchange(h.port, '')]);
+    for (const r of extra) expect(r.closed).toBe(true);
+    for (const s of holders) s.destroy();
+    h.proxy.refusals.flush();
+    expect(refusedLines(h).reduce((a, l) => a + (l.reasons.busy ?? 0), 0)).toBe(3);
   });
 
   it('a refused flood is aggregated: a few audit lines with counts, not one per connection', async () => {
