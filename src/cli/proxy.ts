@@ -179,10 +179,12 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
   // A relative socket path given by the caller lands in the run's socket directory.
   const placed = (where: GatewayListen[]): GatewayListen[] => where.map((w) => ('path' in w && !w.path.startsWith('/') ? { path: join(ownDir ?? flags.socketDir ?? host.dirs.run, w.path) } : w));
   const rotation = config.audit ? { rotation: { ...config.audit } } : {};
+  const stateDir = ensurePrivateDir(host.dirs.state);
   let gateway: RunningGateway | undefined;
-  if (flags.gateway) {
-    const listen = placed(options.gateway?.listen ?? [{ host: '127.0.0.1', port: 0 }]);
-    try {
+  let egress: RunningEgress | undefined;
+  let proxyServer: ProxyServer;
+  try {
+    if (flags.gateway) {
       // Loaded only when asked for: a plain serve/run does not pay for the HTTP stack at startup.
       const { startGateway } = await import('../gateway/index.js');
       gateway = await startGateway({
@@ -192,48 +194,37 @@ export async function startProxy(ctx: CliContext, flags: ProxyFlags, options: { 
         keys: host.stores.keys,
         placeholder: capabilityToken,
         logger,
-        stateDir: ensurePrivateDir(host.dirs.state),
-        listen,
+        stateDir,
+        listen: placed(options.gateway?.listen ?? [{ host: '127.0.0.1', port: 0 }]),
         exposeOnSocket: Boolean(flags.gatewayExposeTokens),
         ...rotation,
       });
-    } catch (err) {
-      if (ownDir) removeSocketDir(ownDir);
-      throw err;
+      if (gateway.routes.size === 0) ctx.notice('--gateway: the policy allows no credential with a gateway route; every gateway request will be refused');
     }
-    if (gateway.routes.size === 0) ctx.notice('--gateway: the policy allows no credential with a gateway route; every gateway request will be refused');
-  }
-  let egress: RunningEgress | undefined;
-  if (options.egress) {
-    try {
+    if (options.egress) {
       const { startEgress } = await import('../egress/index.js');
-      egress = await startEgress({ rules: options.egress.rules, logger, stateDir: ensurePrivateDir(host.dirs.state), listen: placed(options.egress.listen), ...rotation });
-    } catch (err) {
-      await gateway?.stop();
-      if (ownDir) removeSocketDir(ownDir);
-      throw err;
+      egress = await startEgress({ rules: options.egress.rules, logger, stateDir, listen: placed(options.egress.listen), ...rotation });
     }
-  }
-  const proxyServer = new ProxyServer({
-    tokens: host.stores.tokens,
-    keys: host.stores.keys,
-    credentials: host.credentials,
-    policy,
-    capabilityToken,
-    ...(tcp ? { tcp } : { socketDir: ownDir ?? flags.socketDir }),
-    peerCheck: flags.peerCheck ? 'required' : 'off',
-    allowRoot: Boolean(flags.allowRoot),
-    auditPath: join(ensurePrivateDir(host.dirs.state), 'audit.jsonl'),
-    ...(rotation.rotation ? { auditRotation: rotation.rotation } : {}),
-    ...idleTimeoutFromEnv(ctx.io.env),
-    logger,
-    login,
-    ...(rateLimit === undefined ? {} : { limits: { requestsPerWindow: rateLimit } }),
-  });
-  server = proxyServer;
-  try {
+    proxyServer = new ProxyServer({
+      tokens: host.stores.tokens,
+      keys: host.stores.keys,
+      credentials: host.credentials,
+      policy,
+      capabilityToken,
+      ...(tcp ? { tcp } : { socketDir: ownDir ?? flags.socketDir }),
+      peerCheck: flags.peerCheck ? 'required' : 'off',
+      allowRoot: Boolean(flags.allowRoot),
+      auditPath: join(stateDir, 'audit.jsonl'),
+      ...(rotation.rotation ? { auditRotation: rotation.rotation } : {}),
+      ...idleTimeoutFromEnv(ctx.io.env),
+      logger,
+      login,
+      ...(rateLimit === undefined ? {} : { limits: { requestsPerWindow: rateLimit } }),
+    });
+    server = proxyServer;
     await proxyServer.start();
   } catch (err) {
+    // Whatever started is stopped, whichever step failed.
     login.close();
     await gateway?.stop();
     await egress?.stop();
