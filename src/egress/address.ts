@@ -7,7 +7,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 export type AddressClass = 'public' | 'loopback' | 'unspecified' | 'link-local' | 'private' | 'multicast' | 'reserved';
 
 /** An IP in canonical text: IPv4 dotted quad, IPv6 as Node prints it; an IPv4-mapped IPv6 address becomes its IPv4. */
-export interface CanonicalIp {
+interface CanonicalIp {
   address: string;
   family: 4 | 6;
 }
@@ -36,7 +36,7 @@ const V4_RANGES: readonly V4Range[] = [
 ];
 
 /** Dotted-quad IPv4 (four decimal parts, no leading zeros) to a 32-bit number; null for anything else. */
-export function ipv4ToInt(text: string): number | null {
+function ipv4ToInt(text: string): number | null {
   if (!isIPv4(text)) return null;
   const parts = text.split('.');
   if (parts.some((p) => p.length > 1 && p.startsWith('0'))) return null;
@@ -47,7 +47,7 @@ function intToIpv4(n: number): string {
   return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
 }
 
-export function classifyIpv4(n: number): AddressClass {
+function classifyIpv4(n: number): AddressClass {
   for (const r of V4_RANGES) {
     const mask = r.bits === 0 ? 0 : (0xffffffff << (32 - r.bits)) >>> 0;
     if (((n & mask) >>> 0) === r.base) return r.cls;
@@ -56,7 +56,7 @@ export function classifyIpv4(n: number): AddressClass {
 }
 
 /** IPv6 text (Node's grammar, no zone id) to 16 bytes; null when it is not one. */
-export function ipv6ToBytes(text: string): Uint8Array | null {
+function ipv6ToBytes(text: string): Uint8Array | null {
   if (!isIPv6(text) || text.includes('%')) return null;
   const out = new Uint8Array(16);
   // A trailing dotted quad stands for the last two words.
@@ -118,7 +118,7 @@ const prefixIs = (b: Uint8Array, prefix: number[], bits: number): boolean => {
 
 const embeddedV4 = (b: Uint8Array, at: number): number => ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
 
-export function classifyIpv6(b: Uint8Array): AddressClass {
+function classifyIpv6(b: Uint8Array): AddressClass {
   const allZero = (from: number, to: number): boolean => b.slice(from, to).every((x) => x === 0);
   if (allZero(0, 16)) return 'unspecified';
   if (allZero(0, 15) && b[15] === 1) return 'loopback';

@@ -66,7 +66,7 @@ export interface EgressRefusedEntry {
 export type EgressAuditEntry = EgressConnectionEntry | EgressRefusedEntry;
 export type EgressAuditSink = AuditSink<EgressAuditEntry>;
 
-export const MAX_REFUSED_HOSTS = 32;
+const MAX_REFUSED_HOSTS = 32;
 
 /** Aggregates refusals into one line per second (server-wide: every refused connection counts, whoever made it). */
 export class EgressRefusals {

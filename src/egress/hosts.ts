@@ -21,7 +21,7 @@ export const HOST_PRESETS: Readonly<Record<string, readonly string[]>> = Object.
   github: ['github.com:443', 'api.github.com:443', 'codeload.github.com:443', 'objects.githubusercontent.com:443', 'raw.githubusercontent.com:443', 'release-assets.githubusercontent.com:443'],
 });
 
-export type HostRuleKind = 'name' | 'wildcard' | 'address';
+type HostRuleKind = 'name' | 'wildcard' | 'address';
 
 export interface HostRule {
   kind: HostRuleKind;
@@ -41,7 +41,7 @@ export class HostRuleError extends Error {}
 const LABEL_RE = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
 
 /** A DNS name in lower case without its trailing dot, or null when it is not a valid one (or is numeric, see isNumericHostForm). */
-export function normaliseName(raw: string): string | null {
+function normaliseName(raw: string): string | null {
   if (raw.length === 0 || raw.length > 254) return null;
   const name = (raw.endsWith('.') ? raw.slice(0, -1) : raw).toLowerCase();
   if (name.length === 0 || name.length > 253) return null;
@@ -147,7 +147,7 @@ export function describeRule(rule: HostRule): string {
 export class AuthorityError extends Error {}
 
 /** Longest CONNECT target / Host authority accepted (a name of 253 plus brackets and port). */
-export const MAX_AUTHORITY_LENGTH = 270;
+const MAX_AUTHORITY_LENGTH = 270;
 
 /**
  * A request's `host:port` (CONNECT's target, or the authority of an

@@ -7,7 +7,7 @@ import { OPENAI_AUTH_CLAIM, unsignedJwt } from '../oauth/jwt.js';
 import { KEY_ROUTE_PREFIX } from './routes.js';
 import { GATEWAY_URL_MARK, PLACEHOLDER_MARK, type AgentEnvPlan, type AgentFile } from './agent-env.js';
 
-export { prepareAgentEnv, resolveAgentEnv, type AgentEnvPlan } from './agent-env.js';
+export { prepareAgentEnv, type AgentEnvPlan } from './agent-env.js';
 
 export const AGENTS = ['claude', 'codex', 'gemini', 'qwen'] as const;
 export type Agent = (typeof AGENTS)[number];

@@ -26,7 +26,7 @@ export interface GatewayPlan {
  * import, no node_modules) and, above it, the package.json that makes the
  * image's node load them as ES modules.
  */
-export const CONTAINER_RELAY_DIR = '/run/credproxy-relay';
+const CONTAINER_RELAY_DIR = '/run/credproxy-relay';
 
 /**
  * In a container the relay runs on the image's own node (the host's binary

@@ -20,7 +20,7 @@ import { FieldReader, alreadyMoved, isPlaceholder, msToExpiry, placeholderText, 
 const TOOL = 'Claude Code';
 const PROVIDER = 'anthropic';
 
-export function claudeConfigDir(env: NodeJS.ProcessEnv): string {
+function claudeConfigDir(env: NodeJS.ProcessEnv): string {
   const dir = env.CLAUDE_CONFIG_DIR;
   return dir !== undefined && dir !== '' ? dir : join(env.HOME || homedir(), '.claude');
 }

@@ -35,7 +35,7 @@ import {
 
 const TOOL = 'Codex';
 const PROVIDER = 'codex';
-export const CODEX_API_KEY_NAME = 'openai';
+const CODEX_API_KEY_NAME = 'openai';
 
 export function codexAuthPath(env: NodeJS.ProcessEnv): string {
   const dir = env.CODEX_HOME !== undefined && env.CODEX_HOME !== '' ? env.CODEX_HOME : join(env.HOME || homedir(), '.codex');

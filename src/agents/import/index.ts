@@ -90,7 +90,7 @@ export function sourceWarnings(source: CredentialSource): string[] {
   return source.kind === 'file' ? source.file.warnings : source.warnings;
 }
 
-export function sourceText(source: CredentialSource): string {
+function sourceText(source: CredentialSource): string {
   return source.kind === 'file' ? source.file.text : source.text;
 }
 

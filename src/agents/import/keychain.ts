@@ -46,7 +46,8 @@ function run(bin: string, args: string[], what: string, input?: string): Promise
   });
 }
 
-function describe(item: KeychainItem): string {
+/** How messages name the item. */
+export function keychainLabel(item: KeychainItem): string {
   return `the macOS Keychain item '${item.service}' (account '${item.account}')`;
 }
 
@@ -54,7 +55,7 @@ function describe(item: KeychainItem): string {
 export async function readKeychainItem(item: KeychainItem, bin = SECURITY_BIN): Promise<string | null> {
   const { code, stdout } = await run(bin, ['find-generic-password', '-a', item.account, '-s', item.service, '-w'], 'read the macOS Keychain');
   if (code === ITEM_NOT_FOUND) return null;
-  if (code !== 0) throw new CredproxyError('INVALID_REQUEST', `cannot read ${describe(item)} (security exited ${code}; is the Keychain locked?)`);
+  if (code !== 0) throw new CredproxyError('INVALID_REQUEST', `cannot read ${keychainLabel(item)} (security exited ${code}; is the Keychain locked?)`);
   const text = stdout.replace(/\n$/, '');
   // `security -w` prints a value that is not plain text as hex.
   if (/^(?:[0-9a-f]{2})+$/i.test(text) && !/^[\s{[]/.test(text)) {
@@ -78,14 +79,14 @@ function quoteArg(s: string): string | null {
 function addCommand(item: KeychainItem, value: string): { line: string } | { refusal: string } {
   const account = quoteArg(item.account);
   const service = quoteArg(item.service);
-  if (account === null || service === null) return { refusal: `${describe(item)} has a control character in its name; credproxy cannot update it` };
+  if (account === null || service === null) return { refusal: `${keychainLabel(item)} has a control character in its name; credproxy cannot update it` };
   // -X: the value as hex, one plain token whatever it holds.
   const line = `add-generic-password -U -a ${account} -s ${service} -X ${Buffer.from(value, 'utf8').toString('hex')}\n`;
   const bytes = Buffer.byteLength(line, 'utf8');
   if (bytes > MAX_SECURITY_LINE_BYTES) {
     return {
       refusal:
-        `the placeholder for ${describe(item)} would be ${Buffer.byteLength(value, 'utf8')} bytes (it keeps the item's other entries, such as MCP servers' logins): ` +
+        `the placeholder for ${keychainLabel(item)} would be ${Buffer.byteLength(value, 'utf8')} bytes (it keeps the item's other entries, such as MCP servers' logins): ` +
         `too long for one 'security -i' command line (${MAX_SECURITY_LINE_BYTES} bytes, the value in hex), and as an argument every local user could read it, ` +
         `so --move cannot replace this item`,
     };
@@ -105,9 +106,5 @@ export async function writeKeychainItem(item: KeychainItem, value: string, bin =
   if ('refusal' in cmd) throw new CredproxyError('INVALID_REQUEST', `${cmd.refusal}; it was left in place`);
   // One command, then end of input: `security -i` exits with that command's status.
   const { code } = await run(bin, ['-i'], 'update the macOS Keychain', cmd.line);
-  if (code !== 0) throw new CredproxyError('INVALID_REQUEST', `cannot update ${describe(item)} (security exited ${code}); it was left in place`);
-}
-
-export function keychainLabel(item: KeychainItem): string {
-  return describe(item);
+  if (code !== 0) throw new CredproxyError('INVALID_REQUEST', `cannot update ${keychainLabel(item)} (security exited ${code}); it was left in place`);
 }

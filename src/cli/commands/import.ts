@@ -18,7 +18,7 @@ interface ImportOptions {
 }
 
 /** What an import did or would do; never a secret (token values are left out, only field names). */
-export interface ImportReport {
+interface ImportReport {
   agent: AgentName;
   source: string;
   provider: string;
