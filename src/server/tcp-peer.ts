@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { isIPv4, isIPv6, type Socket } from 'node:net';
+import { ipv6ToBytes } from '../ip.js';
 import { libcFunction } from '../libc.js';
 
 /**
@@ -51,8 +52,7 @@ function addressBytes(address: string): Buffer | null {
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
   const v4 = mapped ? mapped[1]! : isIPv4(address) ? address : null;
   if (v4 !== null) return Buffer.from(v4.split('.').map(Number));
-  if (!isIPv6(address)) return null;
-  const bytes = ipv6Bytes(address);
+  const bytes = ipv6ToBytes(address);
   return bytes === null ? null : Buffer.from(bytes);
 }
 
@@ -213,21 +213,10 @@ function procAddress(address: string, port: number): ProcForms | null {
     const b = v4.split('.').map(Number);
     return { v4Form: `${word(b)}:${p}`, v6Form: `${word([0, 0, 0, 0])}${word([0, 0, 0, 0])}${word([0, 0, 0xff, 0xff])}${word(b)}:${p}` };
   }
-  if (!isIPv6(address)) return null;
-  const bytes = ipv6Bytes(address);
+  const bytes = ipv6ToBytes(address);
   if (bytes === null) return null;
-  const words = [0, 4, 8, 12].map((i) => word(bytes.slice(i, i + 4))).join('');
+  const words = [0, 4, 8, 12].map((i) => word([...bytes.subarray(i, i + 4)])).join('');
   return { v4Form: null, v6Form: `${words}:${p}` };
-}
-
-function ipv6Bytes(address: string): number[] | null {
-  const [head, tail] = address.split('::') as [string, string | undefined];
-  const parts = (s: string | undefined): number[] => (s === undefined || s === '' ? [] : s.split(':').map((h) => parseInt(h, 16)));
-  const a = parts(head);
-  const b = parts(tail);
-  const groups = tail === undefined ? a : [...a, ...Array<number>(8 - a.length - b.length).fill(0), ...b];
-  if (groups.length !== 8 || groups.some((g) => !Number.isInteger(g) || g < 0 || g > 0xffff)) return null;
-  return groups.flatMap((g) => [g >> 8, g & 0xff]);
 }
 
 /**
