@@ -4,6 +4,8 @@ import net, { type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { splice } from '../gateway/relay.js';
 import type { Logger } from '../log.js';
+import { connectionTokens, HOP_BY_HOP } from '../hop-by-hop.js';
+import { Deadlines } from '../server/deadlines.js';
 import { HttpListeners, type ListenAt } from '../server/http-listener.js';
 import { canonicalIp, classifyAddress, type AddressClass } from './address.js';
 import { EgressRefusals, type EgressAuditSink, type EgressConnectionEntry, type EgressRefusal } from './audit.js';
@@ -37,7 +39,6 @@ export interface EgressProxyOptions {
   lookupQueue?: number;
 }
 
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
 
 class Refused extends Error {
   constructor(
@@ -96,6 +97,7 @@ export class EgressProxy {
   /** Upstream connections open now: stop() ends them too, and waits for their audit lines. */
   private readonly upstreams = new Map<Socket, Promise<void>>();
   private readonly lookupLimiter: Limiter;
+  private readonly deadlines = new Deadlines(50);
   readonly refusals: EgressRefusals;
   private readonly connectTimeoutMs: number;
   private readonly idleTimeoutMs: number;
@@ -195,7 +197,7 @@ export class EgressProxy {
     try {
       // The slot stays taken until the lookup itself ends (a stuck getaddrinfo holds a thread-pool thread);
       // the request stops waiting after the timeout, queue time included.
-      found = await withTimeout(this.lookupLimiter.run(() => this.lookup(host.name)), this.lookupTimeoutMs);
+      found = await this.deadlines.bound(this.lookupLimiter.run(() => this.lookup(host.name)), this.lookupTimeoutMs, () => new Error('lookup timeout'));
     } catch (err) {
       if (err instanceof Refused) throw err;
       throw new Refused(502, 'dns_failed', `credproxy egress: ${host.name} could not be resolved on the host\n`);
@@ -286,20 +288,21 @@ export class EgressProxy {
         upstream.destroy();
         return;
       }
-      const entry: EgressConnectionEntry = { time, kind: 'egress', type: 'connect', host: hostText(target.host), port: target.port, address, result: 'allowed', bytesUp: head.length, bytesDown: 0, durationMs: 0 };
+      const entry: EgressConnectionEntry = { time, kind: 'egress', type: 'connect', host: hostText(target.host), port: target.port, address, result: 'allowed', bytesUp: 0, bytesDown: 0, durationMs: 0 };
       const fail = (): void => {
         client.destroy();
         upstream.destroy();
       };
       upstream.setTimeout(this.idleTimeoutMs, fail);
       client.setTimeout(this.idleTimeoutMs, fail);
-      client.on('data', (d: Buffer) => (entry.bytesUp += d.length));
-      upstream.on('data', (d: Buffer) => (entry.bytesDown += d.length));
       client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
       if (head.length > 0) upstream.write(head);
       let recorded!: () => void;
       this.upstreams.set(upstream, new Promise<void>((r) => (recorded = r)));
       splice(client, upstream, () => {
+        // The upstream socket's own counters: no listener per chunk on a bulk path.
+        entry.bytesUp = upstream.bytesWritten;
+        entry.bytesDown = upstream.bytesRead;
         entry.durationMs = Math.round(performance.now() - started);
         this.o.audit?.record(entry);
         this.upstreams.delete(upstream);
@@ -373,7 +376,7 @@ export class EgressProxy {
       }
       if (req.destroyed) return;
       const headers: Array<[string, string]> = [];
-      const named = new Set((String(req.headers.connection ?? '')).toLowerCase().split(',').map((s) => s.trim()).filter(Boolean));
+      const named = connectionTokens(req.headers);
       for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
         const name = req.rawHeaders[i]!;
         const lower = name.toLowerCase();
@@ -429,7 +432,7 @@ export class EgressProxy {
         record();
       });
       upstream.on('response', (up: IncomingMessage) => {
-        const connNamed = new Set((String(up.headers.connection ?? '')).toLowerCase().split(',').map((s) => s.trim()).filter(Boolean));
+        const connNamed = connectionTokens(up.headers);
         const out: Record<string, string[]> = {};
         for (let i = 0; i + 1 < up.rawHeaders.length; i += 2) {
           const lower = up.rawHeaders[i]!.toLowerCase();
@@ -463,11 +466,10 @@ function hostText(host: RequestHost, bracket = false): string {
   return bracket && host.family === 6 ? `[${host.address}]` : host.address;
 }
 
-const REASONS: Record<number, string> = { 400: 'Bad Request', 403: 'Forbidden', 408: 'Request Timeout', 431: 'Request Header Fields Too Large', 502: 'Bad Gateway', 503: 'Service Unavailable' };
 
 function rawResponse(status: number, body: string): string {
   const b = Buffer.from(body, 'utf8');
-  return `HTTP/1.1 ${status} ${REASONS[status] ?? 'Error'}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${b.length}\r\nconnection: close\r\n\r\n${body}`;
+  return `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? 'Error'}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${b.length}\r\nconnection: close\r\n\r\n${body}`;
 }
 
 /** Answer and close; a client that keeps its side open is dropped shortly after (a refusal flood must not hold sockets). */
@@ -485,19 +487,3 @@ function plainAnswer(res: ServerResponse, status: number, body: string): void {
   res.end(body);
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('timeout')), ms);
-    t.unref();
-    p.then(
-      (v) => {
-        clearTimeout(t);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clearTimeout(t);
-        reject(e instanceof Error ? e : new Error('lookup failed'));
-      },
-    );
-  });
-}

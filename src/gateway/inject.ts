@@ -4,18 +4,11 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import type { OAuthToken } from '../store/types.js';
 import type { Route } from './routes.js';
 import { containsSecret } from './scan.js';
+import { connectionTokens, HOP_BY_HOP } from '../hop-by-hop.js';
 
-/** RFC 9110 §7.6.1 hop-by-hop headers, plus ones that describe the client's connection to us. */
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
+/** Hop-by-hop headers, plus ones that describe the client's request to us. */
+const NOT_FORWARDED = new Set([
+  ...HOP_BY_HOP,
   'host',
   // Node answers 100-continue to the client itself; the upstream request is sent whole.
   'expect',
@@ -32,14 +25,6 @@ const CREDENTIAL_HEADERS = new Set(['authorization', 'x-api-key', 'x-goog-api-ke
 
 /** Anthropic refuses OAuth tokens on the API unless this beta is listed. */
 export const ANTHROPIC_OAUTH_BETA = 'oauth-2025-04-20';
-
-function connectionTokens(headers: IncomingHttpHeaders): Set<string> {
-  const raw = headers.connection;
-  const out = new Set<string>();
-  if (raw === undefined) return out;
-  for (const t of String(raw).split(',')) out.add(t.trim().toLowerCase());
-  return out;
-}
 
 function same(a: string, b: Buffer): boolean {
   const ab = Buffer.from(a, 'utf8');
@@ -114,7 +99,7 @@ export function upstreamHeaders(inbound: IncomingHttpHeaders, route: Route, inje
   const drop = connectionTokens(inbound);
   const out: OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(inbound)) {
-    if (value === undefined || HOP_BY_HOP.has(name) || CREDENTIAL_HEADERS.has(name) || drop.has(name)) continue;
+    if (value === undefined || NOT_FORWARDED.has(name) || CREDENTIAL_HEADERS.has(name) || drop.has(name)) continue;
     out[name] = value;
   }
   out.host = host;
@@ -143,7 +128,7 @@ export function downstreamHeaders(upstream: IncomingHttpHeaders, secrets: readon
   const drop = connectionTokens(upstream);
   const out: OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(upstream)) {
-    if (value === undefined || HOP_BY_HOP.has(name) || DROPPED_RESPONSE_HEADERS.has(name) || drop.has(name)) continue;
+    if (value === undefined || NOT_FORWARDED.has(name) || DROPPED_RESPONSE_HEADERS.has(name) || drop.has(name)) continue;
     const values = Array.isArray(value) ? value : [value];
     if (values.some((v) => containsSecret(v, secrets))) continue;
     out[name] = value;
