@@ -159,7 +159,8 @@ export class EgressProxy {
     this.http.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => this.tunnel(req, socket, head));
     this.http.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
-      this.refusals.note('bad_request', '-');
+      // As in the gateway: a reset by the client is its own business; malformed HTTP is a refusal.
+      if (err.code !== 'ECONNRESET') this.refusals.note('bad_request', '-');
       if (socket.writable) socket.end(rawResponse(status, `credproxy egress: ${status === 431 ? 'request head too large' : 'malformed request'}\n`));
       else socket.destroy();
     });

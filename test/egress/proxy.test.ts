@@ -465,6 +465,23 @@ describe('name lookups', () => {
 });
 
 describe('plain HTTP', () => {
+  it('forwarding by name: the name is resolved once, a blocked address is skipped, and a name resolving only to loopback is refused', async () => {
+    let calls = 0;
+    const h = await start([`fwd.test:${webPort}`, `127.0.0.2:${webPort}`, `lo.test:${webPort}`], {
+      resolve: { 'fwd.test': () => (calls++ === 0 ? ['127.0.0.3', '127.0.0.2'] : ['127.0.0.3']), 'lo.test': ['127.0.0.1'] },
+    });
+    const before = webSeen.length;
+    const ok = await exchange(h.port, `GET http://fwd.test:${webPort}/by-name HTTP/1.1\r\nhost: fwd.test:${webPort}\r\n\r\n`, { until: /by-name/ });
+    expect(ok.text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(webSeen.length).toBe(before + 1);
+    expect(calls).toBe(1);
+    await until(() => connected(h).length === 1);
+    expect(connected(h)[0]).toMatchObject({ type: 'http', host: 'fwd.test', address: '127.0.0.2' });
+    const lo = await exchange(h.port, `GET http://lo.test:${webPort}/x HTTP/1.1\r\nhost: lo.test:${webPort}\r\n\r\n`);
+    expect(lo.text).toMatch(/^HTTP\/1\.1 403 [^]*127\.0\.0\.1, a loopback address/);
+    expect(webSeen.length).toBe(before + 1);
+  });
+
   it('forwards absolute-form requests to an allowed host: Host rewritten, proxy and hop-by-hop headers dropped, body and response streamed', async () => {
     const h = await start([`127.0.0.2:${webPort}`]);
     const res = await new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }>((resolve, reject) => {
