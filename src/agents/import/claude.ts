@@ -50,9 +50,7 @@ export function claudeKeychainItem(env: NodeJS.ProcessEnv): { service: string; a
 }
 
 export const claudeImporter: AgentImporter = {
-  agent: 'claude',
   tool: TOOL,
-  provider: PROVIDER,
   map(parsed: unknown, where: string): MappedCredential {
     const f = new FieldReader(where, TOOL);
     const value = f.root(parsed);

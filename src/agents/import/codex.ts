@@ -44,9 +44,7 @@ export function codexAuthPath(env: NodeJS.ProcessEnv): string {
 
 
 export const codexImporter: AgentImporter = {
-  agent: 'codex',
   tool: TOOL,
-  provider: PROVIDER,
   map(parsed: unknown, where: string): MappedCredential {
     const f = new FieldReader(where, TOOL);
     const value = f.root(parsed);

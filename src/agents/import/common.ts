@@ -47,10 +47,8 @@ export interface MappedCredential {
 
 /** One tool's credential format. */
 export interface AgentImporter {
-  agent: AgentName;
   /** The tool's own name, for messages. */
   tool: string;
-  provider: string;
   /** Map the parsed file; `where` names it in errors. Throws on unknown formats and on placeholders. */
   map(value: unknown, where: string): MappedCredential;
 }

@@ -18,9 +18,7 @@ export function geminiCredsPath(env: NodeJS.ProcessEnv): string {
 }
 
 export const geminiImporter: AgentImporter = {
-  agent: 'gemini',
   tool: TOOL,
-  provider: PROVIDER,
   map(value: unknown, where: string): MappedCredential {
     return mapOAuthCredsFile(value, where, { tool: TOOL, provider: PROVIDER, extra: 'scope' });
   },

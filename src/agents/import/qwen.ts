@@ -20,9 +20,7 @@ export function qwenCredsPath(env: NodeJS.ProcessEnv): string {
 }
 
 export const qwenImporter: AgentImporter = {
-  agent: 'qwen',
   tool: TOOL,
-  provider: PROVIDER,
   map(value: unknown, where: string): MappedCredential {
     return mapOAuthCredsFile(value, where, { tool: TOOL, provider: PROVIDER, extra: 'resource_url' });
   },
