@@ -32,22 +32,25 @@ function clientAs(uid: number | undefined, host: string, port: number): void {
   child.unref();
 }
 
+/** The server side of a connection a real client process (as `uid`; ours when undefined) made from `connectTo` to a listener on `listenOn`. */
+async function acceptedFrom(uid: number | undefined, listenOn: string, connectTo = listenOn): Promise<Socket> {
+  const l = await listen(listenOn);
+  clientAs(uid, connectTo, l.port);
+  return l.accepted;
+}
+
 describe('loopback TCP peer uid (sock_diag, and /proc/net/tcp where netlink cannot be used)', () => {
   it('names the uid of the process at the other end, over IPv4 and IPv6, and tells a foreign one', async () => {
     expect(process.getuid?.()).toBe(0); // the foreign client below needs root to take another uid
     for (const host of ['127.0.0.1', '::1']) {
-      const own = await listen(host);
-      clientAs(undefined, host, own.port);
-      const mine = await own.accepted;
+      const mine = await acceptedFrom(undefined, host);
       expect(loopbackPeerUid(mine), host).toBe(0);
       expect(diagPeerUid(mine), host).toBe(0);
       expect(procPeerUid(mine), host).toBe(0);
       expect(isForeignLoopbackPeer(mine)).toBe(false);
       mine.destroy();
 
-      const other = await listen(host);
-      clientAs(NOBODY, host, other.port);
-      const theirs = await other.accepted;
+      const theirs = await acceptedFrom(NOBODY, host);
       expect(loopbackPeerUid(theirs), host).toBe(NOBODY);
       expect(diagPeerUid(theirs), host).toBe(NOBODY);
       expect(procPeerUid(theirs), host).toBe(NOBODY);
@@ -57,9 +60,7 @@ describe('loopback TCP peer uid (sock_diag, and /proc/net/tcp where netlink cann
   });
 
   it('an IPv4 client of a dual-stack listener is found in tcp6 as ::ffff:a.b.c.d', async () => {
-    const dual = await listen('::');
-    clientAs(NOBODY, '127.0.0.1', dual.port);
-    const s = await dual.accepted;
+    const s = await acceptedFrom(NOBODY, '::', '127.0.0.1');
     expect(s.remoteAddress).toBe('::ffff:127.0.0.1');
     expect(diagPeerUid(s)).toBe(NOBODY);
     expect(procPeerUid(s)).toBe(NOBODY);
@@ -67,9 +68,7 @@ describe('loopback TCP peer uid (sock_diag, and /proc/net/tcp where netlink cann
   });
 
   it('an IPv6 socket connected to ::ffff:127.0.0.1 of an IPv4 listener is found too', async () => {
-    const v4 = await listen('127.0.0.1');
-    clientAs(NOBODY, '::ffff:127.0.0.1', v4.port);
-    const s = await v4.accepted;
+    const s = await acceptedFrom(NOBODY, '127.0.0.1', '::ffff:127.0.0.1');
     expect(s.remoteAddress).toBe('127.0.0.1');
     expect(diagPeerUid(s)).toBe(NOBODY);
     expect(procPeerUid(s)).toBe(NOBODY);
@@ -77,17 +76,13 @@ describe('loopback TCP peer uid (sock_diag, and /proc/net/tcp where netlink cann
   });
 
   it('is null, so foreign, when the table has no such connection', async () => {
-    const own = await listen('127.0.0.1');
-    clientAs(undefined, '127.0.0.1', own.port);
-    const s = await own.accepted;
+    const s = await acceptedFrom(undefined, '127.0.0.1');
     expect(procPeerUid(s, () => '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n')).toBeNull();
     s.destroy();
   });
 
   it('is null from the kernel too when no socket has that address and port', async () => {
-    const own = await listen('127.0.0.1');
-    clientAs(undefined, '127.0.0.1', own.port);
-    const s = await own.accepted;
+    const s = await acceptedFrom(undefined, '127.0.0.1');
     expect(diagPeerUid(s)).toBe(0);
     // The same connection as seen from a port no client holds.
     const ghost = { localAddress: s.localAddress, localPort: s.localPort, remoteAddress: s.remoteAddress, remotePort: s.localPort } as Socket;
@@ -114,9 +109,7 @@ describe('loopback TCP peer uid (sock_diag, and /proc/net/tcp where netlink cann
   });
 
   it('falls back to /proc when netlink cannot be used, and until sock_diag has once named a uid', async () => {
-    const other = await listen('127.0.0.1');
-    clientAs(NOBODY, '127.0.0.1', other.port);
-    const theirs = await other.accepted;
+    const theirs = await acceptedFrom(NOBODY, '127.0.0.1');
     let reads = 0;
     const counting = (path: string): string => {
       reads++;
