@@ -114,7 +114,7 @@ export class GatewayServer {
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const started = performance.now();
     this.listeners.headArrived(req.socket);
-    res.once('finish', () => this.listeners.awaitHead(req.socket));
+    res.once('finish', () => this.listeners.answered(req.socket));
     const x: Exchange = {
       req,
       res,

@@ -10,8 +10,9 @@ export interface HttpListenerOptions {
   highWaterMark?: number;
   /**
    * How long a connection may take to send a request's head, counted from
-   * when it opened or from its last answer (headArrived / awaitHead). A
-   * slowloris client, silent or trickling, is closed when it runs out.
+   * when it opened or from when its last request was answered
+   * (headArrived / answered). A slowloris client, silent or trickling, is
+   * closed when it runs out.
    * (http.Server's own headersTimeout is checked only for connections it
    * accepted through its own listen(), never for ones handed to it.)
    */
@@ -26,6 +27,11 @@ export interface HttpListenerOptions {
   onConnection(socket: Socket): void;
 }
 
+interface ConnectionState {
+  deadline: NodeJS.Timeout | null;
+  inFlight: number;
+}
+
 /**
  * The listeners behind the gateway and the egress proxy: each accepts on a
  * Unix socket path or a TCP address and hands its connections on. On TCP,
@@ -35,8 +41,8 @@ export interface HttpListenerOptions {
  */
 export class HttpListeners {
   private readonly servers: net.Server[] = [];
-  /** Every open connection, with the deadline of the head it is waiting for, if any. */
-  private readonly open = new Map<Socket, NodeJS.Timeout | null>();
+  /** Every open connection: the deadline of the head it is waiting for, if any, and its requests not yet answered. */
+  private readonly open = new Map<Socket, ConnectionState>();
 
   constructor(private readonly o: HttpListenerOptions) {}
 
@@ -56,12 +62,13 @@ export class HttpListeners {
         socket.destroy();
         return;
       }
-      this.open.set(socket, null);
+      const state: ConnectionState = { deadline: null, inFlight: 0 };
+      this.open.set(socket, state);
       socket.once('close', () => {
-        this.headArrived(socket);
+        if (state.deadline) clearTimeout(state.deadline);
         this.open.delete(socket);
       });
-      this.awaitHead(socket);
+      this.armHeadDeadline(socket, state);
       this.o.onConnection(socket);
     });
     server.maxConnections = this.o.maxConnections;
@@ -77,26 +84,36 @@ export class HttpListeners {
     return `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
   }
 
-  /** A request's head has been read from `socket`: its deadline is off. */
+  /** A request's head has been read from `socket`: no deadline until it is answered. */
   headArrived(socket: Socket): void {
-    const timer = this.open.get(socket);
-    if (timer) clearTimeout(timer);
-    if (timer !== undefined) this.open.set(socket, null);
+    const state = this.open.get(socket);
+    if (state === undefined) return;
+    state.inFlight++;
+    if (state.deadline) clearTimeout(state.deadline);
+    state.deadline = null;
   }
 
-  /** `socket` (still open) waits for a request's head again, e.g. after an answer on a keep-alive connection. */
-  awaitHead(socket: Socket): void {
-    if (!this.open.has(socket) || socket.destroyed) return;
-    this.headArrived(socket);
-    const timer = setTimeout(() => {
-      this.open.set(socket, null);
+  /**
+   * A request on `socket` has been answered: once none is left (a client may
+   * pipeline), the connection waits for its next head under the deadline.
+   */
+  answered(socket: Socket): void {
+    const state = this.open.get(socket);
+    if (state === undefined || socket.destroyed) return;
+    state.inFlight = Math.max(0, state.inFlight - 1);
+    if (state.inFlight === 0) this.armHeadDeadline(socket, state);
+  }
+
+  private armHeadDeadline(socket: Socket, state: ConnectionState): void {
+    if (state.deadline) clearTimeout(state.deadline);
+    state.deadline = setTimeout(() => {
+      state.deadline = null;
       this.o.onHeadTimeout(socket);
       socket.destroySoon();
       // Whatever it does not read of the answer is not waited for.
       setTimeout(() => socket.destroy(), 1000).unref();
     }, this.o.headDeadlineMs);
-    timer.unref();
-    this.open.set(socket, timer);
+    state.deadline.unref();
   }
 
   /** Stop accepting and end every connection; the connections are destroyed before this returns its promise. */

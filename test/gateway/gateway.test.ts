@@ -398,6 +398,31 @@ describe('connections that hold the gateway without asking anything', () => {
     }
   });
 
+  it('a pipelined request still being answered is not cut by the head deadline that follows the answer before it', async () => {
+    await login(rig.store);
+    const { gateway, port, refused } = await own({ headDeadlineMs: 800 });
+    try {
+      fake.holdGate();
+      const s = connect(port, '127.0.0.1');
+      let text = '';
+      s.on('data', (d: Buffer) => (text += d.toString('latin1')));
+      s.on('error', () => undefined);
+      const head = (path: string): string => `GET ${path} HTTP/1.1\r\nhost: x\r\nauthorization: ${bearer.authorization}\r\n\r\n`;
+      // A quick answer, then a stream that outlives the deadline, sent together.
+      s.write(head('/anthropic/echo') + head('/anthropic/sse-gate'));
+      await vi.waitFor(() => expect(text).toContain('event: first'), { timeout: 10_000, interval: 20 });
+      await new Promise((r) => setTimeout(r, 1600));
+      fake.openGate();
+      await vi.waitFor(() => expect(text).toContain('event: last'), { timeout: 10_000, interval: 20 });
+      expect(text).not.toContain(' 408 ');
+      expect(refused()).toEqual({});
+      s.destroy();
+    } finally {
+      fake.openGate();
+      await gateway.stop();
+    }
+  });
+
   it('connections past the cap are turned away and counted as busy; once the holders go, a client is served', async () => {
     await login(rig.store);
     const { gateway, port, refused } = await own({ maxConnections: 4 });
