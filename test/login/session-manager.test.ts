@@ -431,12 +431,13 @@ describe('LoginSessionManager', () => {
     const gone = Number(child.stdout.trim());
     expect(procStartTime(gone)).toBeNull(); // exited
     // A zombie (exited, not yet reaped) is gone too.
-    // (`sleep 30`, exec'd over the shell, never reaps the shell's child.)
-    const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    // (`sleep 30`, exec'd over the shell, never reaps the shell's child. The child outlives the shell's own
+    // code by a second: one that exited at once could be reaped by the shell before its exec, on a loaded machine.)
+    const parent = spawn('sh', ['-c', 'sleep 1 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
     const zpid = Number(await new Promise<string>((r) => parent.stdout.once('data', (d: Buffer) => r(d.toString()))));
     try {
       let stat = '';
-      for (let i = 0; i < 200 && !/\) Z /.test(stat); i++) {
+      for (let i = 0; i < 400 && !/\) Z /.test(stat); i++) {
         await new Promise((r) => setTimeout(r, 25));
         stat = readFileSync(`/proc/${zpid}/stat`, 'utf8');
       }
