@@ -70,7 +70,6 @@ export class GatewayServer {
     this.creds = new GatewayCredentials(options.credentials, options.keys);
     this.upstream = new Upstream(options.upstream);
     // Larger stream buffers than Node's 16 KiB: a two-hop pipe with small ones stalls on every drain.
-    // Larger stream buffers than Node's 16 KiB: a two-hop pipe with small ones stalls on every drain.
     // The head deadline is the listeners' (headersTimeout never applies to connections handed over).
     this.http = http.createServer({ requestTimeout: 0, keepAliveTimeout: 5_000, highWaterMark: STREAM_HIGH_WATER_MARK }, (req, res) => this.handle(req, res));
     this.http.timeout = this.upstream.idleTimeoutMs;

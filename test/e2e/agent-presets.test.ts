@@ -1,10 +1,10 @@
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../support/fake-upstream.js';
-import { makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
+import { BIN, makeHostEnv, runCli, type HostEnv } from '../support/cli.js';
 import { createTestCa, type TestCa } from '../support/test-ca.js';
 
 const BIN_DIR = fileURLToPath(new URL('../../node_modules/.bin', import.meta.url));
@@ -31,18 +31,45 @@ afterAll(async () => {
 });
 
 describe('agent presets outside bwrap, --explain and providers', () => {
-  it('--sandbox none: the agent config directory is a private temp directory of the run, removed with it; the real gemini answers', async () => {
+  it('--sandbox none: the agent config directory is a private directory under the run dir, removed with it; the real gemini answers', async () => {
     const script = 'echo "dir=$GEMINI_CLI_HOME"; stat -c "mode=%a" "$GEMINI_CLI_HOME"; gemini -p "say hi" </dev/null';
     const r = await runCli(['run', '--sandbox', 'none', '--no-workdir', '--agent', 'gemini', '--allow-key', 'gemini', '--', 'sh', '-c', script], { env: host.env, timeoutMs: 120_000 });
     expect(r.code, r.stderr).toBe(0);
     const dir = /dir=(\S+)/.exec(r.stdout)?.[1] ?? '';
-    expect(dir.startsWith(join(tmpdir(), '.credproxy-agent-'))).toBe(true);
+    expect(dir).toMatch(new RegExp(`^${join(host.home, 'run')}/s-\\d+-[0-9a-f]{8}/\\.credproxy-agent-\\w+$`));
     expect(r.stdout).toContain('mode=700');
     expect(r.stdout).toMatch(/fake answer #\d+/);
     expect(existsSync(dir)).toBe(false);
     expect(existsSync(join(host.home, '.gemini'))).toBe(false);
     expect(r.stdout).not.toContain(KEY);
     expect(fake.requests.at(-1)?.headers['x-goog-api-key']).toBe(KEY);
+  });
+
+  it('--sandbox none: a launcher killed with SIGKILL leaves its agent directory, and the next run sweeps it', async () => {
+    const child = spawn(process.execPath, [BIN, 'run', '--sandbox', 'none', '--no-workdir', '--agent', 'gemini', '--allow-key', 'gemini', '--', 'sh', '-c', 'echo "pid=$$ dir=$GEMINI_CLI_HOME"; exec sleep 60'], { env: host.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    const [pid, dir] = await new Promise<[number, string]>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no dir line: ${out}`)), 60_000);
+      child.stdout!.on('data', (d: Buffer) => {
+        out += d.toString('utf8');
+        const m = /pid=(\d+) dir=(\S+)\n/.exec(out);
+        if (m) {
+          clearTimeout(timer);
+          resolve([Number(m[1]), m[2]!]);
+        }
+      });
+    });
+    const runDir = dirname(dir);
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGKILL');
+    await exited;
+    // The command runs in a session of its own and outlives the launcher; it holds nothing the sweep needs.
+    process.kill(pid, 'SIGKILL');
+    expect(existsSync(join(dir, '.gemini', 'settings.json'))).toBe(true);
+    const r = await runCli(['run', '--sandbox', 'none', '--no-workdir', '--agent', 'gemini', '--allow-key', 'gemini', '--', 'sh', '-c', 'exit 0'], { env: host.env, timeoutMs: 60_000 });
+    expect(r.code, r.stderr).toBe(0);
+    expect(existsSync(runDir)).toBe(false);
+    expect(readdirSync(join(host.home, 'run')).filter((n) => n.startsWith('s-'))).toEqual([]);
   });
 
   it('--explain for codex (ChatGPT login) names CODEX_HOME, both files and the refused refresh path', async () => {

@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { homedir, tmpdir } from 'node:os';
+import { homedir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
 import { isatty } from 'node:tty';
@@ -301,9 +301,14 @@ function launch(
   }
   if (kind === 'none') {
     const gatewayUrl = proxy.gateway?.addresses[0];
-    // The agent's config directory: a private temp directory of this run's (removed with it), never the user's own.
-    const agentEnv = agent === undefined || gatewayUrl === undefined ? undefined : prepareAgentEnv(agent, tmpdir(), gatewayUrl, spec.capabilityToken);
-    if (agentEnv?.dir) setEnvDir(agentEnv.dir);
+    // The agent's config directory: a private directory of this run's under the run dir, never the user's own.
+    // It is removed with the run, and swept like a socket dir if the launcher is killed first.
+    let agentEnv: ReturnType<typeof prepareAgentEnv> | undefined;
+    if (agent !== undefined && gatewayUrl !== undefined) {
+      const parent = createSocketDir(runDir);
+      setEnvDir(parent);
+      agentEnv = prepareAgentEnv(agent, parent, gatewayUrl, spec.capabilityToken);
+    }
     const egressUrl = proxy.egress?.addresses[0];
     const env = {
       ...(egressUrl === undefined ? {} : proxyEnv(egressUrl)),
