@@ -1,6 +1,5 @@
-import { spawnSync } from 'node:child_process';
-import { realpathSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { accessSync, constants, realpathSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { CredproxyError } from '../errors.js';
 import type { Policy } from '../server/policy.js';
 import { OPENAI_AUTH_CLAIM, unsignedJwt } from '../oauth/jwt.js';
@@ -301,13 +300,22 @@ export function explainAgent(setup: AgentSetup): string[] {
  * node_modules tree: that tree) is then bound read-only. Throws USAGE when
  * it cannot be found.
  */
+function executableFile(path: string): boolean {
+  try {
+    accessSync(path, constants.X_OK);
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+}
+
 export function locateAgentCommand(command: readonly string[], env: NodeJS.ProcessEnv): { command: string[]; dir: string } {
   const name = command[0]!;
   let path = name;
   if (!name.includes('/')) {
-    const found = spawnSync('sh', ['-c', 'command -v -- "$1"', 'sh', name], { env: { PATH: env.PATH ?? '/usr/bin:/bin' }, encoding: 'utf8' });
-    path = found.status === 0 ? found.stdout.trim() : '';
-    if (!path.startsWith('/')) {
+    // A file on PATH, as execvp finds it: a shell's `command -v` answers builtins (`true`) by name.
+    path = (env.PATH ?? '/usr/bin:/bin').split(':').filter((d) => d.startsWith('/')).map((d) => join(d, name)).find(executableFile) ?? '';
+    if (path === '') {
       throw new CredproxyError('USAGE', `${name} is not on PATH; install it (\`npm install -g\` @anthropic-ai/claude-code, @openai/codex, @google/gemini-cli or @qwen-code/qwen-code) or give its full path after --`);
     }
   }

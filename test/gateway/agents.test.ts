@@ -259,5 +259,13 @@ describe('locateAgentCommand', () => {
     const plain = locateAgentCommand(['sh', '-c', 'true'], { PATH: '/usr/bin:/bin' });
     expect(plain.dir).toMatch(/^\/(usr\/)?bin$/);
     expect(() => locateAgentCommand(['no-such-agent-cli'], { PATH: bin })).toThrow(/not on PATH/);
+    // A shell builtin is found as the file on PATH; a directory or a file that is not executable is passed over.
+    expect(locateAgentCommand(['true'], { PATH: '/usr/bin:/bin' }).command[0]).toMatch(/^\/(usr\/)?bin\/true$/);
+    mkdirSync(join(root, 'd1', 'tool'), { recursive: true });
+    mkdirSync(join(root, 'd2'));
+    writeFileSync(join(root, 'd2', 'tool'), 'x', { mode: 0o644 });
+    mkdirSync(join(root, 'd3'));
+    writeFileSync(join(root, 'd3', 'tool'), '#!/bin/sh\n', { mode: 0o755 });
+    expect(locateAgentCommand(['tool'], { PATH: `${join(root, 'd1')}:${join(root, 'd2')}:relative:${join(root, 'd3')}` }).command[0]).toBe(join(root, 'd3', 'tool'));
   });
 });
