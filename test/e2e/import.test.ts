@@ -197,6 +197,61 @@ describe('credproxy import', () => {
     expect(existsSync(join(host.home, 'data'))).toBe(false); // the store was not even opened
   });
 
+  it('refuses to overwrite a stored login with a different refresh token (rotated since, or another login) unless --force', async () => {
+    const expiry = nowS() + 3600;
+    const path = writeFixture('.claude/.credentials.json', FIXTURES[0]!.content(expiry));
+    const original = readFileSync(path, 'utf8');
+    // What a refresh by credproxy leaves in the store: a new access token and a rotated refresh token.
+    const rotated = { access_token: `${C}-rotated-access`, refresh_token: `${C}-rotated-refresh`, expiry: expiry + 60 };
+    const put = await runCli(['token', 'import', 'anthropic'], { env: host.env, input: JSON.stringify(rotated) });
+    expect(put.code, put.stderr).toBe(0);
+    const storedAccess = async (bucket = 'default'): Promise<unknown> => {
+      const got = await cli(['token', 'get', 'anthropic', '--bucket', bucket, '--json']);
+      expect(got.code, got.stderr).toBe(0);
+      return JSON.parse(got.stdout).access_token;
+    };
+
+    const refused = await cli(['import', 'claude', '--move', '--yes']);
+    expect(refused.code).toBe(1);
+    expectClean(refused);
+    expect(refused.stderr).not.toContain(rotated.refresh_token);
+    expect(refused.stderr).toMatch(/credproxy already holds a different login for anthropic:default, with its own refresh token .*retired.*Nothing was changed; pass --force to replace it with Claude Code's/s);
+    expect(readFileSync(path, 'utf8')).toBe(original); // --move did not run either
+    expect(await storedAccess()).toBe(rotated.access_token);
+
+    const forced = await cli(['import', 'claude', '--force']);
+    expect(forced.code, forced.stderr).toBe(0);
+    expect(forced.stderr).toMatch(/, replacing the stored entry/);
+    expect(await storedAccess()).toBe(AT);
+    // The same login again (same refresh token) needs no --force.
+    const again = await cli(['import', 'claude']);
+    expect(again.code, again.stderr).toBe(0);
+    // Nor does a stored entry without a refresh token: nothing refreshable is lost.
+    const accessOnly = await runCli(['token', 'import', 'anthropic', '--bucket', 'ao'], { env: host.env, input: JSON.stringify({ access_token: `${C}-ao`, expiry }) });
+    expect(accessOnly.code, accessOnly.stderr).toBe(0);
+    const over = await cli(['import', 'claude', '--bucket', 'ao']);
+    expect(over.code, over.stderr).toBe(0);
+    expect(await storedAccess('ao')).toBe(AT);
+  });
+
+  it('codex: refuses to overwrite a different stored key "openai" unless --force, and then stores nothing at all', async () => {
+    const other = `${C}-other-key`;
+    const set = await runCli(['key', 'set', 'openai'], { env: host.env, input: `${other}\n` });
+    expect(set.code, set.stderr).toBe(0);
+    writeFixture('.codex/auth.json', { OPENAI_API_KEY: KEY, tokens: { id_token: ID_TOKEN, access_token: jwt({ exp: nowS() + 900 }), refresh_token: RT }, last_refresh: null });
+    const refused = await cli(['import', 'codex']);
+    expect(refused.code).toBe(1);
+    expectClean(refused);
+    expect(refused.stderr).not.toContain(other);
+    expect(refused.stderr).toMatch(/credproxy already holds a different key 'openai'\. Nothing was changed; pass --force/);
+    expect((await status()).tokens).toEqual([]);
+    expect((await cli(['key', 'get', 'openai'])).stdout).toBe(`${other}\n`);
+    const forced = await cli(['import', 'codex', '--force']);
+    expect(forced.code, forced.stderr).toBe(0);
+    expect((await cli(['key', 'get', 'openai'])).stdout).toBe(`${KEY}\n`);
+    expect((await status()).tokens).toContainEqual(expect.objectContaining({ provider: 'codex', bucket: 'default' }));
+  });
+
   it('codex: OPENAI_API_KEY becomes the key "openai" and is moved too', async () => {
     const expiry = nowS() + 900;
     const path = writeFixture('.codex/auth.json', { OPENAI_API_KEY: KEY, tokens: { id_token: ID_TOKEN, access_token: jwt({ exp: expiry }), refresh_token: RT }, last_refresh: null });

@@ -15,6 +15,7 @@ interface ImportOptions {
   yes?: boolean;
   dryRun?: boolean;
   json?: boolean;
+  force?: boolean;
 }
 
 /** What an import did or would do; never a secret (token values are left out, only field names). */
@@ -57,6 +58,7 @@ export function registerImportCommand(program: Command, ctx: CliContext): void {
     .option('--bucket <bucket>', 'bucket (account) name', 'default')
     .option('--move', "then replace the tool's credential file with a placeholder, so the refresh token exists only in credproxy (asks first)")
     .option('-y, --yes', 'confirm --move without asking (needed when stdin is not a terminal)')
+    .option('--force', 'replace a login or key credproxy already holds that differs from the tool\'s')
     .option('--dry-run', 'show what would be stored and what --move would do; change nothing')
     .option('--json', 'print the report as JSON on stdout')
     .addHelpText(
@@ -106,6 +108,12 @@ async function runImport(ctx: CliContext, agent: AgentName, opts: ImportOptions)
     if (isCancel(answer) || answer !== true) throw new CredproxyError('CANCELLED', 'import cancelled; nothing was changed');
   }
 
+  // After the question: opening the store creates it, and "no" changes nothing.
+  const conflicts = await storedConflicts(ctx, mapped, token, bucket);
+  if (conflicts.length > 0 && !opts.force) {
+    throw new CredproxyError('INVALID_REQUEST', `${conflicts.join('; ')}. Nothing was changed; pass --force to replace it with ${importer.tool}'s.`);
+  }
+
   if (token) {
     const tokens = await ctx.hostOnlyTokenStore('import');
     // An unreadable entry is replaced too, like `token import` does.
@@ -147,6 +155,33 @@ async function runImport(ctx: CliContext, agent: AgentName, opts: ImportOptions)
     ctx.notice(`warning: ${importer.tool} still holds this login's refresh token. ${whyMove(importer.tool)} Run 'credproxy import ${agent} --move' to finish the move.`);
   }
   if (opts.json) writeJson(ctx.io.stdout, report);
+}
+
+/**
+ * What the import would overwrite and lose. A stored login with a refresh token
+ * of its own may be one credproxy has rotated since the tool wrote its file:
+ * the file's refresh token is then retired, and presenting it can make the
+ * provider revoke the whole grant. The same refresh token (a second import of
+ * the same login) and an entry that cannot be read are replaced, as before.
+ */
+async function storedConflicts(ctx: CliContext, mapped: MappedCredential, token: OAuthToken | undefined, bucket: string): Promise<string[]> {
+  const conflicts: string[] = [];
+  if (token) {
+    const tokens = await ctx.hostOnlyTokenStore('import');
+    const stored = await tokens.getToken(mapped.provider, bucket).catch(() => null);
+    if (stored?.refresh_token && stored.refresh_token !== token.refresh_token) {
+      conflicts.push(
+        `credproxy already holds a different login for ${mapped.provider}:${bucket}, with its own refresh token ` +
+          `(if it is this same login, credproxy has rotated the token since the tool's copy was written, and the tool's copy is retired)`,
+      );
+    }
+  }
+  if (mapped.apiKey) {
+    const keys = await ctx.hostOnlyKeyStore();
+    const stored = await keys.getKey(mapped.apiKey.name).catch(() => null);
+    if (stored !== null && stored !== mapped.apiKey.value) conflicts.push(`credproxy already holds a different key '${mapped.apiKey.name}'`);
+  }
+  return conflicts;
 }
 
 function modeText(mode: number): string {
@@ -193,7 +228,7 @@ function printPlan(ctx: CliContext, r: ImportReport, source: CredentialSource, t
   out(`would import ${tool}'s login from ${r.source}`);
   if (r.token) {
     const t = r.token;
-    out(`  store as:    ${r.provider}:${r.bucket} (token import semantics: replaces a stored entry)`);
+    out(`  store as:    ${r.provider}:${r.bucket} (--dry-run does not open the store: a stored login with a different refresh token is replaced only with --force)`);
     out(`  fields:      ${t.fields.join(', ')}`);
     out(`  expires:     ${t.expiry > 0 ? new Date(t.expiry * 1000).toISOString() : 'unknown'} (${t.expiresIn > 0 ? `in ${t.expiresIn} s` : 'already expired'})`);
     out(`  refreshable: ${t.refreshable ? 'yes' : 'no (no refresh token: the login ends at its expiry)'}`);
@@ -201,7 +236,7 @@ function printPlan(ctx: CliContext, r: ImportReport, source: CredentialSource, t
     if (t.account) out(`  account:     ${t.account}`);
     if (t.resource_url) out(`  resource:    ${t.resource_url}`);
   }
-  if (r.key) out(`  api key:     ${r.key.from} -> key '${r.key.name}' (key set semantics: replaces a stored key)`);
+  if (r.key) out(`  api key:     ${r.key.from} -> key '${r.key.name}' (a different stored key is replaced only with --force)`);
   for (const n of r.notes) out(`  note:        ${n}`);
   if (r.move === 'would-move') {
     const mode = source.kind === 'file' ? `, mode ${modeText(source.file.mode)} kept` : '';
