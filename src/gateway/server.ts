@@ -179,7 +179,15 @@ export class GatewayServer {
       return;
     }
     const headers = upstreamHeaders(x.req.headers, route, credential.injection, url.host);
+    // The gateway frames every body it sends itself. Left to Node, a streamed body with no
+    // Content-Length on a GET/HEAD/DELETE/OPTIONS goes out unframed on a pooled keep-alive
+    // connection: the upstream reads it as a request of the sandbox's making, and an unfinished
+    // one takes the next request's head, the real credential included, as its own.
+    delete headers['content-length'];
+    delete headers['transfer-encoding'];
     if (body !== null) headers['content-length'] = String(body.length);
+    else if (x.req.headers['transfer-encoding'] === undefined && x.req.headers['content-length'] !== undefined) headers['content-length'] = x.req.headers['content-length'];
+    else headers['transfer-encoding'] = 'chunked';
     const secrets = [credential.injection.secret];
     let upstream: ClientRequest;
     try {

@@ -1,0 +1,183 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer, type Server } from 'node:https';
+import { connect, type AddressInfo, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import tls from 'node:tls';
+import { gunzipSync, gzipSync } from 'node:zlib';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { parseConfig, type CredproxyConfig } from '../../src/config.js';
+import type { GatewayAuditEntry, GatewayRefusedEntry } from '../../src/gateway/audit.js';
+import { buildRoutes } from '../../src/gateway/routes.js';
+import { GatewayServer } from '../../src/gateway/server.js';
+import { ProviderRegistry } from '../../src/oauth/index.js';
+import { FileCooldownStore } from '../../src/refresh/cooldown.js';
+import { RefreshCoordinator } from '../../src/refresh/coordinator.js';
+import { Policy } from '../../src/server/policy.js';
+import { MemoryKeyStore, MemoryTokenStore } from '../support/memory-stores.js';
+import { createTestCa, type TestCa } from '../support/test-ca.js';
+import { capturingLogger } from '../refresh/fakes.js';
+
+/**
+ * A hostile process in the sandbox against the gateway: it holds the
+ * placeholder and speaks raw HTTP/1.1 to it. Real HTTPS upstreams (one a
+ * Node HTTP server, one a bare TLS socket that answers whatever bytes a test
+ * wants), real key store, real gateway.
+ */
+const PLACEHOLDER = 'f'.repeat(16) + '0123456789abcdef'.repeat(3);
+const CORP_KEY = 'sk-corp-real-key-canary-4b1e9d0c77';
+const RAW_KEY = 'sk-raw-real-key-canary-8c2f6a1d93';
+
+interface Seen {
+  method: string;
+  url: string;
+  authorization: string | undefined;
+  body: string;
+}
+
+let ca: TestCa;
+let api: Server;
+let apiUrl: string;
+/** What the HTTP upstream saw, request by request, as its own parser read them. */
+const seen: Seen[] = [];
+let onRequest: (req: IncomingMessage, res: ServerResponse, body: string) => void;
+let rawApi: tls.Server;
+/** What the bare TLS upstream writes back for each chunk of request bytes it reads. */
+let rawAnswer: (socket: tls.TLSSocket, data: string) => void;
+let config: CredproxyConfig;
+
+interface Rig {
+  gateway: GatewayServer;
+  port: number;
+  audit: GatewayAuditEntry[];
+  refused: GatewayRefusedEntry[];
+  coordinator: RefreshCoordinator;
+  stateDir: string;
+  logs: () => string;
+}
+let rig: Rig;
+
+beforeAll(async () => {
+  ca = createTestCa();
+  api = createServer({ cert: ca.certPem, key: ca.keyPem }, (req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks).toString('latin1');
+      seen.push({ method: req.method ?? '', url: req.url ?? '', authorization: req.headers.authorization, body });
+      onRequest(req, res, body);
+    });
+  });
+  await new Promise<void>((r) => api.listen(0, '127.0.0.1', r));
+  apiUrl = `https://127.0.0.1:${(api.address() as AddressInfo).port}`;
+  rawApi = tls.createServer({ cert: ca.certPem, key: ca.keyPem }, (s) => {
+    s.on('error', () => undefined);
+    s.on('data', (d: Buffer) => rawAnswer(s, d.toString('latin1')));
+  });
+  await new Promise<void>((r) => rawApi.listen(0, '127.0.0.1', r));
+  const rawUrl = `https://127.0.0.1:${(rawApi.address() as AddressInfo).port}`;
+  config = parseConfig(
+    JSON.stringify({
+      keys: {
+        corp: { route: { api_base: `${apiUrl}/v1`, header: 'authorization', methods: ['GET', 'HEAD', 'POST', 'DELETE', 'OPTIONS'], path_prefixes: ['/allowed'] } },
+        raw: { route: { api_base: `${rawUrl}/v1`, header: 'x-api-key' } },
+      },
+    }),
+    'config.json',
+  );
+});
+
+afterAll(async () => {
+  await new Promise<void>((r) => api.close(() => r()));
+  await new Promise<void>((r) => rawApi.close(() => r()));
+  ca?.remove();
+});
+
+beforeEach(async () => {
+  seen.length = 0;
+  onRequest = (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end('{"ok":true}');
+  };
+  rawAnswer = () => undefined;
+  const stateDir = await mkdtemp(join(tmpdir(), 'credproxy-gw-hostile-'));
+  const keys = new MemoryKeyStore();
+  await keys.saveKey('corp', CORP_KEY);
+  await keys.saveKey('raw', RAW_KEY);
+  const { logger, output } = capturingLogger();
+  const coordinator = new RefreshCoordinator({ store: new MemoryTokenStore(), providers: new ProviderRegistry({ config }), cooldown: FileCooldownStore.inStateDir(stateDir), logger });
+  const table = buildRoutes({ policy: Policy.from({ allow: [], keys: ['corp', 'raw'], allowAll: false, readOnly: false }), config });
+  const audit: GatewayAuditEntry[] = [];
+  const refused: GatewayRefusedEntry[] = [];
+  const gateway = new GatewayServer({
+    routes: table.routes,
+    placeholder: PLACEHOLDER,
+    credentials: coordinator,
+    keys,
+    logger,
+    audit: { record: (e) => void (e.kind === 'gateway' ? audit.push(e) : refused.push(e)) },
+    upstream: { ca: ca.caPem },
+  });
+  const url = await gateway.listen({ host: '127.0.0.1', port: 0 });
+  rig = { gateway, port: Number(new URL(url).port), audit, refused, coordinator, stateDir, logs: output };
+});
+
+afterEach(async () => {
+  await rig.gateway.stop();
+  await rig.coordinator.close();
+  await rm(rig.stateDir, { recursive: true, force: true });
+  const text = JSON.stringify([rig.audit, rig.refused]) + rig.logs();
+  for (const secret of [CORP_KEY, RAW_KEY, PLACEHOLDER]) expect(text).not.toContain(secret);
+});
+
+const auth = `authorization: Bearer ${PLACEHOLDER}\r\n`;
+
+/** A raw connection to the gateway: write bytes, read everything it answers. */
+function client(): { socket: Socket; text: () => string; closed: Promise<void> } {
+  const socket = connect(rig.port, '127.0.0.1');
+  let text = '';
+  socket.on('data', (d: Buffer) => (text += d.toString('latin1')));
+  socket.on('error', () => undefined);
+  const closed = new Promise<void>((r) => socket.once('close', () => r()));
+  return { socket, text: () => text, closed };
+}
+
+const answers = (text: string): number => (text.match(/^HTTP\/1\.1 \d{3} /gm) ?? []).length;
+
+describe('request bodies cannot smuggle requests to the upstream', () => {
+  it('a chunked body on a GET, HEAD, DELETE or OPTIONS reaches the upstream framed, never as a second request carrying the real key', async () => {
+    for (const method of ['GET', 'HEAD', 'DELETE', 'OPTIONS']) {
+      seen.length = 0;
+      // An unterminated head: the next request on a reused upstream connection would complete it with the real Authorization.
+      const smuggled = 'DELETE /v1/admin/everything HTTP/1.1\r\nx-pad: ';
+      const body = `${smuggled.length.toString(16)}\r\n${smuggled}\r\n0\r\n\r\n`;
+      const c = client();
+      c.socket.write(`${method} /keys/corp/allowed/a HTTP/1.1\r\nhost: x\r\n${auth}transfer-encoding: chunked\r\n\r\n${body}`);
+      await vi.waitFor(() => expect(answers(c.text())).toBe(1), { timeout: 10_000, interval: 20 });
+      // The next request, as the same sandbox sends it: the gateway would reuse the pooled upstream connection.
+      c.socket.write(`GET /keys/corp/allowed/b HTTP/1.1\r\nhost: x\r\n${auth}\r\n`);
+      await vi.waitFor(() => expect(answers(c.text())).toBe(2), { timeout: 10_000, interval: 20 });
+      c.socket.destroy();
+      expect(seen.map((s) => `${s.method} ${s.url}`)).toEqual([`${method} /v1/allowed/a`, 'GET /v1/allowed/b']);
+      expect(seen[0]!.body).toBe(smuggled);
+      for (const s of seen) expect(s.authorization).toBe(`Bearer ${CORP_KEY}`);
+    }
+  });
+
+  it('a Connection header naming content-length does not leave a large body unframed', async () => {
+    const size = 1024 * 1024 + 100;
+    const smuggled = 'DELETE /v1/admin/everything HTTP/1.1\r\nx-pad: ';
+    const body = Buffer.concat([Buffer.from(smuggled), Buffer.alloc(size - smuggled.length, 0x61)]);
+    const c = client();
+    // Over the replay limit, so it streams; a Content-Length the client lists as hop-by-hop is not forwarded.
+    c.socket.write(`GET /keys/corp/allowed/a HTTP/1.1\r\nhost: x\r\n${auth}connection: keep-alive, content-length\r\ncontent-length: ${size}\r\n\r\n`);
+    c.socket.write(body);
+    await vi.waitFor(() => expect(answers(c.text())).toBe(1), { timeout: 10_000, interval: 20 });
+    c.socket.write(`GET /keys/corp/allowed/b HTTP/1.1\r\nhost: x\r\n${auth}\r\n`);
+    await vi.waitFor(() => expect(answers(c.text())).toBe(2), { timeout: 10_000, interval: 20 });
+    c.socket.destroy();
+    expect(seen.map((s) => `${s.method} ${s.url}`)).toEqual(['GET /v1/allowed/a', 'GET /v1/allowed/b']);
+    expect(seen[0]!.body.length).toBe(size);
+  });
+});
