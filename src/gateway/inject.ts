@@ -122,16 +122,23 @@ function mergeBeta(current: string | string[] | undefined, beta: string): string
 
 /**
  * Response headers passed to the client: hop-by-hop ones dropped, and any
- * header whose value carries a secret dropped whole.
+ * header whose name or value carries a secret dropped whole.
  */
 export function downstreamHeaders(upstream: IncomingHttpHeaders, secrets: readonly string[]): OutgoingHttpHeaders {
   const drop = connectionTokens(upstream);
+  // Names arrive lower-cased: a secret in one would still be there, only in lower case.
+  const lowered = secrets.map((s) => s.toLowerCase());
   const out: OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(upstream)) {
     if (value === undefined || NOT_FORWARDED.has(name) || DROPPED_RESPONSE_HEADERS.has(name) || drop.has(name)) continue;
     const values = Array.isArray(value) ? value : [value];
-    if (values.some((v) => containsSecret(v, secrets))) continue;
+    if (containsSecret(name, lowered) || values.some((v) => containsSecret(v, secrets))) continue;
     out[name] = value;
   }
   return out;
+}
+
+/** The upstream's reason phrase, or undefined (Node's standard one) when it carries a secret. */
+export function downstreamStatusMessage(message: string | undefined, secrets: readonly string[]): string | undefined {
+  return message !== undefined && containsSecret(message, secrets) ? undefined : message;
 }

@@ -7,7 +7,7 @@ import type { KeyStore } from '../store/types.js';
 import { auditPath, GatewayRefusals, REFUSAL_OUTCOMES, type GatewayAuditEntry, type GatewayAuditSink, type GatewayOutcome } from './audit.js';
 import { HttpListeners, type ListenAt } from '../server/http-listener.js';
 import { GatewayCredentials, GatewayError, type ResolvedCredential } from './credentials.js';
-import { downstreamHeaders, hasPlaceholder, upstreamHeaders } from './inject.js';
+import { downstreamHeaders, downstreamStatusMessage, hasPlaceholder, upstreamHeaders } from './inject.js';
 import { KEY_ROUTE_PREFIX, rulesAllow, type Route } from './routes.js';
 import { SecretRedactor, SecretScanner } from './scan.js';
 import { Upstream, UpstreamTimeoutError, type UpstreamOptions } from './upstream.js';
@@ -258,7 +258,7 @@ export class GatewayServer {
       this.refuse(x, 502, 'api_error', 'the upstream answered with a compressed body the gateway cannot check', 'encoded_response');
       return;
     }
-    res.writeHead(up.statusCode ?? 502, up.statusMessage, downstreamHeaders(up.headers, secrets));
+    res.writeHead(up.statusCode ?? 502, downstreamStatusMessage(up.statusMessage, secrets), downstreamHeaders(up.headers, secrets));
     // A hand-made pump rather than pipeline(up, Transform, res): one stream layer less per chunk.
     const scanner = new SecretScanner(secrets);
     let ended = false;
@@ -312,7 +312,7 @@ export class GatewayServer {
     const redactor = new SecretRedactor(secrets);
     const headers = downstreamHeaders(up.headers, secrets);
     headers['content-length'] = String(body.length);
-    x.res.writeHead(up.statusCode ?? 502, up.statusMessage, headers);
+    x.res.writeHead(up.statusCode ?? 502, downstreamStatusMessage(up.statusMessage, secrets), headers);
     redactor.pipe(x.res);
     redactor.end(body);
     x.res.once('finish', () => {

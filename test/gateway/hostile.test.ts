@@ -28,6 +28,7 @@ import { capturingLogger } from '../refresh/fakes.js';
 const PLACEHOLDER = 'f'.repeat(16) + '0123456789abcdef'.repeat(3);
 const CORP_KEY = 'sk-corp-real-key-canary-4b1e9d0c77';
 const RAW_KEY = 'sk-raw-real-key-canary-8c2f6a1d93';
+const RAWP_TOKEN = 'at-rawp-real-token-canary-1f6c3e9b20';
 
 interface Seen {
   method: string;
@@ -79,6 +80,10 @@ beforeAll(async () => {
   const rawUrl = `https://127.0.0.1:${(rawApi.address() as AddressInfo).port}`;
   config = parseConfig(
     JSON.stringify({
+      // An OAuth route whose refresh cannot succeed (nothing listens at its token endpoint): a 401 is passed on as buffered.
+      providers: {
+        rawp: { flow: 'device_code', device_authorization_endpoint: 'https://127.0.0.1:9/device', token_endpoint: 'https://127.0.0.1:9/token', client_id: 'x', api_base: `${rawUrl}/v1` },
+      },
       keys: {
         corp: { route: { api_base: `${apiUrl}/v1`, header: 'authorization', methods: ['GET', 'HEAD', 'POST', 'DELETE', 'OPTIONS'], path_prefixes: ['/allowed'] } },
         raw: { route: { api_base: `${rawUrl}/v1`, header: 'x-api-key' } },
@@ -105,9 +110,11 @@ beforeEach(async () => {
   const keys = new MemoryKeyStore();
   await keys.saveKey('corp', CORP_KEY);
   await keys.saveKey('raw', RAW_KEY);
+  const store = new MemoryTokenStore();
+  await store.saveToken('rawp', { access_token: RAWP_TOKEN, refresh_token: 'rt-rawp-canary-5d8e2b7a41', expiry: Math.floor(Date.now() / 1000) + 3600 });
   const { logger, output } = capturingLogger();
-  const coordinator = new RefreshCoordinator({ store: new MemoryTokenStore(), providers: new ProviderRegistry({ config }), cooldown: FileCooldownStore.inStateDir(stateDir), logger });
-  const table = buildRoutes({ policy: Policy.from({ allow: [], keys: ['corp', 'raw'], allowAll: false, readOnly: false }), config });
+  const coordinator = new RefreshCoordinator({ store, providers: new ProviderRegistry({ config }), cooldown: FileCooldownStore.inStateDir(stateDir), logger });
+  const table = buildRoutes({ policy: Policy.from({ allow: ['rawp'], keys: ['corp', 'raw'], allowAll: false, readOnly: false }), config });
   const audit: GatewayAuditEntry[] = [];
   const refused: GatewayRefusedEntry[] = [];
   const gateway = new GatewayServer({
@@ -128,7 +135,7 @@ afterEach(async () => {
   await rig.coordinator.close();
   await rm(rig.stateDir, { recursive: true, force: true });
   const text = JSON.stringify([rig.audit, rig.refused]) + rig.logs();
-  for (const secret of [CORP_KEY, RAW_KEY, PLACEHOLDER]) expect(text).not.toContain(secret);
+  for (const secret of [CORP_KEY, RAW_KEY, RAWP_TOKEN, PLACEHOLDER]) expect(text).not.toContain(secret);
 });
 
 const auth = `authorization: Bearer ${PLACEHOLDER}\r\n`;
@@ -179,5 +186,27 @@ describe('request bodies cannot smuggle requests to the upstream', () => {
     c.socket.destroy();
     expect(seen.map((s) => `${s.method} ${s.url}`)).toEqual(['GET /v1/allowed/a', 'GET /v1/allowed/b']);
     expect(seen[0]!.body.length).toBe(size);
+  });
+});
+
+describe('nothing the upstream sends brings the real key back', () => {
+  /** One request on the `raw` key route, or the `rawp` OAuth one; the answer's bytes as the client got them. */
+  async function viaRaw(response: (secret: string) => string, route: 'keys/raw' | 'rawp' = 'keys/raw'): Promise<string> {
+    const secret = route === 'rawp' ? RAWP_TOKEN : RAW_KEY;
+    rawAnswer = (s) => s.write(response(secret));
+    const c = client();
+    // A small body: on the OAuth route a 401 is held for a replay, and passed on whole when the refresh fails.
+    c.socket.write(`POST /${route}/models HTTP/1.1\r\nhost: x\r\nx-api-key: ${PLACEHOLDER}\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}`);
+    await c.closed;
+    return c.text();
+  }
+
+  it('a status line or a header name carrying it, streamed or held for a replay', async () => {
+    for (const route of ['keys/raw', 'rawp'] as const) {
+      const got = await viaRaw((secret) => `HTTP/1.1 401 invalid credential ${secret}\r\nx-${secret}: 1\r\ncontent-length: 2\r\n\r\nno`, route);
+      expect(got).toMatch(/^HTTP\/1\.1 401 Unauthorized\r\n/);
+      expect(got).not.toContain(route === 'rawp' ? RAWP_TOKEN : RAW_KEY);
+      expect(got.endsWith('\r\n\r\nno')).toBe(true);
+    }
   });
 });
