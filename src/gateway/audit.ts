@@ -38,10 +38,11 @@ export type GatewayOutcome =
   | 'bad_request'
   | 'slow_head'
   | 'busy'
-  | 'foreign_peer';
+  | 'foreign_peer'
+  | 'pipelined';
 
 /** Outcomes where the gateway answered itself and nothing was served: counted per second, not a line each. */
-export const REFUSAL_OUTCOMES: ReadonlySet<GatewayOutcome> = new Set(['no_route', 'bad_path', 'not_allowed', 'no_placeholder', 'credential_error', 'bad_request', 'slow_head', 'busy', 'foreign_peer']);
+export const REFUSAL_OUTCOMES: ReadonlySet<GatewayOutcome> = new Set(['no_route', 'bad_path', 'not_allowed', 'no_placeholder', 'credential_error', 'bad_request', 'slow_head', 'busy', 'foreign_peer', 'pipelined']);
 
 /**
  * The gateway's refusals of one second: a sandbox sending requests without

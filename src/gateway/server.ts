@@ -21,6 +21,13 @@ const STREAM_HIGH_WATER_MARK = 256 * 1024;
 
 /** Connections open at once per listener; more are refused (a flood from the sandbox cannot exhaust the host). */
 export const DEFAULT_MAX_CONNECTIONS = 1024;
+/**
+ * Requests a connection may have waiting behind the one being served. They
+ * are served one at a time, so the connection cap bounds upstream requests
+ * and replay buffers; a client piling up more is cut off (no HTTP client in
+ * use pipelines at all).
+ */
+export const MAX_PIPELINED = 16;
 
 export interface GatewayOptions {
   maxConnections?: number;
@@ -46,6 +53,8 @@ interface Exchange {
   /** The upstream request in flight, aborted when the client goes away. */
   upstream: ClientRequest | null;
   clientGone: boolean;
+  /** Its turn on the connection came (see serveInTurn): until then it has done nothing to audit. */
+  begun: boolean;
 }
 
 /**
@@ -62,6 +71,8 @@ export class GatewayServer {
   private readonly http: http.Server;
   private readonly listeners: HttpListeners;
   private readonly refusals: GatewayRefusals;
+  /** Per connection with a request being served: the starts of the requests pipelined behind it. */
+  private readonly waiting = new WeakMap<Socket, Array<() => void>>();
 
   constructor(options: GatewayOptions) {
     this.o = options;
@@ -120,9 +131,11 @@ export class GatewayServer {
       started,
       upstream: null,
       clientGone: false,
+      begun: false,
       entry: { time: new Date().toISOString(), kind: 'gateway', route: null, method: req.method ?? 'GET', path: '', status: 0, bytesIn: 0, bytesOut: 0, durationMs: 0, refreshed: false },
     };
     res.once('close', () => {
+      if (!x.begun) return;
       if (!res.writableFinished) {
         x.clientGone = true;
         x.entry.outcome ??= 'client_closed';
@@ -134,7 +147,37 @@ export class GatewayServer {
       if (x.entry.outcome !== undefined && REFUSAL_OUTCOMES.has(x.entry.outcome)) this.refusals.note(x.entry.outcome, x.entry.route);
       else this.o.audit?.record(x.entry);
     });
-    this.route(x).catch((err: unknown) => this.fail(x, err));
+    this.serveInTurn(x);
+  }
+
+  /**
+   * Node dispatches every pipelined request at once: one connection could
+   * have hundreds upstream, each holding a replay buffer. Here a connection's
+   * requests go upstream one after the other (their answers go out in order
+   * anyway).
+   */
+  private serveInTurn(x: Exchange): void {
+    const socket = x.req.socket;
+    const start = (): void => {
+      x.begun = true;
+      x.res.once('close', () => {
+        const next = this.waiting.get(socket)?.shift();
+        if (next !== undefined && !socket.destroyed) next();
+        else this.waiting.delete(socket);
+      });
+      this.route(x).catch((err: unknown) => this.fail(x, err));
+    };
+    const queue = this.waiting.get(socket);
+    if (queue === undefined) {
+      this.waiting.set(socket, []);
+      start();
+    } else if (queue.length < MAX_PIPELINED) {
+      queue.push(start);
+    } else if (!socket.destroyed) {
+      // Once per connection: requests parsed after the cut are dropped unseen.
+      this.refusals.note('pipelined', null);
+      socket.destroy();
+    }
   }
 
   private async route(x: Exchange): Promise<void> {

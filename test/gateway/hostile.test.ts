@@ -150,7 +150,8 @@ function client(): { socket: Socket; text: () => string; closed: Promise<void> }
   return { socket, text: () => text, closed };
 }
 
-const answers = (text: string): number => (text.match(/^HTTP\/1\.1 \d{3} /gm) ?? []).length;
+/** Status lines in what a connection got (an answer follows the body before it on the same line). */
+const answers = (text: string): number => (text.match(/HTTP\/1\.1 \d{3} /g) ?? []).length;
 
 describe('request bodies cannot smuggle requests to the upstream', () => {
   it('a chunked body on a GET, HEAD, DELETE or OPTIONS reaches the upstream framed, never as a second request carrying the real key', async () => {
@@ -208,5 +209,39 @@ describe('nothing the upstream sends brings the real key back', () => {
       expect(got).not.toContain(route === 'rawp' ? RAWP_TOKEN : RAW_KEY);
       expect(got.endsWith('\r\n\r\nno')).toBe(true);
     }
+  });
+});
+
+describe('one connection cannot multiply what the host holds', () => {
+  it('pipelined requests go upstream one at a time, and a connection that piles them up is cut off', async () => {
+    const held: ServerResponse[] = [];
+    onRequest = (_req, res) => void held.push(res);
+    const release = (): void => {
+      for (const res of held.splice(0)) res.end('{}');
+    };
+    // Each of these could hold a 1 MiB body for a replay and an upstream socket: 300 of them once held 300 MiB.
+    const post = (n: number): string => `POST /keys/corp/allowed/${n} HTTP/1.1\r\nhost: x\r\n${auth}content-length: 2\r\n\r\n{}`;
+    const c = client();
+    c.socket.write(Array.from({ length: 5 }, (_, i) => post(i)).join(''));
+    await vi.waitFor(() => expect(seen.length).toBe(1), { timeout: 10_000, interval: 20 });
+    await new Promise((r) => setTimeout(r, 300));
+    expect(seen.length).toBe(1);
+    // Answered one by one, in order, each before the next goes upstream.
+    for (let i = 1; i <= 5; i++) {
+      release();
+      await vi.waitFor(() => expect(answers(c.text())).toBe(i), { timeout: 10_000, interval: 20 });
+      if (i < 5) await vi.waitFor(() => expect(seen.length).toBe(i + 1), { timeout: 10_000, interval: 20 });
+    }
+    expect(seen.map((s) => s.url)).toEqual([0, 1, 2, 3, 4].map((i) => `/v1/allowed/${i}`));
+    c.socket.destroy();
+
+    seen.length = 0;
+    const flood = client();
+    flood.socket.write(Array.from({ length: 200 }, (_, i) => post(i)).join(''));
+    await flood.closed;
+    await new Promise((r) => setTimeout(r, 300));
+    expect(seen.length).toBeLessThanOrEqual(1);
+    release();
+    await vi.waitFor(() => expect(rig.refused.some((e) => (e.refused.pipelined ?? 0) > 0)).toBe(true), { timeout: 10_000, interval: 100 });
   });
 });
