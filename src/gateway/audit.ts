@@ -35,14 +35,16 @@ export type GatewayOutcome =
   | 'upstream_timeout'
   | 'encoded_response'
   | 'client_closed'
+  /** The client went away before its request went upstream. */
+  | 'abandoned'
   | 'bad_request'
   | 'slow_head'
   | 'busy'
   | 'foreign_peer'
   | 'pipelined';
 
-/** Outcomes where the gateway answered itself and nothing was served: counted per second, not a line each. */
-export const REFUSAL_OUTCOMES: ReadonlySet<GatewayOutcome> = new Set(['no_route', 'bad_path', 'not_allowed', 'no_placeholder', 'credential_error', 'bad_request', 'slow_head', 'busy', 'foreign_peer', 'pipelined']);
+/** Outcomes where nothing went upstream (the gateway answered itself, or the client left first): counted per second, not a line each. */
+export const REFUSAL_OUTCOMES: ReadonlySet<GatewayOutcome> = new Set(['no_route', 'bad_path', 'not_allowed', 'no_placeholder', 'credential_error', 'bad_request', 'slow_head', 'busy', 'foreign_peer', 'pipelined', 'abandoned']);
 
 /**
  * The gateway's refusals of one second: a sandbox sending requests without

@@ -138,7 +138,9 @@ export class GatewayServer {
       if (!x.begun) return;
       if (!res.writableFinished) {
         x.clientGone = true;
-        x.entry.outcome ??= 'client_closed';
+        // Gone before anything went upstream: counted like a refusal, or a sandbox opening and
+        // resetting connections would write an audit line each without reaching any API.
+        x.entry.outcome ??= x.upstream === null ? 'abandoned' : 'client_closed';
         x.upstream?.destroy();
       }
       x.entry.status = res.statusCode;

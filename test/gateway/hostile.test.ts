@@ -245,3 +245,30 @@ describe('one connection cannot multiply what the host holds', () => {
     await vi.waitFor(() => expect(rig.refused.some((e) => (e.refused.pipelined ?? 0) > 0)).toBe(true), { timeout: 10_000, interval: 100 });
   });
 });
+
+describe('the audit cannot be flooded from the sandbox', () => {
+  it('requests abandoned before anything went upstream are counted, not given a line each', async () => {
+    const n = 150;
+    for (let i = 0; i < n; i++) {
+      const c = client();
+      // The head with the placeholder and part of the body, then a reset.
+      c.socket.write(`POST /keys/corp/allowed/x HTTP/1.1\r\nhost: x\r\n${auth}content-length: 100\r\n\r\n{"a":`);
+      await vi.waitFor(() => expect(rig.gateway.connections).toBeGreaterThan(0), { timeout: 10_000, interval: 5 });
+      await new Promise((r) => setTimeout(r, 5));
+      c.socket.resetAndDestroy();
+      await c.closed;
+    }
+    await vi.waitFor(() => expect(rig.gateway.connections).toBe(0), { timeout: 10_000, interval: 20 });
+    const counted = (): number => rig.refused.reduce((sum, e) => sum + (e.refused.abandoned ?? 0), 0);
+    await vi.waitFor(() => expect(counted()).toBe(n), { timeout: 10_000, interval: 100 });
+    expect(rig.audit).toEqual([]);
+    expect(seen).toEqual([]);
+    // A request that did go upstream keeps its own line when its client goes away.
+    onRequest = () => undefined;
+    const c = client();
+    c.socket.write(`GET /keys/corp/allowed/slow HTTP/1.1\r\nhost: x\r\n${auth}\r\n`);
+    await vi.waitFor(() => expect(seen.length).toBe(1), { timeout: 10_000, interval: 20 });
+    c.socket.destroy();
+    await vi.waitFor(() => expect(rig.audit).toMatchObject([{ route: 'keys/corp', path: '/allowed/slow', outcome: 'client_closed' }]), { timeout: 10_000, interval: 20 });
+  });
+});
