@@ -283,7 +283,8 @@ export class GatewayServer {
     if (x.clientGone) return;
     if (fresh === null) {
       // Nothing newer to try: the client gets the upstream's own answer.
-      this.writeBuffered(x, up, kept, secrets);
+      if (scannable(up)) this.writeBuffered(x, up, kept, secrets);
+      else this.refuseEncoded(x);
       return;
     }
     x.entry.refreshed = true;
@@ -296,11 +297,9 @@ export class GatewayServer {
       up.destroy();
       return;
     }
-    const encoding = up.headers['content-encoding'];
-    if (encoding !== undefined && encoding !== 'identity') {
-      // Asked for identity and got something else: it cannot be scanned, so it is not passed on.
+    if (!scannable(up)) {
       up.destroy();
-      this.refuse(x, 502, 'api_error', 'the upstream answered with a compressed body the gateway cannot check', 'encoded_response');
+      this.refuseEncoded(x);
       return;
     }
     res.writeHead(up.statusCode ?? 502, downstreamStatusMessage(up.statusMessage, secrets), downstreamHeaders(up.headers, secrets));
@@ -380,6 +379,10 @@ export class GatewayServer {
     this.refuse(x, 502, 'api_error', `the upstream could not be reached${typeof code === 'string' ? ` (${code})` : ''}`, 'upstream_error');
   }
 
+  private refuseEncoded(x: Exchange): void {
+    this.refuse(x, 502, 'api_error', 'the upstream answered with a compressed body the gateway cannot check', 'encoded_response');
+  }
+
   /** An answer of our own, shaped like the providers' error bodies (`error.type`, `error.message`). */
   private refuse(x: Exchange, status: number, type: string, message: string, outcome: GatewayOutcome): void {
     const { res } = x;
@@ -446,6 +449,18 @@ export function upstreamUrl(apiBase: string, rest: string): URL | null {
   if (url.origin !== base.origin) return null;
   if (url.pathname !== basePath && !url.pathname.startsWith(`${basePath}/`)) return null;
   return url;
+}
+
+/**
+ * Whether the body arrives as plain bytes the scanner can check. The upstream
+ * is asked for an identity encoding; an answer under any other content coding,
+ * or a transfer coding Node does not undo (it removes only `chunked`), is not.
+ */
+function scannable(up: IncomingMessage): boolean {
+  const encoding = up.headers['content-encoding'];
+  if (encoding !== undefined && encoding !== 'identity') return false;
+  const transfer = up.headers['transfer-encoding'];
+  return transfer === undefined || transfer.trim().toLowerCase() === 'chunked';
 }
 
 async function readCapped(stream: IncomingMessage, cap: number): Promise<Buffer> {

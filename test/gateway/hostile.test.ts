@@ -65,6 +65,12 @@ beforeAll(async () => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
+      if (req.url === '/token') {
+        // The rawp provider's token endpoint: every refresh is refused (not for a revoked login).
+        res.writeHead(400, { 'content-type': 'application/json' });
+        res.end('{"error":"invalid_request"}');
+        return;
+      }
       const body = Buffer.concat(chunks).toString('latin1');
       seen.push({ method: req.method ?? '', url: req.url ?? '', authorization: req.headers.authorization, body });
       onRequest(req, res, body);
@@ -80,9 +86,9 @@ beforeAll(async () => {
   const rawUrl = `https://127.0.0.1:${(rawApi.address() as AddressInfo).port}`;
   config = parseConfig(
     JSON.stringify({
-      // An OAuth route whose refresh cannot succeed (nothing listens at its token endpoint): a 401 is passed on as buffered.
+      // An OAuth route whose refresh fails: its upstream's 401 is held for a replay, then passed on.
       providers: {
-        rawp: { flow: 'device_code', device_authorization_endpoint: 'https://127.0.0.1:9/device', token_endpoint: 'https://127.0.0.1:9/token', client_id: 'x', api_base: `${rawUrl}/v1` },
+        rawp: { flow: 'device_code', device_authorization_endpoint: `${apiUrl}/device`, token_endpoint: `${apiUrl}/token`, client_id: 'x', api_base: `${rawUrl}/v1` },
       },
       keys: {
         corp: { route: { api_base: `${apiUrl}/v1`, header: 'authorization', methods: ['GET', 'HEAD', 'POST', 'DELETE', 'OPTIONS'], path_prefixes: ['/allowed'] } },
@@ -113,7 +119,7 @@ beforeEach(async () => {
   const store = new MemoryTokenStore();
   await store.saveToken('rawp', { access_token: RAWP_TOKEN, refresh_token: 'rt-rawp-canary-5d8e2b7a41', expiry: Math.floor(Date.now() / 1000) + 3600 });
   const { logger, output } = capturingLogger();
-  const coordinator = new RefreshCoordinator({ store, providers: new ProviderRegistry({ config }), cooldown: FileCooldownStore.inStateDir(stateDir), logger });
+  const coordinator = new RefreshCoordinator({ store, providers: new ProviderRegistry({ config }), cooldown: FileCooldownStore.inStateDir(stateDir), logger, retryDelaysMs: [] });
   const table = buildRoutes({ policy: Policy.from({ allow: ['rawp'], keys: ['corp', 'raw'], allowAll: false, readOnly: false }), config });
   const audit: GatewayAuditEntry[] = [];
   const refused: GatewayRefusedEntry[] = [];
@@ -194,7 +200,7 @@ describe('nothing the upstream sends brings the real key back', () => {
   /** One request on the `raw` key route, or the `rawp` OAuth one; the answer's bytes as the client got them. */
   async function viaRaw(response: (secret: string) => string, route: 'keys/raw' | 'rawp' = 'keys/raw'): Promise<string> {
     const secret = route === 'rawp' ? RAWP_TOKEN : RAW_KEY;
-    rawAnswer = (s) => s.write(response(secret));
+    rawAnswer = (s) => s.write(response(secret), 'latin1');
     const c = client();
     // A small body: on the OAuth route a 401 is held for a replay, and passed on whole when the refresh fails.
     c.socket.write(`POST /${route}/models HTTP/1.1\r\nhost: x\r\nx-api-key: ${PLACEHOLDER}\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}`);
@@ -208,6 +214,31 @@ describe('nothing the upstream sends brings the real key back', () => {
       expect(got).toMatch(/^HTTP\/1\.1 401 Unauthorized\r\n/);
       expect(got).not.toContain(route === 'rawp' ? RAWP_TOKEN : RAW_KEY);
       expect(got.endsWith('\r\n\r\nno')).toBe(true);
+    }
+  });
+
+  it('a body under a content or transfer coding it cannot scan, streamed or held for a replay', async () => {
+    const zipped = (secret: string): string => gzipSync(Buffer.from(`{"echo":"${secret}"}`)).toString('latin1');
+    const chunk = (data: string): string => `${data.length.toString(16)}\r\n${data}\r\n0\r\n\r\n`;
+    const cases: Array<[route: 'keys/raw' | 'rawp', answer: (secret: string) => string]> = [
+      ['keys/raw', (secret) => `HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: gzip, chunked\r\n\r\n${chunk(zipped(secret))}`],
+      ['rawp', (secret) => `HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ntransfer-encoding: gzip, chunked\r\n\r\n${chunk(zipped(secret))}`],
+      ['rawp', (secret) => `HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: ${zipped(secret).length}\r\n\r\n${zipped(secret)}`],
+    ];
+    for (const [route, answer] of cases) {
+      const got = await viaRaw(answer, route);
+      const secret = route === 'rawp' ? RAWP_TOKEN : RAW_KEY;
+      // What the client would decode, had the gateway passed the coded bytes on.
+      const at = got.indexOf('\r\n\r\n') + 4;
+      const head = got.slice(0, at).toLowerCase();
+      const framed = head.includes('transfer-encoding: chunked');
+      const size = framed ? parseInt(got.slice(at), 16) : got.length - at;
+      if (size > 0) {
+        const coded = Buffer.from(framed ? got.slice(got.indexOf('\r\n', at) + 2).slice(0, size) : got.slice(at), 'latin1');
+        if (coded[0] === 0x1f) expect(gunzipSync(coded).toString('latin1')).not.toContain(secret);
+      }
+      expect(got).toMatch(/^HTTP\/1\.1 502 /);
+      await vi.waitFor(() => expect(rig.audit.at(-1)).toMatchObject({ route, outcome: 'encoded_response' }), { timeout: 10_000, interval: 20 });
     }
   });
 });
