@@ -1,10 +1,10 @@
 import { existsSync, renameSync, rmdirSync } from 'node:fs';
 import { userInfo } from 'node:os';
-import { basename, dirname, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { CredproxyError } from '../errors.js';
 import type { CredproxyDirs } from '../paths.js';
-import { checkBindRoot, planMounts, type MountInput, type MountPlan, type UserBind } from './mounts.js';
-import { canonicalPath } from './paths.js';
+import { checkBindRoot, planMounts, SYSTEM_MASKS, type MountInput, type MountPlan, type UserBind } from './mounts.js';
+import { canonicalPath, isUnder, overlaps } from './paths.js';
 import { appeared, gitEntries } from './protect.js';
 
 export interface LayoutRequest {
@@ -34,12 +34,28 @@ function passwdHome(): string | null {
 /**
  * Where node is installed: its prefix (…/bin's parent) when the binary sits
  * in a `bin` dir, so npm next to it keeps working, never a system dir that
- * the read-only root already shows.
+ * the read-only root already shows. A prefix inside or around a hidden dir
+ * is often shared (a tarball unpacked into ~/.local, whose share/ holds
+ * credproxy's own store and other tools' logins): of it only node's own
+ * parts come back, its bin dir and the global packages (npm among them).
  */
-function nodeDir(binary: string): string {
-  const dir = dirname(canonicalPath(binary));
+function nodeDirs(binary: string, hidden: string[]): string[] {
+  const real = canonicalPath(binary);
+  const dir = dirname(real);
   const prefix = dirname(dir);
-  return basename(dir) === 'bin' && !['/', '/usr', '/usr/local'].includes(prefix) ? prefix : dir;
+  // A binary loose in a hidden dir itself (~/node) is shown alone.
+  const own = hidden.some((h) => isUnder(h, dir)) ? real : dir;
+  if (basename(dir) !== 'bin' || ['/', '/usr', '/usr/local'].includes(prefix)) return [own];
+  if (!hidden.some((h) => overlaps(prefix, h))) return [prefix];
+  const parts = [join(prefix, 'lib', 'node_modules'), join(prefix, 'include', 'node')].filter((d) => existsSync(d) && !hidden.some((h) => isUnder(h, d)));
+  return [own, ...parts];
+}
+
+/** A tool dir is shown whole: one that is or holds a hidden dir would show that dir's contents again. */
+function checkToolDir(dir: string, what: string, hidden: string[]): string {
+  const h = hidden.find((m) => isUnder(m, dir));
+  if (h !== undefined) throw new CredproxyError('USAGE', `refusing to show ${what} ${dir} inside the sandbox: it ${h === dir ? 'is' : 'contains'} ${h}, which the sandbox hides; install it in a directory of its own`);
+  return dir;
 }
 
 /**
@@ -52,6 +68,7 @@ export function layoutInput(req: LayoutRequest): MountInput {
   const homes = [...new Set([home, passwdHome()].filter((h): h is string => Boolean(h)).map((h) => canonicalPath(h)))].filter((h) => h !== '/');
   const credproxyDirs = [req.dirs.config, req.dirs.data, req.dirs.state, req.dirs.run].map((d) => canonicalPath(d));
   const guard = { homes, credproxyDirs };
+  const hidden = [...SYSTEM_MASKS.map((m) => canonicalPath(m)), ...homes, ...credproxyDirs];
   const cwd = canonicalPath(req.cwd);
   if (req.bindWorkdir) checkBindRoot(cwd, 'the working directory', guard, 'cd into a project directory (a subdirectory of /tmp works: only it is bound), or pass --no-workdir');
   const expand = (p: string): string => (p === '~' || p.startsWith('~/') ? home + p.slice(1) : p);
@@ -70,7 +87,13 @@ export function layoutInput(req: LayoutRequest): MountInput {
     homes,
     credproxyDirs,
     socketDir: null, // known once the proxy has started
-    toolDirs: [...new Set([canonicalPath(req.packageRoot), nodeDir(req.nodeBinary), ...(req.agentDir === undefined ? [] : [canonicalPath(req.agentDir)])])],
+    toolDirs: [
+      ...new Set([
+        checkToolDir(canonicalPath(req.packageRoot), 'credproxy’s package', hidden),
+        ...nodeDirs(req.nodeBinary, hidden),
+        ...(req.agentDir === undefined ? [] : [checkToolDir(canonicalPath(req.agentDir), 'the agent’s install dir', hidden)]),
+      ]),
+    ],
     binds,
     unprotect: req.unprotect.map((u) => canonicalPath(resolve(cwd, expand(u)))),
   };

@@ -26,10 +26,10 @@ function unprivilegedUid(): number {
   return Number(execFileSync('id', ['-u', USER], { encoding: 'utf8' }).trim());
 }
 
-function runAs(args: string[], o: { env: NodeJS.ProcessEnv; cwd: string; uid?: number; bin?: string; timeoutMs?: number }): Promise<CliResult> {
+function runAs(args: string[], o: { env: NodeJS.ProcessEnv; cwd: string; uid?: number; bin?: string; node?: string; timeoutMs?: number }): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const ids = o.uid === undefined ? {} : { uid: o.uid, gid: o.uid };
-    const child = spawn(process.execPath, [o.bin ?? BIN, ...args], { env: o.env, cwd: o.cwd, stdio: ['ignore', 'pipe', 'pipe'], ...ids });
+    const child = spawn(o.node ?? process.execPath, [o.bin ?? BIN, ...args], { env: o.env, cwd: o.cwd, stdio: ['ignore', 'pipe', 'pipe'], ...ids });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -211,6 +211,31 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     expect(r.stdout).not.toMatch(/HIT-/);
     expect(r.stdout).toContain('OK-runs');
     expect(readFileSync(main, 'utf8')).toBe(before);
+  });
+
+  it('node unpacked into ~/.local runs inside, without its prefix showing ~/.local/share: credproxy’s store and other tools’ logins', async () => {
+    const home = tmp('cpo-');
+    const bin = join(home, '.local', 'bin');
+    mkdirSync(bin, { recursive: true });
+    const node = join(bin, 'node');
+    cpSync(realpathSync(process.execPath), node); // a copy: a link would resolve to the system's node
+    const other = join(home, '.local', 'share', 'other-agent');
+    mkdirSync(other, { recursive: true });
+    writeFileSync(join(other, 'auth.json'), 'OTHER-AGENT-LOGIN');
+    const dir = join(home, 'project');
+    mkdirSync(dir);
+    // No CREDPROXY_HOME: the store lives in the default XDG data dir, ~/.local/share/credproxy.
+    const env = { PATH: process.env.PATH, HOME: home, LANG: 'C.UTF-8', CREDPROXY_STORE: 'file' };
+    const set = spawnSync(node, [BIN, 'key', 'set', 'demo'], { env, input: 'KEY-VALUE\n', encoding: 'utf8' });
+    expect(set.status, set.stderr).toBe(0);
+    const store = join(home, '.local', 'share', 'credproxy');
+    expect(existsSync(join(store, 'master.key'))).toBe(true);
+    const script = `ls -A ${store} 2>/dev/null | sed 's/^/SEEN-/'; cat ${join(other, 'auth.json')} 2>/dev/null; node -e 'console.log("OK-" + "node")'`;
+    const r = await runAs(['run', '--', 'sh', '-c', script], { env, cwd: dir, node });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('OK-node');
+    expect(r.stdout).not.toContain('SEEN-');
+    expect(r.stdout).not.toContain('OTHER-AGENT-LOGIN');
   });
 
   it('refuses a workdir that is or contains a hidden dir, and credproxy dirs reached through a symlink (exit 2, nothing started)', async () => {

@@ -1,6 +1,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { layoutInput, type LayoutRequest } from '../../src/sandbox/layout.js';
 import { checkBindRoot, planMounts, type MountInput } from '../../src/sandbox/mounts.js';
 
 const base = mkdtempSync('/tmp/cpmu-');
@@ -59,5 +60,30 @@ describe('mount plan', () => {
     const guard = { homes: ['/home/u'], credproxyDirs: ['/home/u/.config/credproxy', '/srv/cp/data'] };
     for (const bad of ['/', '/tmp', '/home', '/home/u', '/srv/cp', '/srv/cp/data/x', '/var']) expect(() => checkBindRoot(bad, 'x', guard, 'hint')).toThrow(/refusing/);
     for (const ok of ['/tmp/scratch', '/home/u/project', '/srv/other']) expect(() => checkBindRoot(ok, 'x', guard, 'hint')).not.toThrow();
+  });
+
+  it('never shows a hidden dir again as a tool dir: node in ~/.local keeps only its own parts, a loose binary itself, an agent in the home is refused', () => {
+    const home = mkdtempSync(join(base, 'h-'));
+    const data = join(home, '.local', 'share', 'credproxy');
+    mkdirSync(join(home, '.local', 'bin'), { recursive: true });
+    mkdirSync(join(home, '.local', 'lib', 'node_modules', 'npm'), { recursive: true });
+    mkdirSync(join(home, 'work'));
+    for (const f of ['.local/bin/node', 'node']) writeFileSync(join(home, f), '');
+    const req = (over: Partial<LayoutRequest>): LayoutRequest => ({
+      cwd: join(home, 'work'),
+      bindWorkdir: true,
+      env: { HOME: home },
+      dirs: { config: join(home, '.config', 'credproxy'), data, state: join(home, '.local', 'state', 'credproxy'), run: join(home, 'run') },
+      roBinds: [],
+      rwBinds: [],
+      unprotect: [],
+      packageRoot: join(home, 'work', 'node_modules', 'credproxy'),
+      nodeBinary: join(home, '.local', 'bin', 'node'),
+      ...over,
+    });
+    expect(layoutInput(req({})).toolDirs).toEqual([join(home, 'work', 'node_modules', 'credproxy'), join(home, '.local', 'bin'), join(home, '.local', 'lib', 'node_modules')]);
+    expect(layoutInput(req({ nodeBinary: join(home, 'node') })).toolDirs).toContain(join(home, 'node'));
+    expect(() => layoutInput(req({ agentDir: home }))).toThrow(/refusing to show the agent’s install dir .* it is .*, which the sandbox hides/);
+    expect(() => layoutInput(req({ agentDir: join(home, '.local') }))).toThrow(/it contains .*credproxy/);
   });
 });
