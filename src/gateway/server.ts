@@ -425,7 +425,10 @@ function parseTarget(url: string, routes: ReadonlyMap<string, Route>): Target | 
   return { route, rest: `${pathOnly}${query}`, pathOnly, bad };
 }
 
-/** A segment that is, or decodes to something containing, a dot segment (`..`, `%2e%2e`, `..%2f..`). */
+/**
+ * A segment that is, or decodes to something containing, a dot segment (`..`, `%2e%2e`, `..%2f..`),
+ * path parameters included (`..;x`: servlet containers and others resolve it as `..`).
+ */
 function climbs(segment: string): boolean {
   let decoded: string;
   try {
@@ -433,7 +436,10 @@ function climbs(segment: string): boolean {
   } catch {
     return true;
   }
-  return decoded.split(/[/\\]/).some((part) => part === '.' || part === '..');
+  return decoded.split(/[/\\]/).some((part) => {
+    const name = part.split(';', 1)[0];
+    return name === '.' || name === '..';
+  });
 }
 
 /** `<api_base><rest>`, and null unless the result stays on the base's origin and under its path. */

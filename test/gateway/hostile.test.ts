@@ -196,6 +196,19 @@ describe('request bodies cannot smuggle requests to the upstream', () => {
   });
 });
 
+describe('paths stay under the route', () => {
+  it('a dot segment with a path parameter (..;) is refused like any other, nothing upstream', async () => {
+    // Servlet containers and others read `..;x` as `..`: /allowed/..;/admin would be /admin there.
+    for (const path of ['/allowed/..;/admin', '/allowed/..;x/admin', '/allowed/%2e%2e;/admin', '/allowed/.;/x']) {
+      const c = client();
+      c.socket.write(`GET /keys/corp${path} HTTP/1.1\r\nhost: x\r\n${auth}connection: close\r\n\r\n`);
+      await c.closed;
+      expect(c.text(), path).toMatch(/^HTTP\/1\.1 400 /);
+    }
+    expect(seen).toEqual([]);
+  });
+});
+
 describe('nothing the upstream sends brings the real key back', () => {
   /** One request on the `raw` key route, or the `rawp` OAuth one; the answer's bytes as the client got them. */
   async function viaRaw(response: (secret: string) => string, route: 'keys/raw' | 'rawp' = 'keys/raw'): Promise<string> {
