@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { closeSync, readdirSync, readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 
 /** What a terminal or a supervisor sends that the command, not its launcher, should act on. */
@@ -26,6 +26,31 @@ export function spawnChild(file: string, args: string[], options: SpawnOptions):
     child.once('exit', (code, signal) => resolve(statusOf(code, signal)));
   });
   return { child, status };
+}
+
+/** O_CLOEXEC as /proc/PID/fdinfo shows it in `flags:` (octal; the same on x86_64 and aarch64). */
+const O_CLOEXEC = 0o2000000;
+
+/**
+ * Closes every descriptor above stdio that a child would inherit (those
+ * without close-on-exec). Node marks 0-15 close-on-exec at start-up and stops
+ * at the first gap after them, so one that the launcher's own parent leaked
+ * at a higher number (a terminal's, an IDE's, a supervisor's) went on through
+ * bwrap into the sandbox, where a directory handle opens the host's files
+ * through /proc/self/fd past every mount. The launcher itself never uses one.
+ */
+export function closeInheritableFds(): void {
+  for (const name of readdirSync('/proc/self/fdinfo')) {
+    const fd = Number(name);
+    if (!(fd > 2)) continue;
+    let flags: RegExpExecArray | null;
+    try {
+      flags = /^flags:\s*([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+    } catch {
+      continue; // the listing's own handle, closed again by now
+    }
+    if (flags && (parseInt(flags[1]!, 8) & O_CLOEXEC) === 0) closeSync(fd);
+  }
 }
 
 /** The command bwrap started: the child of bwrap's own pid-1 helper, which ignores signals from outside. */

@@ -1,5 +1,5 @@
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { chmodSync, chownSync, closeSync, cpSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -26,10 +26,16 @@ function unprivilegedUid(): number {
   return Number(execFileSync('id', ['-u', USER], { encoding: 'utf8' }).trim());
 }
 
-function runAs(args: string[], o: { env: NodeJS.ProcessEnv; cwd: string; uid?: number; bin?: string; node?: string; timeoutMs?: number }): Promise<CliResult> {
+/** `fds`: descriptors the launcher inherits, at the given numbers (as a parent that leaks them would hand them on). */
+function runAs(args: string[], o: { env: NodeJS.ProcessEnv; cwd: string; uid?: number; bin?: string; node?: string; fds?: Record<number, number>; timeoutMs?: number }): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const ids = o.uid === undefined ? {} : { uid: o.uid, gid: o.uid };
-    const child = spawn(o.node ?? process.execPath, [o.bin ?? BIN, ...args], { env: o.env, cwd: o.cwd, stdio: ['ignore', 'pipe', 'pipe'], ...ids });
+    const stdio: Array<'ignore' | 'pipe' | number> = ['ignore', 'pipe', 'pipe'];
+    for (const [n, fd] of Object.entries(o.fds ?? {})) {
+      while (stdio.length < Number(n)) stdio.push('ignore');
+      stdio[Number(n)] = fd;
+    }
+    const child = spawn(o.node ?? process.execPath, [o.bin ?? BIN, ...args], { env: o.env, cwd: o.cwd, stdio, ...ids }) as ChildProcessWithoutNullStreams;
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -236,6 +242,22 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     expect(r.stdout).toContain('OK-node');
     expect(r.stdout).not.toContain('SEEN-');
     expect(r.stdout).not.toContain('OTHER-AGENT-LOGIN');
+  });
+
+  it('a descriptor the launcher inherited does not reach the command: through /proc it opens the host’s files past every mount', async () => {
+    const dir = tmp('cpd-');
+    writeFileSync(join(host.home, 'stand-in-secret'), 'HOST-SECRET');
+    // Node marks fds 0-15 close-on-exec at start-up and stops at the first gap after them: a higher one went through.
+    const fd = openSync(host.home, 'r');
+    try {
+      const script = `cat /proc/self/fd/40/stand-in-secret 2>/dev/null; echo; ls /proc/self/fd | tr '\\n' ' '`;
+      const r = await runAs(['run', '--', 'sh', '-c', script], { env: host.env, cwd: dir, fds: { 40: fd } });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).not.toContain('HOST-SECRET');
+      expect(r.stdout.trim()).toBe('0 1 2 3'); // stdio and ls's own handle on the listed dir
+    } finally {
+      closeSync(fd);
+    }
   });
 
   it('refuses a workdir that is or contains a hidden dir, and credproxy dirs reached through a symlink (exit 2, nothing started)', async () => {

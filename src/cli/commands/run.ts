@@ -13,7 +13,7 @@ import { formatPlan, planMounts, type MountInput, type MountPlan } from '../../s
 import { canonicalPath } from '../../sandbox/paths.js';
 import { describeFilter, seccompFilter } from '../../sandbox/seccomp.js';
 import { probeBwrap } from '../../sandbox/bwrap-features.js';
-import { bwrapCommandPid, SignalRelay, spawnChild, type ChildRun } from '../../sandbox/child.js';
+import { bwrapCommandPid, closeInheritableFds, SignalRelay, spawnChild, type ChildRun } from '../../sandbox/child.js';
 import { containerArgs } from '../../sandbox/container.js';
 import { TOKEN_FILE_NAME } from '../../client/capability-token.js';
 import { capabilityFdBytes, llxprtEnv, llxprtMode, llxprtWanted, LLXPRT_TOKEN_ENV } from '../../sandbox/llxprt.js';
@@ -282,6 +282,8 @@ function launch(
 ): ChildRun {
   if (kind === 'bwrap') {
     const { argv, fdArgs } = bwrapArgs(spec, plan!.ops, BWRAP_FDS, probeBwrap());
+    // bwrap passes on every descriptor it gets: only stdio and the ones set up here may reach the command.
+    closeInheritableFds();
     const run = spawnChild('bwrap', argv, {
       // fd 3 is the command's (llxprt-code's capability descriptor); bwrap's own start at 5.
       stdio: ['inherit', 'inherit', 'inherit', spec.llxprt ? 'pipe' : 'ignore', 'ignore', 'pipe', 'pipe', 'pipe'],
