@@ -106,8 +106,8 @@ export function missingPlaceholders(plan: MountPlan): string[] {
 
 /**
  * After the run: remove the empty placeholder dirs bwrap created on the
- * host, move aside a git `commondir` that appeared (it would redirect the
- * host's git to a config the sandbox wrote), and warn about every other
+ * host, move aside a git `commondir` or an included config file that
+ * appeared (host git would read config the sandbox wrote), and warn about every other
  * watched path that appeared (a `.git`, an editor task file) for the user
  * to review. Returns the warnings.
  */
@@ -123,11 +123,12 @@ export function afterRun(created: string[], plan: MountPlan): string[] {
   const newRepos = plan.rwRoots.flatMap((r) => gitEntries(r)).filter((g) => !before.has(g) && !plan.watch.includes(g));
   const warnings: string[] = [];
   for (const p of [...appeared(plan.watch), ...newRepos]) {
-    if (basename(p) === 'commondir') {
+    const config = plan.aside.find((a) => a.path === p);
+    if (config) {
       const aside = `${p}.from-sandbox-${Date.now()}`;
       try {
         renameSync(p, aside);
-        warnings.push(`${p} was created inside the sandbox (it redirects where git reads its config from); moved aside to ${aside}`);
+        warnings.push(`${p} was created inside the sandbox (${config.why}); moved aside to ${aside}`);
         continue;
       } catch {
         /* fall through to the plain warning */

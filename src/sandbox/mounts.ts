@@ -39,6 +39,8 @@ export interface MountPlan {
   placeholders: string[];
   /** Paths that must not appear during the run (reported after it). */
   watch: string[];
+  /** Watched paths that host git would read as config: moved aside when they appear. */
+  aside: Array<{ path: string; why: string }>;
   /** Read-write roots and the `.git` entries found in them before the run: new ones are reported after it. */
   rwRoots: string[];
   gitEntries: string[];
@@ -151,10 +153,12 @@ export function planMounts(input: MountInput): MountPlan {
 
   const placeholders: string[] = [];
   const watch: string[] = [];
+  const aside: Array<{ path: string; why: string }> = [];
   const found: string[] = [];
   for (const root of rwRoots) {
     const set = protectionsFor(root, input.unprotect);
     watch.push(...set.watch.filter((w) => rootOf(w) !== undefined));
+    aside.push(...set.aside.filter((a) => rootOf(a.path) !== undefined));
     warnings.push(...set.warnings);
     found.push(...set.gitEntries);
     for (const p of set.protections) {
@@ -168,7 +172,7 @@ export function planMounts(input: MountInput): MountPlan {
   }
   // Pins first, then read-only binds: a pin is a read-write bind and would reopen a read-only one beneath it.
   ops.push(...late.filter((o) => o.op === 'bind'), ...late.filter((o) => o.op !== 'bind'));
-  return { ops, placeholders, watch: [...new Set(watch)], warnings, rwRoots, gitEntries: found };
+  return { ops, placeholders, watch: [...new Set(watch)], aside, warnings, rwRoots, gitEntries: found };
 }
 
 function toOp(p: Protection): MountOp {

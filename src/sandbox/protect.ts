@@ -1,4 +1,6 @@
+import { spawnSync } from 'node:child_process';
 import { accessSync, constants, existsSync, lstatSync, readFileSync, readdirSync, type Stats } from 'node:fs';
+import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { canonicalPath, isUnder } from './paths.js';
 
@@ -50,6 +52,11 @@ export interface ProtectionSet {
    * root that had none when placeholders are unprotected): checked after the run.
    */
   watch: string[];
+  /**
+   * Watched paths that host git would read as its config if they appeared
+   * (a `commondir`, an included config file): moved aside after the run.
+   */
+  aside: Array<{ path: string; why: string }>;
   /** The `.git` entries found at the root and below it. */
   gitEntries: string[];
   /** Protected names that are symlinks: the link itself cannot be held, only re-pointed by the sandbox. */
@@ -61,7 +68,7 @@ export interface ProtectionSet {
  * (canonical) drops every protection at or below each path.
  */
 export function protectionsFor(root: string, unprotected: string[]): ProtectionSet {
-  const set: ProtectionSet = { protections: [], watch: [], gitEntries: gitEntries(root), warnings: [] };
+  const set: ProtectionSet = { protections: [], watch: [], aside: [], gitEntries: gitEntries(root), warnings: [] };
   const add = (p: Protection): void => {
     // A symlink planted by an earlier run (`.vscode -> ~/.ssh`) must not make bwrap bind its target: only what
     // really lies in the root is held; a link that leaves it points at something read-only or hidden already.
@@ -90,20 +97,22 @@ export function protectionsFor(root: string, unprotected: string[]): ProtectionS
     set.watch.push(dotGit);
   }
   // The root's own repository and those already below it (several checkouts in one dir, vendored repos, submodules).
-  for (const entry of set.gitEntries) protectGitEntry(root, entry, add, set.watch);
+  const userHooks = userHooksPaths();
+  for (const entry of set.gitEntries) protectGitEntry(entry, add, set, userHooks);
   return set;
 }
 
-function protectGitEntry(root: string, dotGit: string, add: (p: Protection) => void, watch: string[]): void {
+function protectGitEntry(dotGit: string, add: (p: Protection) => void, set: ProtectionSet, userHooks: string[]): void {
   const st = lstatOrNull(dotGit);
   if (st === null) return;
+  const worktree = dirname(dotGit);
   if (st.isDirectory()) {
-    protectGitDir(dotGit, add, watch);
+    protectGitDir(dotGit, worktree, add, set, userHooks);
   } else if (st.isFile()) {
     add({ path: dotGit, kind: 'ro', why: 'gitfile: where the repository lives' });
     const target = gitfileTarget(dotGit);
     // Held wherever it is: the plan keeps only what lies in some read-write root (this one or a --bind).
-    if (target) protectGitDir(target, add, watch);
+    if (target) protectGitDir(target, worktree, add, set, userHooks);
   } else {
     add({ path: dotGit, kind: 'ro', why: 'not a regular .git: held as it is' });
   }
@@ -134,7 +143,7 @@ export function gitEntries(root: string): string[] {
   return found;
 }
 
-function protectGitDir(gitDir: string, add: (p: Protection) => void, watch: string[], depth = 0): void {
+function protectGitDir(gitDir: string, worktree: string, add: (p: Protection) => void, set: ProtectionSet, userHooks: string[], depth = 0): void {
   // A bind of the git dir onto itself: renaming or removing it (to `git init` a fresh one) fails with EBUSY.
   add({ path: gitDir, kind: 'pin', why: 'git dir: cannot be renamed or replaced' });
   const worktreeConfig = join(gitDir, 'config.worktree');
@@ -144,17 +153,87 @@ function protectGitDir(gitDir: string, add: (p: Protection) => void, watch: stri
     // A linked worktree's admin dir (<common>/worktrees/<name>): its commondir names where config and hooks live.
     add({ path: commondir, kind: 'ro', why: 'git commondir: where config and hooks are read from' });
     const common = readCommondir(gitDir);
-    if (common && depth === 0 && existsSync(common)) protectGitDir(common, add, watch, depth + 1);
+    if (common && depth === 0 && existsSync(common)) protectGitDir(common, worktree, add, set, userHooks, depth + 1);
     return;
   }
   // A commondir file would redirect config reads; an empty mount there would break git, so it is checked after the run.
-  watch.push(commondir);
+  set.watch.push(commondir);
+  set.aside.push({ path: commondir, why: 'it redirects where git reads its config from' });
   const config = join(gitDir, 'config');
   if (exists(config)) add({ path: config, kind: 'ro', why: 'git config: core.fsmonitor, hooksPath, pager, diff.external, filters, sshCommand' });
   for (const d of GIT_PLACEHOLDER_DIRS) {
     const p = join(gitDir, d);
     add({ path: p, kind: exists(p) ? 'ro' : 'placeholder', why: d === 'hooks' ? 'git hooks' : `git ${d}: their own configs and hooks` });
   }
+  const refs = configReferences(config, worktree);
+  for (const hooks of [...refs.hooksPaths, ...userHooks.map((h) => resolve(worktree, h))]) {
+    const why = 'core.hooksPath: the hooks git runs';
+    if (exists(hooks)) add({ path: hooks, kind: 'ro', why });
+    else if (exists(dirname(hooks))) add({ path: hooks, kind: 'placeholder', why });
+    else set.watch.push(canonicalPath(hooks));
+  }
+  for (const file of refs.includes) {
+    if (exists(file)) {
+      add({ path: file, kind: 'ro', why: 'git config included by the repository’s config' });
+    } else {
+      // A file cannot be held where none exists: one created inside is moved aside after the run, like a commondir.
+      const path = canonicalPath(file);
+      set.watch.push(path);
+      set.aside.push({ path, why: 'the repository’s config includes it' });
+    }
+  }
+}
+
+/**
+ * What a repository's config names for git to run or to read as more
+ * config: `core.hooksPath` (relative to the worktree; husky points it into
+ * the project at `.husky/_`, which nothing tracks) and the files of
+ * `include.path` and `includeIf.*.path` (relative to the including file),
+ * under any condition, since the sandbox can switch branches; followed
+ * through the included files.
+ */
+function configReferences(config: string, worktree: string): { hooksPaths: string[]; includes: string[] } {
+  const hooksPaths: string[] = [];
+  const includes: string[] = [];
+  const queue = [config];
+  const seen = new Set<string>();
+  while (queue.length > 0 && seen.size < 32) {
+    const file = queue.shift()!;
+    if (seen.has(file)) continue;
+    seen.add(file);
+    for (const [key, value] of gitConfigEntries(['--file', file], /^(core\.hookspath|include\.path|includeif\..*\.path)$/)) {
+      const path = value.startsWith('~/') ? join(homedir(), value.slice(2)) : value;
+      if (key === 'core.hookspath') {
+        hooksPaths.push(resolve(worktree, path));
+      } else {
+        const included = resolve(dirname(file), path);
+        includes.push(included);
+        if (exists(included)) queue.push(included);
+      }
+    }
+  }
+  return { hooksPaths, includes };
+}
+
+/** A `core.hooksPath` of the user's global or system config; a relative one is taken in each repository's worktree. */
+function userHooksPaths(): string[] {
+  return ['--global', '--system'].flatMap((scope) =>
+    gitConfigEntries([scope], /^core\.hookspath$/).map(([, v]) => (v.startsWith('~/') ? join(homedir(), v.slice(2)) : v)),
+  );
+}
+
+/** `git config <where> --get-regexp` as [key, value] pairs; none when git is missing (then nothing runs hooks either). */
+function gitConfigEntries(where: string[], key: RegExp): Array<[string, string]> {
+  const out = spawnSync('git', ['config', ...where, '-z', '--get-regexp', key.source], { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'pipe', 'ignore'] });
+  if (out.status !== 0 || typeof out.stdout !== 'string') return [];
+  return out.stdout
+    .split('\0')
+    .filter(Boolean)
+    .map((entry): [string, string] => {
+      const nl = entry.indexOf('\n');
+      return nl < 0 ? [entry, ''] : [entry.slice(0, nl), entry.slice(nl + 1)];
+    })
+    .filter(([, v]) => v !== ''); // a bare `path` names nothing (it would resolve to the dir it is taken in)
 }
 
 function readCommondir(gitDir: string): string | null {

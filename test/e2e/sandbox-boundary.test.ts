@@ -193,6 +193,38 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     expect(u.stderr).toMatch(/\.git was created inside the sandbox/);
   });
 
+  it('hooks and config that the repository’s config points to in the project (core.hooksPath as husky sets it, include.path) stay out of reach', async () => {
+    const dir = tmp('cpk-');
+    makeRepo(dir);
+    mkdirSync(join(dir, '.husky', '_'), { recursive: true });
+    writeFileSync(join(dir, '.husky', '_', 'pre-commit'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+    writeFileSync(join(dir, 'shared.gitconfig'), '[alias]\n\tst = status\n');
+    git(dir, 'config', 'core.hooksPath', '.husky/_');
+    git(dir, 'config', 'include.path', '../shared.gitconfig');
+    // Not there yet, and read only on a branch the sandbox can switch to: it cannot be held, so it is moved aside after the run.
+    git(dir, 'config', 'includeIf.onbranch:agent/**.path', '../branch.gitconfig');
+    const fsmonitor = `printf '[core]\\n\\tfsmonitor = touch PWNED\\n'`;
+    const script = [
+      `echo 'touch PWNED' >> .husky/_/pre-commit 2>/dev/null && echo HIT-hook`,
+      `(echo '#!/bin/sh'; echo 'touch PWNED') > .husky/_/post-checkout 2>/dev/null && echo HIT-new-hook`,
+      `mv .husky .husky-away 2>/dev/null && echo HIT-rename`,
+      `${fsmonitor} >> shared.gitconfig 2>/dev/null && echo HIT-include`,
+      `${fsmonitor} > branch.gitconfig`,
+      `echo change >> README && git add README && git ${GIT_ID.join(' ')} commit -q -m inside && echo OK-commit`,
+    ].join('\n');
+    const r = await runAs(['run', '--', 'sh', '-c', script], { env: host.env, cwd: dir });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).not.toMatch(/HIT-/);
+    expect(r.stdout).toContain('OK-commit');
+    expect(r.stderr).toMatch(/warning: .*branch\.gitconfig was created inside the sandbox .*moved aside/);
+    // Back on the host: a branch the include is conditioned on, a commit, a status; nothing planted runs.
+    git(dir, 'checkout', '-q', '-b', 'agent/x');
+    git(dir, ...GIT_ID, 'commit', '-q', '--allow-empty', '-m', 'host');
+    git(dir, 'status', '--porcelain');
+    expect(existsSync(join(dir, 'PWNED'))).toBe(false);
+    expect(readFileSync(join(dir, 'shared.gitconfig'), 'utf8')).not.toMatch(/fsmonitor/);
+  });
+
   it('a credproxy installed in the project stays read-only, even under a later --bind and a renamed parent', async () => {
     const dir = tmp('cpt-');
     const pkg = join(dir, 'node_modules', 'credproxy');

@@ -1,8 +1,10 @@
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { layoutInput, type LayoutRequest } from '../../src/sandbox/layout.js';
 import { checkBindRoot, planMounts, type MountInput } from '../../src/sandbox/mounts.js';
+import { protectionsFor } from '../../src/sandbox/protect.js';
 
 const base = mkdtempSync('/tmp/cpmu-');
 afterAll(() => rmSync(base, { recursive: true, force: true }));
@@ -85,5 +87,24 @@ describe('mount plan', () => {
     expect(layoutInput(req({ nodeBinary: join(home, 'node') })).toolDirs).toContain(join(home, 'node'));
     expect(() => layoutInput(req({ agentDir: home }))).toThrow(/refusing to show the agent’s install dir .* it is .*, which the sandbox hides/);
     expect(() => layoutInput(req({ agentDir: join(home, '.local') }))).toThrow(/it contains .*credproxy/);
+  });
+
+  it('holds the hooks dir of a relative core.hooksPath from the user’s global config in each repository, and a bare include path names nothing', () => {
+    const dir = mkdtempSync(join(base, 'g-'));
+    execFileSync('git', ['init', '-q', dir]);
+    mkdirSync(join(dir, '.githooks'));
+    writeFileSync(join(dir, '.git', 'config'), '[include]\n\tpath\n', { flag: 'a' });
+    const global = join(dir, '..', `global-${process.pid}.gitconfig`);
+    writeFileSync(global, '[core]\n\thooksPath = .githooks\n');
+    const saved = process.env.GIT_CONFIG_GLOBAL;
+    process.env.GIT_CONFIG_GLOBAL = global;
+    try {
+      const held = protectionsFor(dir, []).protections.map((p) => `${p.kind} ${p.path}`);
+      expect(held).toContain(`ro ${join(dir, '.githooks')}`);
+      expect(held.filter((h) => h.endsWith(` ${dir}`) || h.endsWith(` ${join(dir, '.git')}`))).toEqual([`pin ${join(dir, '.git')}`]);
+    } finally {
+      if (saved === undefined) delete process.env.GIT_CONFIG_GLOBAL;
+      else process.env.GIT_CONFIG_GLOBAL = saved;
+    }
   });
 });
