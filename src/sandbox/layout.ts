@@ -1,11 +1,11 @@
-import { existsSync, renameSync, rmdirSync } from 'node:fs';
+import { existsSync, lstatSync, renameSync, rmdirSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { CredproxyError } from '../errors.js';
 import type { CredproxyDirs } from '../paths.js';
 import { checkBindRoot, planMounts, SYSTEM_MASKS, type MountInput, type MountPlan, type UserBind } from './mounts.js';
 import { canonicalPath, isUnder, overlaps } from './paths.js';
-import { appeared, gitEntries } from './protect.js';
+import { AFTER_RUN_SCAN, appeared, scanGitEntries } from './protect.js';
 
 export interface LayoutRequest {
   cwd: string;
@@ -120,8 +120,13 @@ export function afterRun(created: string[], plan: MountPlan): string[] {
     }
   }
   const before = new Set(plan.gitEntries);
-  const newRepos = plan.rwRoots.flatMap((r) => gitEntries(r)).filter((g) => !before.has(g) && !plan.watch.includes(g));
   const warnings: string[] = [];
+  const scans = plan.rwRoots.map((r) => ({ root: r, ...scanGitEntries(r, AFTER_RUN_SCAN) }));
+  // Beyond the start-up scan's reach a repository that was there before is told apart by its change time.
+  const newRepos = scans.flatMap((s) => s.found).filter((g) => !before.has(g) && !plan.watch.includes(g) && changedSince(g, plan.plannedAt));
+  for (const s of scans) {
+    if (!s.complete) warnings.push(`${s.root} has more than ${AFTER_RUN_SCAN.dirs} directories (or nests deeper than ${AFTER_RUN_SCAN.depth}): a repository created inside may have gone unnoticed; look for new .git entries before running git there`);
+  }
   for (const p of [...appeared(plan.watch), ...newRepos]) {
     const config = plan.aside.find((a) => a.path === p);
     if (config) {
@@ -134,7 +139,30 @@ export function afterRun(created: string[], plan: MountPlan): string[] {
         /* fall through to the plain warning */
       }
     }
-    warnings.push(`${p} was created inside the sandbox and can make the host run code (a repository's config, editor tasks): review it before opening the project`);
+    // Beyond the start-up scan a repository that was there may have been moved or written to rather than made.
+    const how = newRepos.includes(p) && !createdSince(p, plan.plannedAt) ? 'moved there or changed' : 'created';
+    warnings.push(`${p} was ${how} inside the sandbox and can make the host run code (a repository's config, editor tasks): review it before opening the project`);
   }
   return warnings;
+}
+
+/** The file system stamps times from a clock a tick (a few ms) behind Date.now(). */
+const CLOCK_SLACK_MS = 50;
+
+/** Created, renamed or changed at or after `ms` (ctime: a rename moves it too, and nothing inside can set it back). */
+function changedSince(path: string, ms: number): boolean {
+  try {
+    return lstatSync(path).ctimeMs >= ms - CLOCK_SLACK_MS;
+  } catch {
+    return false;
+  }
+}
+
+/** Made at or after `ms`, where the file system records a birth time (0 where it does not). */
+function createdSince(path: string, ms: number): boolean {
+  try {
+    return lstatSync(path).birthtimeMs >= ms - CLOCK_SLACK_MS;
+  } catch {
+    return false;
+  }
 }

@@ -44,6 +44,8 @@ export interface MountPlan {
   /** Read-write roots and the `.git` entries found in them before the run: new ones are reported after it. */
   rwRoots: string[];
   gitEntries: string[];
+  /** When the plan was made (ms): a `.git` changed since then, beyond the start-up scan, is new. */
+  plannedAt: number;
   warnings: string[];
 }
 
@@ -172,7 +174,7 @@ export function planMounts(input: MountInput): MountPlan {
   }
   // Pins first, then read-only binds: a pin is a read-write bind and would reopen a read-only one beneath it.
   ops.push(...late.filter((o) => o.op === 'bind'), ...late.filter((o) => o.op !== 'bind'));
-  return { ops, placeholders, watch: [...new Set(watch)], aside, warnings, rwRoots, gitEntries: found };
+  return { ops, placeholders, watch: [...new Set(watch)], aside, warnings, rwRoots, gitEntries: found, plannedAt: Date.now() };
 }
 
 function toOp(p: Protection): MountOp {

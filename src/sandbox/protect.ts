@@ -119,16 +119,29 @@ function protectGitEntry(dotGit: string, add: (p: Protection) => void, set: Prot
 }
 
 /** How far below a root existing repositories are looked for, and how many dirs at most (start-up stays quick). */
-const GIT_SCAN_DEPTH = 4;
-const GIT_SCAN_DIRS = 4000;
+export interface ScanLimits {
+  depth: number;
+  dirs: number;
+}
+const BEFORE_RUN_SCAN: ScanLimits = { depth: 4, dirs: 4000 };
+/**
+ * After the run the whole tree is looked through: a repository the sandbox
+ * made deeper than the start-up scan reaches (or behind as many empty dirs
+ * as its budget) would otherwise go unreported.
+ */
+export const AFTER_RUN_SCAN: ScanLimits = { depth: 64, dirs: 100_000 };
 const GIT_SCAN_SKIP = new Set(['node_modules', '.git', '.hg', '.svn', 'target', '.venv', 'venv', '__pycache__', '.cache']);
 
-/** `.git` entries (dirs or files) at `root` and below it, bounded in depth and dirs visited. */
-export function gitEntries(root: string): string[] {
+/** `.git` entries (dirs or files) at `root` and below it; `complete` is false when the limits left dirs unvisited. */
+export function scanGitEntries(root: string, limits: ScanLimits): { found: string[]; complete: boolean } {
   const found: string[] = [];
-  let budget = GIT_SCAN_DIRS;
+  let budget = limits.dirs;
+  let complete = true;
   const walk = (dir: string, depth: number): void => {
-    if (budget-- <= 0) return;
+    if (budget-- <= 0) {
+      complete = false;
+      return;
+    }
     let entries;
     try {
       entries = readdirSync(dir, { withFileTypes: true });
@@ -136,11 +149,20 @@ export function gitEntries(root: string): string[] {
       return;
     }
     if (entries.some((e) => e.name === '.git')) found.push(join(dir, '.git'));
-    if (depth >= GIT_SCAN_DEPTH) return;
-    for (const e of entries) if (e.isDirectory() && !GIT_SCAN_SKIP.has(e.name)) walk(join(dir, e.name), depth + 1);
+    const subdirs = entries.filter((e) => e.isDirectory() && !GIT_SCAN_SKIP.has(e.name));
+    if (depth >= limits.depth) {
+      if (subdirs.length > 0) complete = false;
+      return;
+    }
+    for (const e of subdirs) walk(join(dir, e.name), depth + 1);
   };
   walk(root, 0);
-  return found;
+  return { found, complete };
+}
+
+/** The `.git` entries that start-up protects: bounded, so a large tree starts quickly. */
+export function gitEntries(root: string): string[] {
+  return scanGitEntries(root, BEFORE_RUN_SCAN).found;
 }
 
 function protectGitDir(gitDir: string, worktree: string, add: (p: Protection) => void, set: ProtectionSet, userHooks: string[], depth = 0): void {

@@ -225,6 +225,21 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     expect(readFileSync(join(dir, 'shared.gitconfig'), 'utf8')).not.toMatch(/fsmonitor/);
   });
 
+  it('a repository created inside is reported however deep it lies (host git run there would use its config)', async () => {
+    const dir = tmp('cpr-');
+    makeRepo(dir);
+    const deep = 'src/main/java/com/example';
+    const script = `mkdir -p ${deep} && git init -q ${deep} && git -C ${deep} config core.fsmonitor 'touch PWNED' && echo OK-planted`;
+    const r = await runAs(['run', '--', 'sh', '-c', script], { env: host.env, cwd: dir });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('OK-planted');
+    expect(r.stderr).toContain(`warning: ${join(dir, deep, '.git')} was created inside the sandbox`);
+    // Nested repositories that were there before and that the sandbox did not touch are not reported.
+    const again = await runAs(['run', '--', 'true'], { env: host.env, cwd: dir });
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).not.toMatch(/was created inside the sandbox/);
+  });
+
   it('a credproxy installed in the project stays read-only, even under a later --bind and a renamed parent', async () => {
     const dir = tmp('cpt-');
     const pkg = join(dir, 'node_modules', 'credproxy');

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { layoutInput, type LayoutRequest } from '../../src/sandbox/layout.js';
 import { checkBindRoot, planMounts, type MountInput } from '../../src/sandbox/mounts.js';
-import { protectionsFor } from '../../src/sandbox/protect.js';
+import { protectionsFor, scanGitEntries } from '../../src/sandbox/protect.js';
 
 const base = mkdtempSync('/tmp/cpmu-');
 afterAll(() => rmSync(base, { recursive: true, force: true }));
@@ -106,5 +106,14 @@ describe('mount plan', () => {
       if (saved === undefined) delete process.env.GIT_CONFIG_GLOBAL;
       else process.env.GIT_CONFIG_GLOBAL = saved;
     }
+  });
+
+  it('a scan that its limits cut short says so, so the after-run check cannot be passed by nesting deeper or padding with dirs', () => {
+    const dir = mkdtempSync(join(base, 's-'));
+    mkdirSync(join(dir, 'a', 'b', 'c', '.git'), { recursive: true });
+    for (let i = 0; i < 5; i++) mkdirSync(join(dir, `pad${i}`));
+    expect(scanGitEntries(dir, { depth: 8, dirs: 100 })).toEqual({ found: [join(dir, 'a', 'b', 'c', '.git')], complete: true });
+    expect(scanGitEntries(dir, { depth: 2, dirs: 100 }).complete).toBe(false);
+    expect(scanGitEntries(dir, { depth: 8, dirs: 4 }).complete).toBe(false);
   });
 });
