@@ -129,7 +129,8 @@ export function afterRun(created: string[], plan: MountPlan): string[] {
   }
   for (const p of [...appeared(plan.watch), ...newRepos]) {
     const config = plan.aside.find((a) => a.path === p);
-    if (config) {
+    // Its dir was canonical when planned: one the sandbox swapped for a link would have the rename act outside the project.
+    if (config && canonicalPath(dirname(p)) === dirname(p)) {
       const aside = `${p}.from-sandbox-${Date.now()}`;
       try {
         renameSync(p, aside);

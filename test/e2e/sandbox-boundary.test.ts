@@ -225,6 +225,20 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     expect(readFileSync(join(dir, 'shared.gitconfig'), 'utf8')).not.toMatch(/fsmonitor/);
   });
 
+  it('moving aside a config file that appeared never follows a dir the sandbox replaced with a link out of the project', async () => {
+    const dir = tmp('cpv-');
+    makeRepo(dir);
+    mkdirSync(join(dir, 'conf'));
+    git(dir, 'config', 'include.path', '../conf/extra.gitconfig'); // not there yet: moved aside if it appears
+    const users = tmp('cpw-');
+    writeFileSync(join(users, 'extra.gitconfig'), '[user]\n\tname = me\n');
+    const r = await runAs(['run', '--', 'sh', '-c', `rmdir conf && ln -s ${users} conf && echo OK-linked`], { env: host.env, cwd: dir });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('OK-linked');
+    expect(readFileSync(join(users, 'extra.gitconfig'), 'utf8')).toBe('[user]\n\tname = me\n');
+    expect(r.stderr).toMatch(/warning: .*conf\/extra\.gitconfig was created inside the sandbox/);
+  });
+
   it('a repository created inside is reported however deep it lies (host git run there would use its config)', async () => {
     const dir = tmp('cpr-');
     makeRepo(dir);
