@@ -14,8 +14,18 @@ export const IMPLICIT_EXEC_FILES = [
   '.vscode', // tasks.json runOn folderOpen, settings.json (interpreter and terminal paths)
   '.idea', // JetBrains run configurations and startup tasks
   '.devcontainer', // devcontainer.json initializeCommand runs on the host
-  '.mise.toml', // mise: env sourcing and hooks of a trusted project
+  '.devcontainer.json', // the same, at the project's top
+  '.zed', // settings.json: language-server binaries started when a file is opened
+  '.mise.toml', // mise: env sourcing and hooks of a trusted project (trust can cover a whole dir, any file in it)
   'mise.toml',
+  '.mise.local.toml',
+  'mise.local.toml',
+  '.mise', // .mise/config.toml
+  '.config/mise.toml',
+  '.config/mise', // .config/mise/config.toml
+  'opencode.json', // opencode: MCP server commands
+  'opencode.jsonc',
+  '.opencode', // opencode: plugins it loads and runs at start
   '.claude/settings.json', // Claude Code hooks run shell commands
   '.claude/settings.local.json',
   '.gemini/settings.json', // MCP server commands

@@ -225,6 +225,19 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     expect(readFileSync(join(dir, 'shared.gitconfig'), 'utf8')).not.toMatch(/fsmonitor/);
   });
 
+  it('files other tools run code from when the project is opened, made inside, are named after the run', async () => {
+    const dir = tmp('cpx-');
+    makeRepo(dir);
+    const made = ['.devcontainer.json', '.zed/settings.json', '.mise.local.toml', '.config/mise/config.toml', 'opencode.json', '.opencode/plugin/p.js'];
+    const script = made.map((f) => `mkdir -p "$(dirname ${f})" && echo x > ${f}`).join(' && ');
+    const r = await runAs(['run', '--', 'sh', '-c', `${script} && echo OK-made`], { env: host.env, cwd: dir });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('OK-made');
+    for (const f of ['.devcontainer.json', '.zed', '.mise.local.toml', '.config/mise', 'opencode.json', '.opencode']) {
+      expect(r.stderr).toContain(`warning: ${join(dir, f)} was created inside the sandbox`);
+    }
+  });
+
   it('moving aside a config file that appeared never follows a dir the sandbox replaced with a link out of the project', async () => {
     const dir = tmp('cpv-');
     makeRepo(dir);
