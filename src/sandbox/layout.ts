@@ -58,6 +58,26 @@ function checkToolDir(dir: string, what: string, hidden: string[]): string {
   return dir;
 }
 
+/** Variables that name a dir of the user's own; the agents' ones point at their real logins. */
+const PRIVATE_DIR_VARS = ['XDG_RUNTIME_DIR', 'XDG_CONFIG_HOME', 'XDG_DATA_HOME', 'XDG_STATE_HOME', 'XDG_CACHE_HOME', 'CLAUDE_CONFIG_DIR', 'CODEX_HOME'] as const;
+
+/**
+ * The user's own dirs that the environment names, wherever they are: the
+ * XDG base dirs (other tools' configs and logins; the runtime dir full of
+ * sockets, the keyring's session bus among them), the agents' config dirs,
+ * and the dirs of the session-bus and ssh-agent sockets. Below the home or
+ * /run they are hidden already, but WSLg keeps the runtime dir in
+ * /mnt/wslg and clusters put XDG dirs on scratch space, which the
+ * read-only root would show (and connect() works through it).
+ */
+function privateDirs(env: NodeJS.ProcessEnv): string[] {
+  const dirs: string[] = PRIVATE_DIR_VARS.map((v) => env[v] ?? '');
+  // D-Bus addresses: `unix:path=/x/bus,guid=…;unix:abstract=…` (abstract ones are out of reach without the network).
+  for (const m of (env.DBUS_SESSION_BUS_ADDRESS ?? '').matchAll(/(?:^|;)unix:[^;]*?\bpath=([^,;]+)/g)) dirs.push(dirname(decodeURIComponent(m[1]!)));
+  if (env.SSH_AUTH_SOCK) dirs.push(dirname(env.SSH_AUTH_SOCK));
+  return [...new Set(dirs.filter((d) => d.startsWith('/')).map((d) => canonicalPath(d)))].filter((d) => d !== '/');
+}
+
 /**
  * Canonical inputs of the bwrap mount plan, with every bound dir checked:
  * refused (exit 2) when it is, contains or lies in credproxy's own dirs, or
@@ -67,8 +87,9 @@ export function layoutInput(req: LayoutRequest): MountInput {
   const home = req.env.HOME || passwdHome() || '/';
   const homes = [...new Set([home, passwdHome()].filter((h): h is string => Boolean(h)).map((h) => canonicalPath(h)))].filter((h) => h !== '/');
   const credproxyDirs = [req.dirs.config, req.dirs.data, req.dirs.state, req.dirs.run].map((d) => canonicalPath(d));
-  const guard = { homes, credproxyDirs };
-  const hidden = [...SYSTEM_MASKS.map((m) => canonicalPath(m)), ...homes, ...credproxyDirs];
+  const own = privateDirs(req.env);
+  const guard = { homes, credproxyDirs, privateDirs: own };
+  const hidden = [...SYSTEM_MASKS.map((m) => canonicalPath(m)), ...homes, ...own, ...credproxyDirs];
   const cwd = canonicalPath(req.cwd);
   if (req.bindWorkdir) checkBindRoot(cwd, 'the working directory', guard, 'cd into a project directory (a subdirectory of /tmp works: only it is bound), or pass --no-workdir');
   const expand = (p: string): string => (p === '~' || p.startsWith('~/') ? home + p.slice(1) : p);
@@ -85,6 +106,7 @@ export function layoutInput(req: LayoutRequest): MountInput {
   return {
     workdir: req.bindWorkdir ? cwd : null,
     homes,
+    privateDirs: own,
     credproxyDirs,
     socketDir: null, // known once the proxy has started
     toolDirs: [

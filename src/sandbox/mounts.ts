@@ -23,6 +23,8 @@ export interface MountInput {
   workdir: string | null;
   /** $HOME and the account's home from the password database. */
   homes: string[];
+  /** The user's dirs that the environment names outside the homes (XDG dirs, the session bus's): hidden like them. */
+  privateDirs?: string[];
   /** credproxy's config, data, state and run dirs. */
   credproxyDirs: string[];
   /** Host directory holding the proxy's socket, or null before the proxy exists (--explain). */
@@ -63,8 +65,8 @@ function describeMask(dir: string, homes: string[]): string {
  * keeps there (session-bus, X11, ssh-agent sockets, other projects).
  * credproxy's own dirs may not overlap it either way.
  */
-export function checkBindRoot(path: string, what: string, input: Pick<MountInput, 'homes' | 'credproxyDirs'>, hint: string): void {
-  const masks = [...SYSTEM_MASKS.map((m) => canonicalPath(m)), ...input.homes];
+export function checkBindRoot(path: string, what: string, input: Pick<MountInput, 'homes' | 'credproxyDirs' | 'privateDirs'>, hint: string): void {
+  const masks = [...SYSTEM_MASKS.map((m) => canonicalPath(m)), ...input.homes, ...(input.privateDirs ?? [])];
   const refuse = (why: string): never => {
     throw new CredproxyError('USAGE', `refusing to bind ${what} ${path} into the sandbox: ${why}; ${hint}`);
   };
@@ -104,6 +106,7 @@ export function planMounts(input: MountInput): MountPlan {
   };
   for (const m of SYSTEM_MASKS) addMask(canonicalPath(m), 'other programs’ sockets and files');
   for (const h of input.homes) addMask(h, 'home directory');
+  for (const d of input.privateDirs ?? []) addMask(d, 'your own dir, named by the environment (configs, logins, sockets)');
   for (const d of input.credproxyDirs) addMask(d, 'credproxy’s own dir');
   for (const [dest, why] of masks) ops.push({ op: 'tmpfs', dest, why: `hidden: ${why}` });
 

@@ -225,6 +225,30 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     expect(readFileSync(join(dir, 'shared.gitconfig'), 'utf8')).not.toMatch(/fsmonitor/);
   });
 
+  it('the user’s runtime, config and data dirs and the session bus stay hidden where they live outside the home and /run (WSLg’s /mnt/wslg/runtime-dir, clusters’ scratch)', async () => {
+    const dir = tmp('cpy-');
+    const outside = mkdtempSync('/srv/cpy-');
+    scratch.push(outside);
+    const runtime = join(outside, 'runtime');
+    const config = join(outside, 'config');
+    const busDir = join(outside, 'dbus');
+    for (const d of [runtime, join(config, 'gh'), busDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
+    writeFileSync(join(config, 'gh', 'hosts.yml'), 'oauth_token: GH-TOKEN\n');
+    const servers = [createServer((c) => c.end('KEYRING-BUS\n')), createServer((c) => c.end('SESSION-BUS\n'))];
+    await Promise.all([new Promise<void>((r) => servers[0]!.listen(join(runtime, 'bus'), r)), new Promise<void>((r) => servers[1]!.listen(join(busDir, 'bus'), r))]);
+    try {
+      const env = { ...host.env, XDG_RUNTIME_DIR: runtime, XDG_CONFIG_HOME: config, DBUS_SESSION_BUS_ADDRESS: `unix:path=${join(busDir, 'bus')},guid=0` };
+      const talk = (socket: string): string => `node -e 'require("net").connect(process.argv[1]).on("data", (d) => process.stdout.write(d)).on("error", () => {})' ${socket}`;
+      const script = [talk(join(runtime, 'bus')), talk(join(busDir, 'bus')), `cat ${join(config, 'gh', 'hosts.yml')} 2>/dev/null`, 'echo OK-ran'].join('; ');
+      const r = await runAs(['run', '--', 'sh', '-c', script], { env, cwd: dir });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toContain('OK-ran');
+      expect(r.stdout).not.toMatch(/KEYRING-BUS|SESSION-BUS|GH-TOKEN/);
+    } finally {
+      for (const s of servers) s.close();
+    }
+  });
+
   it('files other tools run code from when the project is opened, made inside, are named after the run', async () => {
     const dir = tmp('cpx-');
     makeRepo(dir);

@@ -116,4 +116,23 @@ describe('mount plan', () => {
     expect(scanGitEntries(dir, { depth: 2, dirs: 100 }).complete).toBe(false);
     expect(scanGitEntries(dir, { depth: 8, dirs: 4 }).complete).toBe(false);
   });
+
+  it('hides the dirs the environment names as the user’s own (XDG dirs, agents’ configs, session-bus and ssh-agent sockets), never / or a relative one', () => {
+    const home = mkdtempSync(join(base, 'e-'));
+    mkdirSync(join(home, 'work'));
+    const env = {
+      HOME: home,
+      XDG_RUNTIME_DIR: '/mnt/wslg/runtime-dir',
+      XDG_CONFIG_HOME: 'relative/config',
+      XDG_CACHE_HOME: '/',
+      CODEX_HOME: '/srv/me/codex',
+      DBUS_SESSION_BUS_ADDRESS: 'unix:abstract=/tmp/dbus-x,guid=1;unix:path=/var/lib/me%20bus/bus,guid=2',
+      SSH_AUTH_SOCK: '/opt/agent/sock',
+    };
+    const input = layoutInput({ cwd: join(home, 'work'), bindWorkdir: true, env, dirs: { config: join(home, 'c'), data: join(home, 'd'), state: join(home, 's'), run: join(home, 'r') }, roBinds: [], rwBinds: [], unprotect: [], packageRoot: join(home, 'work', 'pkg'), nodeBinary: process.execPath });
+    expect(input.privateDirs).toEqual(['/mnt/wslg/runtime-dir', '/srv/me/codex', '/var/lib/me bus', '/opt/agent']);
+    const hidden = planMounts(input).ops.filter((o) => o.op === 'tmpfs').map((o) => o.dest);
+    expect(hidden).toEqual(expect.arrayContaining(['/mnt/wslg/runtime-dir', '/srv/me/codex', '/var/lib/me bus', '/opt/agent']));
+    expect(() => checkBindRoot('/srv/me', 'x', { homes: [home], credproxyDirs: [], privateDirs: input.privateDirs }, 'hint')).toThrow(/contains \/srv\/me\/codex/);
+  });
 });
