@@ -180,6 +180,7 @@ function protectGitDir(gitDir: string, worktree: string, add: (p: Protection) =>
   add({ path: gitDir, kind: 'pin', why: 'git dir: cannot be renamed or replaced' });
   const worktreeConfig = join(gitDir, 'config.worktree');
   if (exists(worktreeConfig)) add({ path: worktreeConfig, kind: 'ro', why: 'git per-worktree config' });
+  else watchConfig(set, worktreeConfig, 'git reads it as config where extensions.worktreeConfig is on, as sparse-checkout sets it');
   const commondir = join(gitDir, 'commondir');
   if (exists(commondir)) {
     // A linked worktree's admin dir (<common>/worktrees/<name>): its commondir names where config and hooks live.
@@ -193,6 +194,7 @@ function protectGitDir(gitDir: string, worktree: string, add: (p: Protection) =>
   set.aside.push({ path: commondir, why: 'it redirects where git reads its config from' });
   const config = join(gitDir, 'config');
   if (exists(config)) add({ path: config, kind: 'ro', why: 'git config: core.fsmonitor, hooksPath, pager, diff.external, filters, sshCommand' });
+  else watchConfig(set, config, 'the repository’s config');
   for (const d of GIT_PLACEHOLDER_DIRS) {
     const p = join(gitDir, d);
     add({ path: p, kind: exists(p) ? 'ro' : 'placeholder', why: d === 'hooks' ? 'git hooks' : `git ${d}: their own configs and hooks` });
@@ -208,12 +210,16 @@ function protectGitDir(gitDir: string, worktree: string, add: (p: Protection) =>
     if (exists(file)) {
       add({ path: file, kind: 'ro', why: 'git config included by the repository’s config' });
     } else {
-      // A file cannot be held where none exists: one created inside is moved aside after the run, like a commondir.
-      const path = canonicalPath(file);
-      set.watch.push(path);
-      set.aside.push({ path, why: 'the repository’s config includes it' });
+      watchConfig(set, file, 'the repository’s config includes it');
     }
   }
+}
+
+/** A config file cannot be held where none exists: one created inside is moved aside after the run, like a commondir. */
+function watchConfig(set: ProtectionSet, file: string, why: string): void {
+  const path = canonicalPath(file);
+  set.watch.push(path);
+  set.aside.push({ path, why });
 }
 
 /**

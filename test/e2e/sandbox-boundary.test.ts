@@ -262,6 +262,19 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     }
   });
 
+  it('a per-worktree config created inside (read where extensions.worktreeConfig is on) is moved aside after the run', async () => {
+    const dir = tmp('cpq-');
+    makeRepo(dir);
+    git(dir, 'config', 'core.repositoryformatversion', '1');
+    git(dir, 'config', 'extensions.worktreeConfig', 'true');
+    const r = await runAs(['run', '--', 'sh', '-c', `printf '[core]\\n\\tfsmonitor = touch PWNED\\n' > .git/config.worktree && echo OK-written`], { env: host.env, cwd: dir });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('OK-written');
+    expect(r.stderr).toMatch(/warning: .*\.git\/config\.worktree was created inside the sandbox .*moved aside/);
+    git(dir, 'status', '--porcelain');
+    expect(existsSync(join(dir, 'PWNED'))).toBe(false);
+  });
+
   it('moving aside a config file that appeared never follows a dir the sandbox replaced with a link out of the project', async () => {
     const dir = tmp('cpv-');
     makeRepo(dir);
