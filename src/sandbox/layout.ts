@@ -94,15 +94,25 @@ export function layoutInput(req: LayoutRequest): MountInput {
   if (req.bindWorkdir) checkBindRoot(cwd, 'the working directory', guard, 'cd into a project directory (a subdirectory of /tmp works: only it is bound), or pass --no-workdir');
   const expand = (p: string): string => (p === '~' || p.startsWith('~/') ? home + p.slice(1) : p);
   const binds: UserBind[] = [];
-  for (const [list, mode] of [[req.roBinds, 'ro'], [req.rwBinds, 'rw']] as const) {
+  const rwRoots = req.bindWorkdir ? [cwd] : [];
+  // Read-write ones first: a link planted in one of them must not choose what a read-only bind shows.
+  for (const [list, mode] of [[req.rwBinds, 'rw'], [req.roBinds, 'ro']] as const) {
     for (const raw of list) {
+      const flag = `--${mode === 'ro' ? 'ro-bind' : 'bind'}`;
       const abs = resolve(cwd, expand(raw));
-      if (!existsSync(abs)) throw new CredproxyError('USAGE', `--${mode === 'ro' ? 'ro-bind' : 'bind'} ${raw}: no such file or directory`);
+      if (!existsSync(abs)) throw new CredproxyError('USAGE', `${flag} ${raw}: no such file or directory`);
+      const link = plantedLink(abs, rwRoots);
+      if (link !== null) {
+        throw new CredproxyError('USAGE', `refusing ${flag} ${raw}: ${link} is a link out of ${rwRoots.find((r) => isUnder(canonicalPath(dirname(link)), r))}, which a sandbox can write (an earlier run may have planted it); name the target itself if you mean it`);
+      }
       const path = canonicalPath(abs);
-      checkBindRoot(path, `--${mode === 'ro' ? 'ro-bind' : 'bind'}`, guard, 'name a directory below it instead');
+      checkBindRoot(path, flag, guard, 'name a directory below it instead');
+      if (mode === 'rw') rwRoots.push(path);
       binds.push({ path, mode });
     }
   }
+  // bwrap applies them in the order given: read-only ones first, as before.
+  binds.sort((a, b) => (a.mode === b.mode ? 0 : a.mode === 'ro' ? -1 : 1));
   return {
     workdir: req.bindWorkdir ? cwd : null,
     homes,
@@ -188,4 +198,30 @@ function createdSince(path: string, ms: number): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * The first symlink on the way to `abs` that lies in a read-write root and
+ * leads out of it, or null. A sandbox can replace anything in such a root
+ * with a link (`vendor -> ~/.claude`), and a later `--ro-bind vendor` would
+ * follow it into the hidden home.
+ */
+function plantedLink(abs: string, rwRoots: string[]): string | null {
+  let cur = '/';
+  for (const part of abs.split('/').filter(Boolean)) {
+    const next = join(cur, part);
+    let isLink: boolean;
+    try {
+      isLink = lstatSync(next).isSymbolicLink();
+    } catch {
+      return null;
+    }
+    const target = canonicalPath(next);
+    if (isLink) {
+      const root = rwRoots.find((r) => isUnder(next, r) && next !== r);
+      if (root !== undefined && !isUnder(target, root)) return next;
+    }
+    cur = target;
+  }
+  return null;
 }

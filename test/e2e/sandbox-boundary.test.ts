@@ -275,6 +275,23 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     expect(existsSync(join(dir, 'PWNED'))).toBe(false);
   });
 
+  it('a --bind or --ro-bind inside the project that an earlier run turned into a link out of it is refused, not followed into the hidden home', async () => {
+    const dir = tmp('cpj-');
+    mkdirSync(join(dir, 'vendor'));
+    const claude = join(host.home, '.claude');
+    mkdirSync(claude, { recursive: true });
+    writeFileSync(join(claude, '.credentials.json'), 'CLAUDE-LOGIN');
+    const plant = await runAs(['run', '--', 'sh', '-c', `rmdir vendor && ln -s ${claude} vendor && echo OK-planted`], { env: host.env, cwd: dir });
+    expect(plant.stdout).toContain('OK-planted');
+    for (const flag of ['--ro-bind', '--bind']) {
+      const r = await runAs(['run', flag, 'vendor', '--', 'sh', '-c', 'cat vendor/.credentials.json; echo STARTED'], { env: host.env, cwd: dir });
+      expect(r.stdout).not.toContain('CLAUDE-LOGIN');
+      expect(r.stdout).not.toContain('STARTED');
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/vendor is a link .*out of/);
+    }
+  });
+
   it('moving aside a config file that appeared never follows a dir the sandbox replaced with a link out of the project', async () => {
     const dir = tmp('cpv-');
     makeRepo(dir);
