@@ -127,7 +127,13 @@ export function layoutInput(req: LayoutRequest): MountInput {
       ]),
     ],
     binds,
-    unprotect: req.unprotect.map((u) => canonicalPath(resolve(cwd, expand(u)))),
+    unprotect: req.unprotect.map((raw) => {
+      const abs = resolve(cwd, expand(raw));
+      // Any link will do here: `.vscode -> .git` stays in the project and would unprotect the repository.
+      const link = plantedLink(abs, rwRoots, true);
+      if (link !== null) throw new CredproxyError('USAGE', `refusing --unprotect ${raw}: ${link} is a link in ${rwRoots.find((r) => isUnder(link, r))}, which a sandbox can write (an earlier run may have planted it); name what it points to if you mean that`);
+      return canonicalPath(abs);
+    }),
   };
 }
 
@@ -202,11 +208,11 @@ function createdSince(path: string, ms: number): boolean {
 
 /**
  * The first symlink on the way to `abs` that lies in a read-write root and
- * leads out of it, or null. A sandbox can replace anything in such a root
- * with a link (`vendor -> ~/.claude`), and a later `--ro-bind vendor` would
- * follow it into the hidden home.
+ * leads out of it (with `anyLink`: any symlink in one), or null. A sandbox
+ * can replace anything in such a root with a link (`vendor -> ~/.claude`),
+ * and a later `--ro-bind vendor` would follow it into the hidden home.
  */
-function plantedLink(abs: string, rwRoots: string[]): string | null {
+function plantedLink(abs: string, rwRoots: string[], anyLink = false): string | null {
   let cur = '/';
   for (const part of abs.split('/').filter(Boolean)) {
     const next = join(cur, part);
@@ -219,7 +225,7 @@ function plantedLink(abs: string, rwRoots: string[]): string | null {
     const target = canonicalPath(next);
     if (isLink) {
       const root = rwRoots.find((r) => isUnder(next, r) && next !== r);
-      if (root !== undefined && !isUnder(target, root)) return next;
+      if (root !== undefined && (anyLink || !isUnder(target, root))) return next;
     }
     cur = target;
   }

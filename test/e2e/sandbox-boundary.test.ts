@@ -292,6 +292,19 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     }
   });
 
+  it('--unprotect of a name an earlier run turned into a link (.vscode -> .git) does not unprotect what the link points to', async () => {
+    const dir = tmp('cpu2-');
+    makeRepo(dir);
+    const plant = await runAs(['run', '--unprotect', '.vscode', '--', 'sh', '-c', 'rm -r .vscode && ln -s .git .vscode && echo OK-planted'], { env: host.env, cwd: dir });
+    expect(plant.stdout).toContain('OK-planted');
+    const r = await runAs(['run', '--unprotect', '.vscode', '--', 'sh', '-c', `git config core.fsmonitor 'touch PWNED' 2>/dev/null && echo HIT-config; echo STARTED`], { env: host.env, cwd: dir });
+    expect(r.stdout).not.toContain('HIT-config');
+    expect(r.stdout).not.toContain('STARTED');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/\.vscode is a link/);
+    expect(readFileSync(join(dir, '.git', 'config'), 'utf8')).not.toMatch(/fsmonitor/);
+  });
+
   it('moving aside a config file that appeared never follows a dir the sandbox replaced with a link out of the project', async () => {
     const dir = tmp('cpv-');
     makeRepo(dir);
