@@ -14,6 +14,12 @@ import { Upstream, UpstreamTimeoutError, type UpstreamOptions } from './upstream
 
 /** Request bodies up to this size are buffered, so a 401 can be replayed once after a refresh. */
 export const REPLAY_BODY_LIMIT = 1024 * 1024;
+/**
+ * All bodies held for a replay at once. Each is kept until its answer arrives,
+ * so without a shared bound a sandbox could make the host hold up to a MiB
+ * per connection (a GiB at the connection cap); past it, bodies stream.
+ */
+export const DEFAULT_REPLAY_BUDGET = 64 * 1024 * 1024;
 /** How much of an upstream 401 body is kept to pass on when no replay happens. */
 const UNAUTHORIZED_BODY_LIMIT = 64 * 1024;
 /** Bytes buffered per direction and stage before backpressure applies. */
@@ -41,6 +47,8 @@ export interface GatewayOptions {
   upstream?: UpstreamOptions;
   /** From a connection's start, or its last answer, to a request's complete head (default 30 s). */
   headDeadlineMs?: number;
+  /** Bytes of request bodies held for a replay at once (default DEFAULT_REPLAY_BUDGET). */
+  replayBudgetBytes?: number;
 }
 
 export type GatewayListen = ListenAt;
@@ -73,6 +81,8 @@ export class GatewayServer {
   private readonly refusals: GatewayRefusals;
   /** Per connection with a request being served: the starts of the requests pipelined behind it. */
   private readonly waiting = new WeakMap<Socket, Array<() => void>>();
+  /** Bytes of the bodies held for a replay now. */
+  private replayHeld = 0;
 
   constructor(options: GatewayOptions) {
     this.o = options;
@@ -201,17 +211,26 @@ export class GatewayServer {
     } catch (err) {
       return this.fail(x, err);
     }
-    const body = await this.replayableBody(req);
+    const body = await this.replayableBody(x);
     if (x.clientGone) return;
     this.send(x, target.route, target.rest, credential, body, false);
   }
 
-  /** The whole body when it may be replayed (declared length ≤ 1 MiB); null to stream it. */
-  private async replayableBody(req: IncomingMessage): Promise<Buffer | null> {
+  /**
+   * The whole body when it may be replayed (declared length ≤ 1 MiB, and room
+   * in the shared budget until the exchange ends); null to stream it.
+   */
+  private async replayableBody(x: Exchange): Promise<Buffer | null> {
+    const { req } = x;
     if (req.headers['transfer-encoding'] !== undefined) return null;
     const declared = Number(req.headers['content-length'] ?? '0');
     if (!Number.isFinite(declared) || declared > REPLAY_BODY_LIMIT) return null;
     if (declared === 0) return Buffer.alloc(0);
+    if (this.replayHeld + declared > (this.o.replayBudgetBytes ?? DEFAULT_REPLAY_BUDGET)) return null;
+    this.replayHeld += declared;
+    x.res.once('close', () => {
+      this.replayHeld -= declared;
+    });
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);
     return Buffer.concat(chunks);

@@ -42,6 +42,8 @@ let api: Server;
 let apiUrl: string;
 /** What the HTTP upstream saw, request by request, as its own parser read them. */
 const seen: Seen[] = [];
+/** Request heads the HTTP upstream has read (a streamed body may still be on its way). */
+let headsSeen = 0;
 let onRequest: (req: IncomingMessage, res: ServerResponse, body: string) => void;
 let rawApi: tls.Server;
 /** What the bare TLS upstream writes back for each chunk of request bytes it reads. */
@@ -62,6 +64,7 @@ let rig: Rig;
 beforeAll(async () => {
   ca = createTestCa();
   api = createServer({ cert: ca.certPem, key: ca.keyPem }, (req, res) => {
+    headsSeen++;
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
@@ -145,6 +148,12 @@ afterEach(async () => {
 });
 
 const auth = `authorization: Bearer ${PLACEHOLDER}\r\n`;
+
+async function corpKeys(): Promise<MemoryKeyStore> {
+  const keys = new MemoryKeyStore();
+  await keys.saveKey('corp', CORP_KEY);
+  return keys;
+}
 
 /** A raw connection to the gateway: write bytes, read everything it answers. */
 function client(): { socket: Socket; text: () => string; closed: Promise<void> } {
@@ -257,6 +266,51 @@ describe('nothing the upstream sends brings the real key back', () => {
 });
 
 describe('one connection cannot multiply what the host holds', () => {
+  it('bodies held for a replay share one budget: past it, a small body streams', async () => {
+    const own = new GatewayServer({ routes: buildRoutes({ policy: Policy.from({ allow: [], keys: ['corp'], allowAll: false, readOnly: false }), config }).routes, placeholder: PLACEHOLDER, credentials: rig.coordinator, keys: await corpKeys(), logger: capturingLogger().logger, upstream: { ca: ca.caPem }, replayBudgetBytes: 2 * 1024 * 1024 });
+    const port = Number(new URL(await own.listen({ host: '127.0.0.1', port: 0 })).port);
+    try {
+      const held: ServerResponse[] = [];
+      onRequest = (_req, res) => void held.push(res);
+      const open = (): { socket: Socket; text: () => string } => {
+        const socket = connect(port, '127.0.0.1');
+        let text = '';
+        socket.on('data', (d: Buffer) => (text += d.toString('latin1')));
+        socket.on('error', () => undefined);
+        return { socket, text: () => text };
+      };
+      const head = (size: number): string => `POST /keys/corp/allowed/x HTTP/1.1\r\nhost: x\r\n${auth}content-length: ${size}\r\n\r\n`;
+      /** Sends a 1,000-byte body's first half: true when the upstream has the head before the rest (streamed). */
+      const streams = async (): Promise<boolean> => {
+        const before = headsSeen;
+        const bodies = seen.length;
+        const c = open();
+        c.socket.write(head(1000) + 'a'.repeat(500));
+        const streamed = await vi.waitFor(() => expect(headsSeen).toBe(before + 1), { timeout: 1000, interval: 20 }).then(() => true, () => false);
+        c.socket.write('a'.repeat(500));
+        await vi.waitFor(() => expect(seen.length).toBe(bodies + 1), { timeout: 10_000, interval: 20 });
+        expect(seen.at(-1)!.body.length).toBe(1000);
+        held.pop()!.end('{}');
+        await vi.waitFor(() => expect(answers(c.text())).toBe(1), { timeout: 10_000, interval: 20 });
+        c.socket.destroy();
+        return streamed;
+      };
+      expect(await streams()).toBe(false);
+      // Two held 1 MiB bodies (the upstream has not answered them) take the whole budget.
+      const big = [open(), open()];
+      for (const c of big) c.socket.write(Buffer.concat([Buffer.from(head(1024 * 1024)), Buffer.alloc(1024 * 1024, 0x62)]));
+      await vi.waitFor(() => expect(held.length).toBe(2), { timeout: 10_000, interval: 20 });
+      expect(await streams()).toBe(true);
+      for (const res of held.splice(0)) res.end('{}');
+      await vi.waitFor(() => expect(big.map((c) => answers(c.text()))).toEqual([1, 1]), { timeout: 10_000, interval: 20 });
+      // Answered: their share is free again.
+      expect(await streams()).toBe(false);
+      for (const c of big) c.socket.destroy();
+    } finally {
+      await own.stop();
+    }
+  });
+
   it('pipelined requests go upstream one at a time, and a connection that piles them up is cut off', async () => {
     const held: ServerResponse[] = [];
     onRequest = (_req, res) => void held.push(res);
