@@ -114,6 +114,10 @@ export function planMounts(input: MountInput): MountPlan {
   if (input.workdir !== null) {
     ops.push({ op: 'bind', src: input.workdir, dest: input.workdir, why: 'working directory, read-write' });
     rwRoots.push(input.workdir);
+    // A dir reached through a link (`cd packages/api`, planted as `-> ~/.claude`) is the workdir all the same.
+    // Not a project's own .npmrc (registry settings) or key-looking fixtures: those would make it say so on every run.
+    const creds = credentialLooking(input.workdir).filter((c) => c !== '.npmrc' && !c.startsWith('*'));
+    if (creds.length) warnings.push(`the working directory ${input.workdir} holds what looks like credentials (${creds.join(', ')}); the sandbox can read and change them`);
   }
   for (const b of input.binds) {
     ops.push({ op: b.mode === 'rw' ? 'bind' : 'ro-bind', src: b.path, dest: b.path, why: `--${b.mode === 'rw' ? 'bind' : 'ro-bind'}` });

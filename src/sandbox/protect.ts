@@ -343,13 +343,17 @@ export function firstSocket(dir: string, depth = 2, budget = { dirs: 500 }): str
 }
 
 /** Directory names that look like credentials; a bind of a dir holding one gets a warning. */
-export const CREDENTIAL_LOOKING = ['.ssh', '.aws', '.gnupg', '.config/gcloud', '.azure', '.kube', '.docker/config.json', '.netrc', '.git-credentials', '.npmrc', '.pypirc', '.password-store', '.local/share/keyrings', '.config/gh/hosts.yml', 'id_rsa', 'id_ed25519'];
+export const CREDENTIAL_LOOKING = [
+  '.ssh', '.aws', '.gnupg', '.config/gcloud', '.azure', '.kube', '.docker/config.json', '.netrc', '.git-credentials', '.npmrc', '.pypirc', '.password-store', '.local/share/keyrings', '.config/gh/hosts.yml', 'id_rsa', 'id_ed25519',
+  // The agents' own logins, in their config dirs or at the top of one.
+  '.claude/.credentials.json', '.claude.json', '.codex/auth.json', '.gemini/oauth_creds.json', '.qwen/oauth_creds.json', '.credentials.json', 'oauth_creds.json',
+];
 
 export function credentialLooking(dir: string): string[] {
   const found = CREDENTIAL_LOOKING.filter((rel) => exists(join(dir, rel)));
   // The dir itself may be one of them (--bind ~/.ssh).
   const base = dir.split('/').pop() ?? '';
-  if (['.ssh', '.aws', '.gnupg', '.kube', 'keyrings', 'gcloud', '.password-store'].includes(base)) found.unshift('.');
+  if (['.ssh', '.aws', '.gnupg', '.kube', 'keyrings', 'gcloud', '.password-store', '.claude', '.codex', '.gemini', '.qwen'].includes(base)) found.unshift('.');
   try {
     if (readdirSync(dir).some((n) => /^(credentials|.*\.pem|.*\.key)$/.test(n))) found.push('*.pem/*.key/credentials');
   } catch {

@@ -292,6 +292,18 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     }
   });
 
+  it('a working directory that holds an agent’s login (a project dir an earlier run made a link to ~/.claude) is named before the command starts', async () => {
+    const dir = tmp('cpcl-');
+    const claude = join(dir, 'home', '.claude');
+    mkdirSync(claude, { recursive: true });
+    writeFileSync(join(claude, '.credentials.json'), '{}');
+    mkdirSync(join(dir, 'proj', 'packages'), { recursive: true });
+    symlinkSync(claude, join(dir, 'proj', 'packages', 'api'));
+    const r = await runAs(['run', '--', 'true'], { env: host.env, cwd: join(dir, 'proj', 'packages', 'api') });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/warning: the working directory .*\.claude holds what looks like credentials \(\., \.credentials\.json\)/);
+  });
+
   it('--unprotect of a name an earlier run turned into a link (.vscode -> .git) does not unprotect what the link points to', async () => {
     const dir = tmp('cpu2-');
     makeRepo(dir);
