@@ -106,6 +106,14 @@ console.log('tiocsti rc=' + rc + ' errno=' + errno + ' isatty=' + require('tty')
     expect(t.out).not.toContain('#');
   });
 
+  it('terminal settings the command changed (^C off, no echo) are put back when it ends', async () => {
+    const t = new Terminal(`sh -c '${process.execPath} ${BIN} run --allow-key openai -- stty -isig -echo; stty -a'`, host.env, work);
+    expect(await t.close(), t.out).toBe(0);
+    const flags = t.out.split(/[\s;]+/);
+    expect(flags).toContain('isig');
+    expect(flags).toContain('echo');
+  });
+
   it('^Z stops the command with the launcher, and fg continues both', async () => {
     const ticks = join(work, 'ticks');
     rmSync(ticks, { force: true });
