@@ -107,22 +107,22 @@ export function protectionsFor(root: string, unprotected: string[]): ProtectionS
     set.watch.push(dotGit);
   }
   // The root's own repository and those already below it (several checkouts in one dir, vendored repos, submodules).
-  const userHooks = userHooksPaths();
-  for (const entry of set.gitEntries) protectGitEntry(entry, add, set, userHooks);
+  const userFiles = userConfigFiles();
+  for (const entry of set.gitEntries) protectGitEntry(entry, add, set, userFiles);
   return set;
 }
 
-function protectGitEntry(dotGit: string, add: (p: Protection) => void, set: ProtectionSet, userHooks: string[]): void {
+function protectGitEntry(dotGit: string, add: (p: Protection) => void, set: ProtectionSet, userFiles: string[]): void {
   const st = lstatOrNull(dotGit);
   if (st === null) return;
   const worktree = dirname(dotGit);
   if (st.isDirectory()) {
-    protectGitDir(dotGit, worktree, add, set, userHooks);
+    protectGitDir(dotGit, worktree, add, set, userFiles);
   } else if (st.isFile()) {
     add({ path: dotGit, kind: 'ro', why: 'gitfile: where the repository lives' });
     const target = gitfileTarget(dotGit);
     // Held wherever it is: the plan keeps only what lies in some read-write root (this one or a --bind).
-    if (target) protectGitDir(target, worktree, add, set, userHooks);
+    if (target) protectGitDir(target, worktree, add, set, userFiles);
   } else {
     add({ path: dotGit, kind: 'ro', why: 'not a regular .git: held as it is' });
   }
@@ -175,7 +175,7 @@ export function gitEntries(root: string): string[] {
   return scanGitEntries(root, BEFORE_RUN_SCAN).found;
 }
 
-function protectGitDir(gitDir: string, worktree: string, add: (p: Protection) => void, set: ProtectionSet, userHooks: string[], depth = 0): void {
+function protectGitDir(gitDir: string, worktree: string, add: (p: Protection) => void, set: ProtectionSet, userFiles: string[], depth = 0): void {
   // A bind of the git dir onto itself: renaming or removing it (to `git init` a fresh one) fails with EBUSY.
   add({ path: gitDir, kind: 'pin', why: 'git dir: cannot be renamed or replaced' });
   const worktreeConfig = join(gitDir, 'config.worktree');
@@ -186,7 +186,7 @@ function protectGitDir(gitDir: string, worktree: string, add: (p: Protection) =>
     // A linked worktree's admin dir (<common>/worktrees/<name>): its commondir names where config and hooks live.
     add({ path: commondir, kind: 'ro', why: 'git commondir: where config and hooks are read from' });
     const common = readCommondir(gitDir);
-    if (common && depth === 0 && existsSync(common)) protectGitDir(common, worktree, add, set, userHooks, depth + 1);
+    if (common && depth === 0 && existsSync(common)) protectGitDir(common, worktree, add, set, userFiles, depth + 1);
     return;
   }
   // A commondir file would redirect config reads; an empty mount there would break git, so it is checked after the run.
@@ -199,14 +199,15 @@ function protectGitDir(gitDir: string, worktree: string, add: (p: Protection) =>
     const p = join(gitDir, d);
     add({ path: p, kind: exists(p) ? 'ro' : 'placeholder', why: d === 'hooks' ? 'git hooks' : `git ${d}: their own configs and hooks` });
   }
-  const refs = configReferences(config, worktree);
-  for (const hooks of [...refs.hooksPaths, ...userHooks.map((h) => resolve(worktree, h))]) {
+  // The user's global and system configs count as well: a relative hooksPath there, or an include of a file in the project.
+  const refs = [config, ...userFiles].map((f) => configReferences(f, worktree));
+  for (const hooks of refs.flatMap((r) => r.hooksPaths)) {
     const why = 'core.hooksPath: the hooks git runs';
     if (exists(hooks)) add({ path: hooks, kind: 'ro', why });
     else if (exists(dirname(hooks))) add({ path: hooks, kind: 'placeholder', why });
     else set.watch.push(canonicalPath(hooks));
   }
-  for (const file of refs.includes) {
+  for (const file of refs.flatMap((r) => r.includes)) {
     if (exists(file)) {
       add({ path: file, kind: 'ro', why: 'git config included by the repository’s config' });
     } else {
@@ -223,7 +224,7 @@ function watchConfig(set: ProtectionSet, file: string, why: string): void {
 }
 
 /**
- * What a repository's config names for git to run or to read as more
+ * What a git config file names for git to run or to read as more
  * config: `core.hooksPath` (relative to the worktree; husky points it into
  * the project at `.husky/_`, which nothing tracks) and the files of
  * `include.path` and `includeIf.*.path` (relative to the including file),
@@ -253,11 +254,17 @@ function configReferences(config: string, worktree: string): { hooksPaths: strin
   return { hooksPaths, includes };
 }
 
-/** A `core.hooksPath` of the user's global or system config; a relative one is taken in each repository's worktree. */
-function userHooksPaths(): string[] {
-  return ['--global', '--system'].flatMap((scope) =>
-    gitConfigEntries([scope], /^core\.hookspath$/).map(([, v]) => (v.startsWith('~/') ? join(homedir(), v.slice(2)) : v)),
-  );
+/** The user's global and system config files, which git reads in every repository. */
+function userConfigFiles(): string[] {
+  const files = new Set<string>();
+  for (const scope of ['--global', '--system']) {
+    const out = spawnSync('git', ['config', scope, '--list', '--show-origin', '-z'], { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'pipe', 'ignore'] });
+    if (out.status !== 0 || typeof out.stdout !== 'string') continue;
+    // `file:PATH\0key\nvalue\0` per entry.
+    const parts = out.stdout.split('\0');
+    for (let i = 0; i + 1 < parts.length; i += 2) if (parts[i]!.startsWith('file:')) files.add(parts[i]!.slice('file:'.length));
+  }
+  return [...files];
 }
 
 /** `git config <where> --get-regexp` as [key, value] pairs; none when git is missing (then nothing runs hooks either). */

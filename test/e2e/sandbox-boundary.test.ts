@@ -262,6 +262,24 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     }
   });
 
+  it('a config file that the user’s global git config includes from the project (includeIf gitdir: ~/work/) stays read-only', async () => {
+    const h = makeHostEnv();
+    try {
+      const dir = tmp('cpgi-');
+      makeRepo(dir);
+      writeFileSync(join(dir, 'team.gitconfig'), '[alias]\n\tst = status\n');
+      writeFileSync(join(h.home, '.gitconfig'), `[includeIf "gitdir:${dir}/"]\n\tpath = ${join(dir, 'team.gitconfig')}\n`);
+      const r = await runAs(['run', '--', 'sh', '-c', `printf '[core]\\n\\tfsmonitor = touch PWNED\\n' >> team.gitconfig 2>/dev/null && echo HIT-include; echo OK-ran`], { env: h.env, cwd: dir });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toContain('OK-ran');
+      expect(r.stdout).not.toContain('HIT-include');
+      execFileSync('git', ['-c', 'safe.directory=*', 'status', '--porcelain'], { cwd: dir, env: { PATH: process.env.PATH, HOME: h.home, GIT_CONFIG_NOSYSTEM: '1' } });
+      expect(existsSync(join(dir, 'PWNED'))).toBe(false);
+    } finally {
+      h.cleanup();
+    }
+  });
+
   it('a per-worktree config created inside (read where extensions.worktreeConfig is on) is moved aside after the run', async () => {
     const dir = tmp('cpq-');
     makeRepo(dir);
