@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { closeSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 
 /** What a terminal or a supervisor sends that the command, not its launcher, should act on. */
@@ -58,6 +58,15 @@ export function bwrapCommandPid(infoPid: number): number | null {
   try {
     const first = readFileSync(`/proc/${infoPid}/task/${infoPid}/children`, 'utf8').trim().split(/\s+/)[0];
     return first ? Number(first) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The mount namespace of a process (`mnt:[N]`), or null once it is gone. */
+export function mountNamespace(pid: number): string | null {
+  try {
+    return readlinkSync(`/proc/${pid}/ns/mnt`);
   } catch {
     return null;
   }

@@ -1,4 +1,4 @@
-import { existsSync, lstatSync, renameSync, rmdirSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, renameSync, rmdirSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { CredproxyError } from '../errors.js';
@@ -147,10 +147,13 @@ export function missingPlaceholders(plan: MountPlan): string[] {
  * host, move aside a git `commondir` or an included config file that
  * appeared (host git would read config the sandbox wrote), and warn about every other
  * watched path that appeared (a `.git`, an editor task file) for the user
- * to review. Returns the warnings.
+ * to review. `ownNamespaces`: this run's sandbox, whose mounts may linger
+ * for a moment after bwrap exits. Returns the warnings.
  */
-export function afterRun(created: string[], plan: MountPlan): string[] {
+export function afterRun(created: string[], plan: MountPlan, ownNamespaces: string[] = []): string[] {
+  const busy = mountedElsewhere(created, ownNamespaces);
   for (const p of created) {
+    if (busy.has(p)) continue; // the other run holds it as an existing dir, and leaves it as such
     try {
       rmdirSync(p);
     } catch {
@@ -230,4 +233,41 @@ function plantedLink(abs: string, rwRoots: string[], anyLink = false): string | 
     cur = target;
   }
   return null;
+}
+
+/**
+ * Which of `paths` a mount namespace other than ours has a mount on: a
+ * second sandbox started in the same project while this one ran binds our
+ * placeholder as an existing dir. Removing it on the host would detach that
+ * mount there (Linux allows rmdir of another namespace's mount point), and
+ * the other sandbox could then create what it held (`.git/modules/x/config`).
+ */
+function mountedElsewhere(paths: string[], own: string[]): Set<string> {
+  const found = new Set<string>();
+  if (paths.length === 0) return found;
+  const wanted = new Set(paths);
+  const seen = new Set<string>(own);
+  try {
+    seen.add(readlinkSync('/proc/self/ns/mnt'));
+  } catch {
+    return found;
+  }
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    let info: string;
+    try {
+      const ns = readlinkSync(`/proc/${pid}/ns/mnt`); // another user's process: not ours to look into, nor a sandbox of ours
+      if (seen.has(ns)) continue;
+      seen.add(ns);
+      info = readFileSync(`/proc/${pid}/mountinfo`, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of info.split('\n')) {
+      // Field 5 is the mount point, with space, tab, newline and backslash written as octal escapes.
+      const point = line.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+      if (point !== undefined && wanted.has(point)) found.add(point);
+    }
+  }
+  return found;
 }

@@ -280,6 +280,23 @@ describe('the bwrap sandbox is a boundary (issue 10)', () => {
     }
   });
 
+  it('a placeholder that a second run in the same project has bound in is left in place, or that run could create what it held', async () => {
+    const dir = tmp('cpcc-');
+    makeRepo(dir); // no .git/modules: the first run makes a placeholder there
+    const until = async (f: string): Promise<void> => {
+      for (let i = 0; i < 400 && !existsSync(join(dir, f)); i++) await new Promise((r) => setTimeout(r, 25));
+    };
+    const first = runAs(['run', '--', 'sh', '-c', 'touch a-up; while [ ! -e b-up ]; do sleep 0.05; done'], { env: host.env, cwd: dir });
+    await until('a-up');
+    const second = runAs(['run', '--', 'sh', '-c', 'touch b-up; while [ ! -e a-done ]; do sleep 0.05; done; mkdir -p .git/modules/evil 2>/dev/null && echo HIT-modules; true'], { env: host.env, cwd: dir });
+    expect((await first).code).toBe(0);
+    writeFileSync(join(dir, 'a-done'), '');
+    const r = await second;
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).not.toContain('HIT-modules');
+    expect(existsSync(join(dir, '.git', 'modules', 'evil'))).toBe(false);
+  });
+
   it('a per-worktree config created inside (read where extensions.worktreeConfig is on) is moved aside after the run', async () => {
     const dir = tmp('cpq-');
     makeRepo(dir);

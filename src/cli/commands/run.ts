@@ -13,7 +13,7 @@ import { formatPlan, planMounts, type MountInput, type MountPlan } from '../../s
 import { canonicalPath } from '../../sandbox/paths.js';
 import { describeFilter, seccompFilter } from '../../sandbox/seccomp.js';
 import { probeBwrap } from '../../sandbox/bwrap-features.js';
-import { bwrapCommandPid, closeInheritableFds, SignalRelay, spawnChild, type ChildRun } from '../../sandbox/child.js';
+import { bwrapCommandPid, closeInheritableFds, mountNamespace, SignalRelay, spawnChild, type ChildRun } from '../../sandbox/child.js';
 import { containerArgs } from '../../sandbox/container.js';
 import { TOKEN_FILE_NAME } from '../../client/capability-token.js';
 import { capabilityFdBytes, llxprtEnv, llxprtMode, llxprtWanted, LLXPRT_TOKEN_ENV } from '../../sandbox/llxprt.js';
@@ -210,12 +210,13 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
   let launched: ChildRun | undefined;
   let commandPid: () => number | null = () => null;
   let bwrapStatus = '';
+  let sandboxNamespace: string | null = null;
   let statusDone: Promise<void> = Promise.resolve();
   const cleanup = async (): Promise<void> => {
     if (envDir) rmSync(envDir, { recursive: true, force: true });
     // A --socket-dir of the user's outlives the run: the token file must not.
     if ((kind === 'docker' || kind === 'podman') && spec.socketDir !== '') rmSync(join(spec.socketDir, TOKEN_FILE_NAME), { force: true });
-    if (plan) for (const w of afterRun(created, plan)) ctx.notice(`warning: ${w}`);
+    if (plan) for (const w of afterRun(created, plan, sandboxNamespace === null ? [] : [sandboxNamespace])) ctx.notice(`warning: ${w}`);
     await proxy.stop();
   };
   // Started before the spawn, so a signal in between is held for the command instead of killing the launcher.
@@ -229,7 +230,11 @@ async function run(ctx: CliContext, command: string[], flags: RunFlags): Promise
       statusStream?.on('data', (d: Buffer) => {
         bwrapStatus += d.toString('utf8');
         const m = /"child-pid"\s*:\s*(\d+)/.exec(bwrapStatus);
-        if (m) infoPid = Number(m[1]);
+        if (m && infoPid === null) {
+          infoPid = Number(m[1]);
+          // Ours, which may outlive bwrap by a moment: its mounts are not another run's (see afterRun).
+          sandboxNamespace = mountNamespace(infoPid);
+        }
       });
       statusDone = statusStream ? new Promise<void>((r) => statusStream.once('close', () => r())) : Promise.resolve();
       // Until bwrap reports its helper and the helper has started the command, there is nobody to signal yet.
