@@ -25,6 +25,10 @@ export interface AuditEntry {
   /** op 'refused': refused requests of one second, by result code and by op. */
   refused?: Record<string, number>;
   ops?: Record<string, number>;
+  /** op 'refused' of a peer: how many of its connections the counts come from, when more than one. */
+  connections?: number;
+  /** op 'aggregated': connection events of one second past the per-peer share of single lines, by `op:result`. */
+  counts?: Record<string, number>;
   /** 'OK' or the error code answered; CANCELLED / DISCONNECTED when no answer went out. */
   result: string;
   durationMs: number;

@@ -51,6 +51,12 @@ export interface ConnectionOptions {
   onReady?(conn: Connection): void;
   /** Handshake failures are audited in aggregate by the server. */
   onHandshakeRefused?(code: string): void;
+  /**
+   * The server's per-peer audit: refusals, and lines about the connection
+   * itself (its handshake, its disconnection), go there rather than straight
+   * to the audit, so that opening many connections buys no extra lines.
+   */
+  peerAudit?: { refused(code: string, op: string): void; connection(entry: AuditEntry): void };
 }
 
 type PauseReason = 'output' | 'audit' | 'tarpit';
@@ -127,8 +133,10 @@ export class Connection {
     this.decoder = new FrameDecoder(frameLimitFor(PROTOCOL_VERSION), {
       admit: (len) => len <= LARGE_FRAME_BYTES || options.bytes.tryTake(len),
     });
+    const peerAudit = options.peerAudit;
     this.refusals = new RefusalMeter({
       audit: options.audit,
+      ...(peerAudit !== undefined ? { record: (code: string, op: string) => peerAudit.refused(code, op) } : {}),
       peer: options.peer,
       remote: options.remote ?? null,
       ...(options.flood?.perSecond !== undefined ? { floodPerSecond: options.flood.perSecond } : {}),
@@ -306,7 +314,7 @@ export class Connection {
     if (action.kind === 'none') return;
     if (action.kind === 'disconnect') {
       this.refusals.flush();
-      this.record({ time: Date.now(), op: 'disconnect', result: 'RATE_LIMITED', started: performance.now() });
+      this.record({ time: Date.now(), op: 'disconnect', result: 'RATE_LIMITED', started: performance.now(), connectionLine: true });
       this.o.logger.warn({ conn: this.id, peerPid: this.o.peer.pid }, 'disconnected a client that kept exceeding the rate limit');
       this.abort('kept exceeding the rate limit');
       return;
@@ -371,7 +379,7 @@ export class Connection {
     this.state = 'ready';
     if (this.handshakeTimer !== null) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
-    this.record({ time, op: 'handshake', result: 'OK', started });
+    this.record({ time, op: 'handshake', result: 'OK', started, connectionLine: true });
     // The answer itself is a version-1 frame: the client learns the version from it.
     this.write({ v: PROTOCOL_VERSION, op: 'handshake', ok: true, data: { version: agreed } });
     this.version = agreed;
@@ -575,7 +583,8 @@ export class Connection {
     for (const w of waiters) w();
   }
 
-  private record(e: { time: number; op: string; result: string; started: number; fields?: AuditFields }): void {
+  /** `connectionLine`: about the connection, not a request (goes through the per-peer audit when there is one). */
+  private record(e: { time: number; op: string; result: string; started: number; fields?: AuditFields; connectionLine?: boolean }): void {
     if (this.o.audit === null) return;
     const entry: AuditEntry = {
       // Formatted here, after the answer went out, not on arrival.
@@ -589,6 +598,7 @@ export class Connection {
       result: e.result,
       durationMs: Math.round((performance.now() - e.started) * 1000) / 1000,
     };
-    this.o.audit.record(entry);
+    if (e.connectionLine === true && this.o.peerAudit !== undefined) this.o.peerAudit.connection(entry);
+    else this.o.audit.record(entry);
   }
 }

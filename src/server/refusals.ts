@@ -15,6 +15,11 @@ export interface RefusalMeterOptions {
   /** Reading pauses this long per consecutive flooding second (default 200 ms, at most 1 s). */
   slowStepMs?: number;
   now?: () => number;
+  /**
+   * Where refusals are audited instead of this meter's own line a second
+   * (the server aggregates them per peer, across its connections).
+   */
+  record?: (code: string, op: string) => void;
 }
 
 const WINDOW_MS = 1000;
@@ -95,13 +100,16 @@ export class RefusalMeter {
   private rateLimited = 0;
   private strikes = 0;
   private lastFloodWindow = -Infinity;
+  private readonly record: ((code: string, op: string) => void) | undefined;
 
   constructor(options: RefusalMeterOptions) {
+    this.record = options.record;
     this.floodPerSecond = options.floodPerSecond ?? 60;
     this.disconnectAfter = options.disconnectAfter ?? 5;
     this.slowStepMs = options.slowStepMs ?? 200;
     this.tally = new SecondTally((windowStart, byCode, byOp) => {
       this.rateLimited = 0;
+      if (options.record !== undefined) return;
       const entry: AuditEntry = {
         time: new Date(windowStart).toISOString(),
         conn: options.peer.connectionId,
@@ -125,6 +133,7 @@ export class RefusalMeter {
 
   note(op: string, code: string): RefusalAction {
     this.tally.note(code, op);
+    this.record?.(code, op);
     if (code !== 'RATE_LIMITED') return { kind: 'none' };
     this.rateLimited++;
     if (this.rateLimited !== this.floodPerSecond) return { kind: 'none' };

@@ -15,6 +15,7 @@ import type { AuditRotation } from './audit-rotate.js';
 import { CapabilityCheck } from './capability.js';
 import { Connection } from './connection.js';
 import { RefusalMeter } from './refusals.js';
+import { PeerAudit } from './peer-audit.js';
 import { collectGarbage } from '../heap.js';
 import { TcpThrottle, type TcpThrottleOptions } from './tcp-throttle.js';
 import { defaultPeerLimits, PeerTable, peerKey, type PeerLimitOptions } from './peer-limits.js';
@@ -139,6 +140,8 @@ export class ProxyServer {
   private readonly ownUid: number;
   /** Failed handshakes of every connection: one audit line per second with counts. */
   private handshakeRefusals: RefusalMeter | null = null;
+  /** Refusals and connection lines, aggregated per peer across its connections. */
+  private peerAudit: PeerAudit | null = null;
   /** TCP transport: failed handshakes are delayed, never valid ones. */
   private readonly tcpThrottle: TcpThrottle;
   private readonly peers: PeerTable;
@@ -257,6 +260,7 @@ export class ProxyServer {
       this.audit = audit;
     }
     this.handshakeRefusals = new RefusalMeter({ audit: this.audit, peer: { connectionId: 0, pid: null, uid: null }, remote: null });
+    this.peerAudit = new PeerAudit({ audit: this.audit });
     const server = createServer({ allowHalfOpen: true }, (socket) => this.onConnection(socket));
     this.server = server;
     return server;
@@ -339,6 +343,8 @@ export class ProxyServer {
       socket.destroy();
       return;
     }
+    const peerAudit = this.peerAudit;
+    const auditRemote = remote === null ? null : `${remote}:${socket.remotePort ?? 0}`;
     const conn = new Connection({
       id,
       socket,
@@ -346,8 +352,16 @@ export class ProxyServer {
       peerLimiter: this.peers.limiterFor(key),
       idleTimeoutMs: this.o.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
       onReady: (c) => this.peers.add(key, c),
-      remote: remote === null ? null : `${remote}:${socket.remotePort ?? 0}`,
+      remote: auditRemote,
       onHandshakeRefused: (code) => this.handshakeRefusals?.note('handshake', code),
+      ...(peerAudit !== null
+        ? {
+            peerAudit: {
+              refused: (code: string, op: string) => peerAudit.refused(key, peer, auditRemote, code, op),
+              connection: (entry) => peerAudit.connection(key, entry, peer, auditRemote),
+            },
+          }
+        : {}),
       capability: this.capability,
       dispatcher: this.dispatcher,
       limits: this.limits,
@@ -448,15 +462,8 @@ export class ProxyServer {
   }
 
   private auditConnectRefused(peer: PeerIdentity, result: string): void {
-    this.audit?.record({
-      time: new Date().toISOString(),
-      conn: peer.connectionId,
-      peerPid: peer.pid,
-      peerUid: peer.uid,
-      op: 'connect',
-      result,
-      durationMs: 0,
-    });
+    const entry = { time: new Date().toISOString(), conn: peer.connectionId, peerPid: peer.pid, peerUid: peer.uid, op: 'connect', result, durationMs: 0 };
+    this.peerAudit?.connection(peerKey(peer, this.o.tcp !== undefined ? 'tcp' : 'unix'), entry, peer, null);
   }
 
   /**
@@ -493,6 +500,7 @@ export class ProxyServer {
     for (const c of this.connections) c.destroy();
     await closed;
     this.removeSocketFile();
+    this.peerAudit?.flush();
     this.handshakeRefusals?.flush();
     await this.audit?.close();
     this.audit = null;
