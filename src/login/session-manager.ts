@@ -30,6 +30,14 @@ export const DEFAULT_MAX_SESSIONS_PER_OWNER = 32;
  * room): each may hold a loopback listener or poll a provider.
  */
 export const DEFAULT_MAX_LIVE_PER_SANDBOX = 4;
+/**
+ * Logins started per sandbox in any rolling minute. The caps above bound
+ * logins in progress; a start-and-cancel loop stays under them while every
+ * start is a request from the user's address to the provider (device code)
+ * and a notice on the host's terminal.
+ */
+export const DEFAULT_MAX_STARTS_PER_MINUTE = 10;
+const START_WINDOW_MS = 60_000;
 /** After a connection closes, when to look again whether its process has exited. */
 const ABANDON_RECHECK_MS = 1000;
 /** A sweep dropping at least this many sessions is followed by one full garbage collection. */
@@ -46,6 +54,8 @@ export interface LoginSessionManagerOptions {
   maxSessionsPerOwner?: number;
   /** Logins in progress (not yet used, cancelled or expired) per sandbox (default 4). */
   maxLivePerSandbox?: number;
+  /** Logins started per sandbox in any rolling minute (default 10). */
+  maxStartsPerMinute?: number;
   /** Poll intervals of the flows (tests shorten them). */
   flowTiming?: FlowTiming;
   /** How a flow is started (default: the real flows for the provider's flow type). */
@@ -157,6 +167,9 @@ export class LoginSessionManager implements LoginPort {
   private readonly perOwner = new Map<string, number>();
   private readonly livePerSandbox = new Map<string, number>();
   private readonly maxLivePerSandbox: number;
+  private readonly maxStartsPerMinute: number;
+  /** Start times of the last minute, oldest first, per sandbox. */
+  private readonly startsPerSandbox = new Map<string, number[]>();
   private readonly pollGate: PollGate;
   private readonly tokens: TokenStore;
   private readonly providers: { get(name: string): OAuthProvider };
@@ -185,6 +198,7 @@ export class LoginSessionManager implements LoginPort {
     this.maxSessions = positive(options.maxSessions, DEFAULT_MAX_SESSIONS, 'maxSessions');
     this.maxPerOwner = positive(options.maxSessionsPerOwner, DEFAULT_MAX_SESSIONS_PER_OWNER, 'maxSessionsPerOwner');
     this.maxLivePerSandbox = positive(options.maxLivePerSandbox, DEFAULT_MAX_LIVE_PER_SANDBOX, 'maxLivePerSandbox');
+    this.maxStartsPerMinute = positive(options.maxStartsPerMinute, DEFAULT_MAX_STARTS_PER_MINUTE, 'maxStartsPerMinute');
     this.now = options.now ?? Date.now;
     this.pollGate = new PollGate(this.now);
     this.afterBulkSweep = options.afterBulkSweep ?? collectGarbage;
@@ -215,6 +229,7 @@ export class LoginSessionManager implements LoginPort {
       throw new CredproxyError('RATE_LIMITED', `this process already has ${this.maxPerOwner} login sessions; finish or cancel one first`, { retryAfter: Math.ceil(this.sweepIntervalMs / 1000) });
     }
     const oauth = this.providers.get(provider);
+    this.takeStart(sandbox);
     // The slot is taken before the provider is contacted, so concurrent initiations cannot overshoot the caps.
     this.starting++;
     this.countOwner(owner, +1);
@@ -473,6 +488,19 @@ export class LoginSessionManager implements LoginPort {
     this.countOwner(s.owner, -1);
     this.release(s);
     s.result = null;
+  }
+
+  /** Counts a start against the sandbox's minute, or refuses it (RATE_LIMITED naming when the oldest start leaves). */
+  private takeStart(sandbox: string): void {
+    const now = this.now();
+    const times = (this.startsPerSandbox.get(sandbox) ?? []).filter((t) => now - t < START_WINDOW_MS);
+    if (times.length >= this.maxStartsPerMinute) {
+      this.startsPerSandbox.set(sandbox, times);
+      const retryAfter = Math.max(1, Math.ceil((times[0]! + START_WINDOW_MS - now) / 1000));
+      throw new CredproxyError('RATE_LIMITED', `${this.maxStartsPerMinute} logins were started from this sandbox in the last minute; try again in ${retryAfter} s`, { retryAfter });
+    }
+    times.push(now);
+    this.startsPerSandbox.set(sandbox, times);
   }
 
   private countLive(sandbox: string, delta: number): void {

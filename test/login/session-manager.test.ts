@@ -88,8 +88,9 @@ function setup(options: Partial<LoginSessionManagerOptions> = {}) {
     startFlow: flows.starter,
     processStartTime: () => 'boot-1',
     now: () => now,
-    // The per-sandbox cap has its own test; the others exercise the per-process and overall caps.
+    // The per-sandbox cap and start rate have their own tests; the others exercise the per-process and overall caps.
     maxLivePerSandbox: 1_000_000,
+    maxStartsPerMinute: 1_000_000,
     ...options,
   });
   return { manager, flows, tokens, clock };
@@ -477,6 +478,7 @@ describe('LoginSessionManager', () => {
       now: () => now,
       afterBulkSweep: () => calls++,
       maxLivePerSandbox: 1_000_000,
+      maxStartsPerMinute: 1_000_000,
     });
     const fill = async (n: number, from: number): Promise<void> => {
       for (let i = 0; i < n; i++) await manager.initiate('paste', 'default', { connectionId: from + i, pid: null, uid: null }, never);
@@ -506,6 +508,7 @@ describe('LoginSessionManager', () => {
       providers: new ProviderRegistry({ presets: {}, config: { providers: PROVIDERS } }),
       now: () => now,
       maxLivePerSandbox: 1_000_000,
+      maxStartsPerMinute: 1_000_000,
     });
     await manager.initiate('paste', 'default', A, never); // warm caches (provider instance, library state)
     manager.sweep();
