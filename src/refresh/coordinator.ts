@@ -39,6 +39,8 @@ export interface RefreshCoordinatorOptions {
   budgetMs?: number;
   /** How long remove() and save() wait for a refresh holding the lock. */
   removeLockWaitMs?: number;
+  /** After the provider refuses a refresh (a 4xx other than revocation): no new attempt for this long, doubling per refusal in a row up to 16 times (default 30 s). */
+  refusalPauseMs?: number;
   /** Renewal scheduler tuning (backoff, jitter source); renew/clock/timers/logger are supplied here. */
   scheduler?: Omit<RenewalSchedulerOptions, 'renew' | 'clock' | 'timers' | 'logger'>;
 }
@@ -90,6 +92,12 @@ export class RefreshCoordinator implements CredentialService {
   private readonly retryDelaysMs: readonly number[];
   private readonly budgetMs: number;
   private readonly removeLockWaitMs: number;
+  private readonly refusalPauseMs: number;
+  /**
+   * provider:bucket whose last refresh the provider refused (429, invalid_client...):
+   * until when no call goes out, and the refusal to repeat meanwhile.
+   */
+  private readonly refused = new Map<string, { until: number; streak: number; message: string }>();
   private readonly flights = new SingleFlight<OAuthToken>();
   private readonly shutdown = new AbortController();
   readonly scheduler: RenewalScheduler;
@@ -107,6 +115,7 @@ export class RefreshCoordinator implements CredentialService {
     this.retryDelaysMs = options.retryDelaysMs ?? [1_000, 3_000];
     this.budgetMs = options.budgetMs ?? 30_000;
     this.removeLockWaitMs = options.removeLockWaitMs ?? 30_000;
+    this.refusalPauseMs = options.refusalPauseMs ?? 30_000;
     this.scheduler = new RenewalScheduler({
       ...options.scheduler,
       renew: (provider, bucket, expectedExpiry) => this.renewFromTimer(provider, bucket, expectedExpiry),
@@ -325,10 +334,22 @@ export class RefreshCoordinator implements CredentialService {
       throw new CredproxyError('RATE_LIMITED', `the ${where(provider, bucket)} token was refreshed less than ${Math.round(this.cooldownMs / 1000)} s ago; retry in ${retryAfter} s`, { retryAfter });
     }
 
+    // A refusal is not retried, and neither should a caller looping on refresh make it into a storm:
+    // a provider that answered 429 is asked again only after a pause, and so is one that said invalid_client.
+    const key = `${provider}:${bucket}`;
+    const pause = this.refused.get(key);
+    if (pause !== undefined && now < pause.until) {
+      throw new CredproxyError('INTERNAL_ERROR', `${pause.message}; not asked again for ${Math.ceil((pause.until - now) / 1000)} s`);
+    }
     let fresh: OAuthToken;
     try {
       fresh = await this.callWithRetries(oauth, current, provider, bucket, deadline, signal);
     } catch (err) {
+      if (isProviderError(err, 'rejected')) {
+        const streak = Math.min((pause?.streak ?? 0) + 1, 16);
+        const ms = Math.min(this.refusalPauseMs * 2 ** (streak - 1), 16 * this.refusalPauseMs);
+        this.refused.set(key, { until: this.clock.now() + ms, streak, message: err.message });
+      }
       if (isProviderError(err, 'revoked')) {
         // Keep everything but the dead refresh token (SPEC §2); a failed refresh starts no cooldown.
         const { refresh_token: _dead, ...rest } = current;
@@ -339,6 +360,7 @@ export class RefreshCoordinator implements CredentialService {
       }
       throw err;
     }
+    this.refused.delete(key);
     const merged = mergeToken(current, fresh);
     await this.store.saveToken(provider, merged, bucket);
     const savedAt = this.clock.now();

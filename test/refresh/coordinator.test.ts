@@ -422,6 +422,8 @@ describe('secrets', () => {
     const retried = collect(s.coordinator.refresh('p', 'default'));
     await s.clock.advance(2000);
     await retried;
+    // Past the pause that follows a refusal, so the provider is asked again.
+    await s.clock.advance(31_000);
     s.provider.behaviours.push(revoked());
     await collect(s.coordinator.refresh('p', 'default'));
     const secrets = ['rt-old-secret', 'rt-p-1-secret'];

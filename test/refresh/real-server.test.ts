@@ -145,6 +145,29 @@ describe('refresh against a real authorization server', () => {
     expect(server.refreshSuccesses).toBe(successes + 1);
   });
 
+  it('after a refusal other than revocation (429, invalid_client) a loop of refresh calls does not ask the provider again for a while', async () => {
+    const token = await login();
+    let offset = 0;
+    const c = coordinator(server, { clock: { now: () => Date.now() + offset } });
+    const before = server.tokenRequests;
+    server.injectTokenResponses({ status: 429, body: JSON.stringify({ error: 'rate_limit_exceeded' }) });
+    // What a sandbox looping on refresh_token does: one call after the other, no pause.
+    for (let i = 0; i < 50; i++) {
+      const err = await failure(c.refresh('corp', 'default'));
+      expect([err.code, err.message]).toEqual(['INTERNAL_ERROR', expect.stringContaining('corp refresh failed: rate_limit_exceeded')]);
+    }
+    expect(server.tokenRequests - before).toBe(1);
+    // The stored login is untouched and its still-valid token is served meanwhile.
+    expect(await store.getToken('corp')).toEqual(token);
+    await expect(c.getToken('corp', 'default')).resolves.toEqual(token);
+    expect(server.tokenRequests - before).toBe(1);
+    // Once the pause is over, the provider is asked again, and a success ends the pauses.
+    offset = 31_000;
+    const fresh = await c.refresh('corp', 'default');
+    expect(fresh.access_token).not.toBe(token.access_token);
+    expect(server.tokenRequests - before).toBe(2);
+  });
+
   it('lets a logout during a slow refresh win', async () => {
     await login();
     server.tokenDelayMs = 600;
