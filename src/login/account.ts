@@ -18,7 +18,9 @@ export function accountOf(token: OAuthToken): string | null {
   const { email, sub } = claims;
   const value = typeof email === 'string' && email !== '' ? email : typeof sub === 'string' && sub !== '' ? `sub:${sub}` : null;
   if (value === null) return null;
-  // It ends up on a terminal: no control characters, bounded length.
-  const clean = value.replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
+  // It ends up on a terminal, where it must read as what it is: no control
+  // characters, no bidirectional overrides or other invisible formatting
+  // (some providers let users pick their sub or email), bounded length.
+  const clean = value.replace(/[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/gu, '?');
   return clean.length > MAX_ACCOUNT_CHARS ? `${clean.slice(0, MAX_ACCOUNT_CHARS)}...` : clean;
 }
